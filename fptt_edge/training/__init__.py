@@ -1,0 +1,1 @@
+"""Trainers (FPTT and the BPTT baseline) and the epoch loop with checkpoints and resume."""

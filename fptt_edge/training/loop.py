@@ -1,0 +1,166 @@
+"""The training run: epochs, evaluation, metrics, checkpoints and exact resume.
+
+Files in ``out_dir``: ``model.pt`` (the evaluated weights, every epoch), ``checkpoint.pt``
+(everything needed to resume: weights, optimiser, FPTT traces, progress; every epoch and
+every ``checkpoint_interval`` seconds), ``metrics.json`` and ``curves.png``.
+
+Data order and the random initial states come from generators seeded by ``(seed, epoch)``,
+and their state is saved with the progress, so a resumed run reproduces the uninterrupted
+one exactly.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoint import CheckpointError, load_checkpoint, model_from_payload, save_checkpoint
+from ..config import ModelConfig
+from ..data.dataset import SequenceDataset
+from ..io import write_json_atomic
+from ..model import LTCNetwork
+from ..reporting import plot_curves
+from .distributed import DistContext
+from .trainers import TrainConfig, evaluate, make_trainer
+
+MODEL_FILE, RESUME_FILE, METRICS_FILE, PLOT_FILE = "model.pt", "checkpoint.pt", "metrics.json", "curves.png"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue, with the reason."""
+
+
+def _epoch_generators(seed: int, epoch: int) -> tuple[torch.Generator, torch.Generator]:
+    order = torch.Generator().manual_seed(seed * 1_000_003 + 2 * epoch)
+    draws = torch.Generator().manual_seed(seed * 1_000_003 + 2 * epoch + 1)
+    return order, draws
+
+
+def _metadata(train: SequenceDataset, model: LTCNetwork, cfg: TrainConfig) -> dict:
+    return {
+        "model_config": model.config.to_dict(),
+        "training": {"method": cfg.method, **cfg.to_dict()},
+        "class_names": list(train.class_names),
+        "input_spec": dict(train.input_spec),
+    }
+
+
+def fit(model_config: ModelConfig, cfg: TrainConfig, train: SequenceDataset, test: SequenceDataset, out_dir,
+        resume: bool = False, device: str = "cpu", progress: bool = True) -> dict:
+    """Train, evaluate after every epoch, write artefacts; returns the metrics dict."""
+    out = Path(out_dir)
+    ctx = DistContext.from_env(device)
+    try:
+        return _fit(model_config, cfg, train, test, out, resume, ctx, progress)
+    finally:
+        ctx.close()
+
+
+def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress) -> dict:
+    if tuple(train.input_shape) != model_config.input_shape:
+        raise TrainingError(f"data steps have shape {train.input_shape}, the model expects {model_config.input_shape}")
+    resume_path = out / RESUME_FILE
+    start_epoch, start_batch, history, saved_progress = 0, 0, [], None
+    if resume_path.exists() and not resume:
+        raise TrainingError(f"{out} already holds a run ({RESUME_FILE}); pass --resume to continue it or choose another --out")
+    torch.manual_seed(cfg.seed)
+    if resume and resume_path.exists():
+        payload = load_checkpoint(resume_path, kind="resume")
+        saved = TrainConfig(**payload["training_config"])
+        if payload["model_config"] != model_config.to_dict():
+            raise TrainingError(f"{resume_path}: the saved model config differs from this command's: {payload['model_config']}")
+        differs = {k for k, v in saved.to_dict().items() if k not in ("epochs", "checkpoint_interval") and cfg.to_dict()[k] != v}
+        if differs:
+            raise TrainingError(f"{resume_path}: resume with the same settings; these differ: {sorted(differs)}")
+        model = model_from_payload(payload, resume_path)
+        history = list(payload["history"])
+        saved_progress = payload["progress"]
+        start_epoch, start_batch = int(saved_progress["epoch"]), int(saved_progress["batch"])
+    else:
+        model = LTCNetwork(model_config)
+    model.to(ctx.device)
+    net = ctx.wrap(model)
+    trainer = make_trainer(model, cfg, net)
+    if saved_progress is not None:
+        trainer.load_state_dict(payload["trainer"])
+    meta = _metadata(train, model, cfg)
+    n, bs = len(train), cfg.batch_size
+    n_batches = n // bs if ctx.enabled else (n + bs - 1) // bs  # ranks need equal shards: drop the remainder
+    if n_batches == 0:
+        raise TrainingError(f"batch size {bs} is larger than the {n} training samples")
+    interval = cfg.checkpoint_interval if not ctx.enabled else 0.0
+
+    def save_resume(epoch, batch, sums, draws, elapsed):
+        prog = {"epoch": epoch, "batch": batch, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": int(sums[2]),
+                "generator": draws.get_state(), "elapsed": elapsed}
+        save_checkpoint(resume_path, {"kind": "resume", **meta, "training_config": cfg.to_dict(), "state_dict": model.state_dict(),
+                                      "trainer": trainer.state_dict(), "progress": prog, "history": history})
+
+    for epoch in range(start_epoch, cfg.epochs):
+        order, draws = _epoch_generators(cfg.seed, epoch)
+        perm = torch.randperm(n, generator=order)
+        sums = torch.zeros(3, dtype=torch.float64)
+        elapsed, first = 0.0, 0
+        if saved_progress is not None and epoch == start_epoch and start_batch > 0:
+            draws.set_state(saved_progress["generator"])
+            sums = torch.tensor([saved_progress["loss_sum"], saved_progress["correct"], saved_progress["seen"]], dtype=torch.float64)
+            elapsed, first = float(saved_progress["elapsed"]), start_batch
+        t_start, t_saved = time.perf_counter() - elapsed, time.perf_counter()
+        bar = tqdm(range(first, n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs} [{cfg.method}]", initial=first, total=n_batches,
+                   disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True)
+        for b in bar:
+            idx = ctx.shard(perm[b * bs : (b + 1) * bs])
+            x = train.x[idx].to(ctx.device, torch.float32, non_blocking=True)
+            y = train.y[idx].to(ctx.device)
+            lengths = None if train.lengths is None else train.lengths[idx].to(ctx.device)
+            loss_sum, correct = trainer.train_batch(x, y, lengths, draws)
+            loss_value = float(loss_sum)
+            if loss_value != loss_value or loss_value in (float("inf"), float("-inf")):
+                raise TrainingError(f"training diverged (loss is {loss_value}) at epoch {epoch + 1}, batch {b + 1}; "
+                                    f"the last good state is in {resume_path}. Try a lower --lr.")
+            sums += torch.tensor([loss_value, float(correct), float(len(y))], dtype=torch.float64)
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}")
+            if interval > 0 and time.perf_counter() - t_saved > interval and b + 1 < n_batches and ctx.is_main:
+                save_resume(epoch, b + 1, sums, draws, time.perf_counter() - t_start)
+                t_saved = time.perf_counter()
+        bar.close()
+        train_time = time.perf_counter() - t_start
+        sums = ctx.all_reduce_sum(sums)
+        trainer.before_eval()
+        traces = trainer.traces.wbar + trainer.traces.lam if cfg.method == "fptt" else []
+        divergence = ctx.divergence(list(model.parameters()) + traces)
+        test_metrics = evaluate(model, test.x, test.y, test.lengths, device=ctx.device)
+        record = {"epoch": epoch + 1, "train_loss": float(sums[0] / sums[2]), "train_accuracy": float(sums[1] / sums[2]),
+                  "test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"], "train_time_s": round(train_time, 3),
+                  "rank_divergence": divergence}
+        history.append(record)
+        if ctx.is_main:
+            metrics = _metrics_summary(history, cfg, model, train, test, ctx)
+            save_checkpoint(out / MODEL_FILE, {"kind": "model", **meta, "state_dict": model.state_dict(), "metrics": metrics})
+            save_resume(epoch + 1, 0, torch.zeros(3), draws, 0.0)
+            write_json_atomic(out / METRICS_FILE, metrics)
+            plot_curves(history, out / PLOT_FILE, title=f"{train.input_spec.get('task', '')} - {cfg.method.upper()}")
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+                           f"test acc {record['test_accuracy']:.4f} | {train_time:.1f}s")
+        ctx.barrier()
+    return _metrics_summary(history, cfg, model, train, test, ctx)
+
+
+def _metrics_summary(history, cfg, model, train, test, ctx) -> dict:
+    last = history[-1]
+    return {
+        "test_accuracy": last["test_accuracy"],
+        "train_accuracy": last["train_accuracy"],
+        "epochs": history,
+        "method": cfg.method,
+        "training_config": cfg.to_dict(),
+        "model_config": model.config.to_dict(),
+        "input_spec": dict(train.input_spec),
+        "train_samples": len(train),
+        "test_samples": len(test),
+        "world_size": ctx.world,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }

@@ -44,6 +44,13 @@ def load_checkpoint(path, kind: str | None = None) -> dict:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a fptt-edge checkpoint (not a torch zip archive; truncated or another format)")
+    try:  # torch does not check the archive's CRCs: a flipped bit in a tensor would load silently
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch in '{damaged}')")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

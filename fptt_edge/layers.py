@@ -18,7 +18,8 @@ def _slope() -> nn.Parameter:
 
 
 def _initial_ltc_state(shape, b_j0, initial_u, device, generator, dtype=torch.float32) -> LTCState:
-    if initial_u == "uniform":
+    """``u_0`` is drawn from ``U[0,1)`` only for ``initial_u == "uniform"`` with a training generator."""
+    if initial_u == "uniform" and generator is not None:
         u = torch.rand(shape, generator=generator, dtype=dtype, device="cpu").to(device)
     else:
         u = torch.zeros(shape, dtype=dtype, device=device)

@@ -48,13 +48,18 @@ class LTCNetwork(nn.Module):
         return shapes + [(batch, self.config.num_classes)]
 
     def initial_state(self, batch: int, device=None, generator: torch.Generator | None = None) -> NetState:
-        """``s_0 = 0``, ``b_0 = b_j0``, ``m_0 = 0``; ``u_0 = 0`` or ``U[0,1)`` as configured."""
-        device = device or next(self.parameters()).device
+        """``s_0 = 0``, ``b_0 = b_j0``, ``m_0 = 0``, ``u_0 = 0``.
+
+        With ``initial_u == "uniform"`` and a ``generator`` (training only), ``u_0 ~ U[0,1)``;
+        without a generator the state is the deterministic one evaluation and export use.
+        """
+        ref = next(self.parameters())
+        device, dtype = device or ref.device, ref.dtype
         states = [
-            _initial_ltc_state(layer.state_shape(batch), self.config.b_j0, self.config.initial_u, device, generator)
+            _initial_ltc_state(layer.state_shape(batch), self.config.b_j0, self.config.initial_u, device, generator, dtype)
             for layer in self.layers
         ]
-        return (*states, ReadoutState(torch.zeros(batch, self.config.num_classes, device=device)))
+        return (*states, ReadoutState(torch.zeros(batch, self.config.num_classes, device=device, dtype=dtype)))
 
     def step(self, x: torch.Tensor, state: NetState) -> tuple[torch.Tensor, NetState]:
         """One time step: ``x`` is ``[B, *input_shape]``."""

@@ -94,7 +94,11 @@ def test_fused_trainer_matches_plain_reference(parts):
     wbar, lam = reference_fptt_batch(ref_model, x, y, cfg, chunk)
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=name)
-    for a, b in zip(trainer.traces.wbar + trainer.traces.lam, wbar + lam):
+    trainer.flat.check_intact()  # backward accumulated into the flat gradient, nothing was reallocated
+    (flat_wbar,), (flat_lam,) = trainer.traces.wbar, trainer.traces.lam
+    ours = trainer.flat.views(flat_wbar) + trainer.flat.views(flat_lam)
+    assert len(ours) == len(wbar + lam)
+    for a, b in zip(ours, wbar + lam):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
     assert any(l.abs().max() > 0 for l in lam)
 

@@ -9,7 +9,10 @@ After each optimiser step, with the new ``W``::
     lam  <- lam - alpha (W - Wbar)
     Wbar <- (1 - beta) Wbar + beta W - (beta / alpha) lam
 
-All updates are fused multi-tensor (``torch._foreach_*``) ops over every tensor at once.
+All updates are fused multi-tensor (``torch._foreach_*``) ops over every tensor at once (the
+trainer passes a single flat buffer holding all weights, so each is one kernel). Between trace
+updates ``alpha W - dR/dW = alpha Wbar + lam`` is constant and kept, so the regulariser's
+gradient costs one fused multiply-add per step.
 """
 from __future__ import annotations
 
@@ -30,13 +33,13 @@ class FPTTTraces:
             self.wbar = [p.detach().clone() for p in self.params]
             self.lam = [torch.zeros_like(p) for p in self.params]
             self._buf = [torch.empty_like(p) for p in self.params]
+            self._anchor = [torch.empty_like(p) for p in self.params]  # alpha Wbar + lam
+            self._refresh_anchor()
 
     @torch.no_grad()
-    def _diff(self) -> list[torch.Tensor]:
-        """``W - Wbar`` into a preallocated buffer."""
-        torch._foreach_copy_(self._buf, [p.detach() for p in self.params])
-        torch._foreach_sub_(self._buf, self.wbar)
-        return self._buf
+    def _refresh_anchor(self) -> None:
+        torch._foreach_copy_(self._anchor, self.lam)
+        torch._foreach_add_(self._anchor, self.wbar, alpha=self.alpha)
 
     def regularizer(self) -> torch.Tensor:
         """``R(W)`` as a differentiable scalar (for logging and checks; training adds its gradient directly)."""
@@ -45,20 +48,22 @@ class FPTTTraces:
 
     @torch.no_grad()
     def add_regularizer_grad(self) -> None:
-        """``grad += alpha (W - Wbar) - lam`` for every tensor (grads must exist)."""
-        diff = self._diff()
-        torch._foreach_mul_(diff, self.alpha)
-        torch._foreach_sub_(diff, self.lam)
-        torch._foreach_add_([p.grad for p in self.params], diff)
+        """``grad += alpha (W - Wbar) - lam = alpha W - (alpha Wbar + lam)`` for every tensor (grads must exist)."""
+        grads = [p.grad for p in self.params]
+        torch._foreach_add_(grads, [p.detach() for p in self.params], alpha=self.alpha)
+        torch._foreach_sub_(grads, self._anchor)
 
     @torch.no_grad()
     def update(self) -> None:
         """Trace update after an optimiser step."""
-        diff = self._diff()
+        params = [p.detach() for p in self.params]
+        diff = self._buf
+        torch._foreach_copy_(diff, params)
+        torch._foreach_sub_(diff, self.wbar)  # W - Wbar
         torch._foreach_add_(self.lam, diff, alpha=-self.alpha)
-        torch._foreach_mul_(self.wbar, 1.0 - self.beta)
-        torch._foreach_add_(self.wbar, [p.detach() for p in self.params], alpha=self.beta)
+        torch._foreach_lerp_(self.wbar, params, self.beta)  # (1 - beta) Wbar + beta W
         torch._foreach_add_(self.wbar, self.lam, alpha=-self.beta / self.alpha)
+        self._refresh_anchor()
 
     @torch.no_grad()
     def copy_wbar_to_params(self) -> None:
@@ -77,3 +82,4 @@ class FPTTTraces:
                 raise ValueError("FPTT trace shape mismatch")
             dst.copy_(src)
         self.alpha, self.beta = float(state["alpha"]), float(state["beta"])
+        self._refresh_anchor()

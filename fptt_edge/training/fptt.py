@@ -32,6 +32,7 @@ class FPTTTraces:
         with torch.no_grad():
             self.wbar = [p.detach().clone() for p in self.params]
             self.lam = [torch.zeros_like(p) for p in self.params]
+            self._data = [p.detach() for p in self.params]  # storage-sharing views, made once (weights change in place)
             self._buf = [torch.empty_like(p) for p in self.params]
             self._anchor = [torch.empty_like(p) for p in self.params]  # alpha Wbar + lam
             self._refresh_anchor()
@@ -50,13 +51,13 @@ class FPTTTraces:
     def add_regularizer_grad(self) -> None:
         """``grad += alpha (W - Wbar) - lam = alpha W - (alpha Wbar + lam)`` for every tensor (grads must exist)."""
         grads = [p.grad for p in self.params]
-        torch._foreach_add_(grads, [p.detach() for p in self.params], alpha=self.alpha)
+        torch._foreach_add_(grads, self._data, alpha=self.alpha)
         torch._foreach_sub_(grads, self._anchor)
 
     @torch.no_grad()
     def update(self) -> None:
         """Trace update after an optimiser step."""
-        params = [p.detach() for p in self.params]
+        params = self._data
         diff = self._buf
         torch._foreach_copy_(diff, params)
         torch._foreach_sub_(diff, self.wbar)  # W - Wbar

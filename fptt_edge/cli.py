@@ -24,23 +24,30 @@ def _friendly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .checkpoint import CheckpointError
-        from .data.dataset import DataError
-
         try:
             return fn(*args, **kwargs)
-        except (CheckpointError, DataError) as exc:
-            raise UserError(str(exc)) from None
-        except _training_error() as exc:
+        except _user_errors() as exc:
             raise UserError(str(exc)) from None
 
     return wrapper
 
 
-def _training_error():
-    from .training.loop import TrainingError
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The project's own error types that are present in this install (a device has no torch)."""
+    from .contract import ContractError
+    from .devices import DeviceProfileError
 
-    return TrainingError
+    errors: list[type[Exception]] = [ContractError, DeviceProfileError]
+    try:
+        from .checkpoint import CheckpointError
+        from .data.dataset import DataError
+        from .export.errors import ExportError
+        from .training.loop import TrainingError
+    except ImportError:  # no torch / onnx: only the runtime's errors can occur
+        pass
+    else:
+        errors += [CheckpointError, DataError, ExportError, TrainingError]
+    return tuple(errors)
 
 
 def data_options(fn):
@@ -169,7 +176,18 @@ def eval_cmd(model_path, data_path, max_samples, batch_size):
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @_friendly
 def info(model_path):
-    """Show what a checkpoint holds: format, model, training, classes, input spec, metrics."""
+    """Show what a checkpoint (model.pt) or an exported model (model.onnx) holds.
+
+    For a checkpoint: format, model, training, classes, input spec, metrics. For an ONNX
+    step model: the I/O contract (input, logits, state pairs with shapes and initial values)
+    and the metadata.
+    """
+    if model_path.lower().endswith(".onnx"):
+        from .contract import read_contract
+
+        contract = read_contract(model_path)
+        click.echo(json.dumps(_contract_summary(model_path, contract), indent=2))
+        return
     from .checkpoint import load_model
 
     model, payload = load_model(model_path)
@@ -189,6 +207,88 @@ def info(model_path):
         "epochs_trained": len(metrics.get("epochs", [])) or len(payload.get("history", [])),
     }
     click.echo(json.dumps(summary, indent=2))
+
+
+def _contract_summary(path, contract) -> dict:
+    return {
+        "file": str(path),
+        "model_type": contract.model_type,
+        "contract_version": contract.contract_version,
+        "input": {"name": contract.input.name, "shape": list(contract.input.shape), "dtype": contract.input.dtype, "source": contract.input.source},
+        "logits": {"name": contract.logits, "classes": list(contract.class_names)},
+        "state": [{"input": s.name, "output": s.output, "shape": list(s.shape), "dtype": s.dtype, "initial_value": s.init} for s in contract.states],
+        "model_config": contract.model_config,
+        "opset": contract.opset,
+        "exporter": contract.exporter,
+        "producer": contract.producer,
+        "checkpoint_sha256": contract.checkpoint_sha256,
+        "parameters": {k: f"{v['initializer'] or '-'}" + ("" if v["transform"] == "identity" else f" ({v['transform']})")
+                       for k, v in contract.parameter_map.items()},
+    }
+
+
+@main.command()
+@click.argument("checkpoint", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="ONNX file to write (default: MODEL with .onnx).")
+@click.option("--device", "device", metavar="PROFILE", help="Target device profile (see `fptt-edge devices`) or a .toml file; sets the opset and the lint.")
+@click.option("--opset", type=click.IntRange(7, 25), help="ONNX opset (default: the highest the device's TensorRT parses, at least 18).")
+@click.option("--batch", default="1", show_default=True, help="Batch size baked into the graph (static shapes for TensorRT), or 'dynamic'.")
+@click.option("--check/--no-check", default=True, show_default=True, help="Run the parity and FP16 checks on real data.")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Check data (nmnist split list or .npz) instead of the checkpoint's test set.")
+@click.option("--parity-steps", type=click.IntRange(1), default=500, show_default=True, help="Steps per parity stream (real recordings back to back).")
+@click.option("--parity-streams", type=click.IntRange(1), default=4, show_default=True, help="Independent parity streams.")
+@click.option("--precision-samples", type=click.IntRange(1), default=200, show_default=True, help="Sequences for the FP16 emulation.")
+@click.option("--fp16-variant", is_flag=True, help="Also write MODEL.fp16.onnx: FP16 with FP32 I/O and the threshold/state path in FP32.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON instead of the summary.")
+@_friendly
+def export(checkpoint, output, device, opset, batch, check, data_path, parity_steps, parity_streams, precision_samples, fp16_variant, as_json):
+    """Export a checkpoint to a stateful single-step ONNX graph, checked against PyTorch.
+
+    \b
+    The graph is (x, l0.u, l0.s, l0.b, ..., readout.m) -> (logits, l0.u_out, ..., readout.m_out),
+    with the contract (state shapes and initial values, classes, input binning, parameter ->
+    initializer map) in metadata_props. Writes MODEL.onnx and MODEL.report.json.
+    """
+    from .export.pipeline import export_checkpoint
+    from .export.report import summary
+
+    if batch == "dynamic":
+        batch_size = None
+    else:
+        try:
+            batch_size = int(batch)
+        except ValueError:
+            raise click.BadParameter("expected a positive integer or 'dynamic'", param_hint="--batch") from None
+        if batch_size < 1:
+            raise click.BadParameter("expected a positive integer or 'dynamic'", param_hint="--batch")
+    report = export_checkpoint(checkpoint, output, device=device, opset=opset, batch=batch_size, check=check, data=data_path,
+                               streams=parity_streams, steps=parity_steps, precision_samples=precision_samples, fp16=fp16_variant,
+                               log=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(report, indent=2) if as_json else summary(report))
+    if report["lint"]["verdict"] == "fail":
+        click.echo(f"error: the graph fails the {report['lint']['device']} lint; it will not build there as is", err=True)
+        raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
+@_friendly
+def devices(as_json):
+    """List the device profiles (Jetson modules) export and build can target."""
+    from .devices import DEFAULT_PROFILE, all_profiles
+
+    profiles = all_profiles()
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in profiles], indent=2))
+        return
+    header = f"{'profile':15} {'module':30} {'GPU':16} {'JetPack':8} {'TensorRT':9} {'opsets':7} {'DLA':3} {'memory':7} Python"
+    click.echo(header)
+    for p in profiles:
+        mark = "*" if p.name == DEFAULT_PROFILE else " "
+        click.echo(f"{p.name + mark:15} {p.module[:30]:30} {p.gpu_arch + ' sm_' + p.compute_capability.replace('.', ''):16} {p.jetpack:8} "
+                   f"{p.tensorrt:9} {f'{p.min_opset}-{p.max_opset}':7} {p.dla_cores:<3} {f'{p.memory_gb:g} GB':7} {p.python}"
+                   + (f"  (unconfirmed: {', '.join(p.unconfirmed)})" if p.unconfirmed else ""))
+    click.echo(f"* default for export when --device is not given")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,10 +47,13 @@ class DenseLTC(nn.Module):
     def state_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, self.hidden)
 
-    def forward(self, x: torch.Tensor, state: LTCState) -> tuple[torch.Tensor, LTCState]:
+    def drive(self, x: torch.Tensor, state: LTCState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The affine part of a step: input current ``I_t`` and gate pre-activations ``z_m``, ``z_a``."""
         current = self.fc_x(x.flatten(1)) + self.fc_r(state.s)
-        z_m = self.gate_m(torch.cat((current, state.u), dim=1))
-        z_a = self.gate_a(torch.cat((current, state.b), dim=1))
+        return current, self.gate_m(torch.cat((current, state.u), dim=1)), self.gate_a(torch.cat((current, state.b), dim=1))
+
+    def forward(self, x: torch.Tensor, state: LTCState) -> tuple[torch.Tensor, LTCState]:
+        current, z_m, z_a = self.drive(x, state)
         new = ltc_update(state, current, z_m, z_a, self.a_m, self.a_a, self.b_j0, self.beta_adapt, self.training)
         return new.s, new
 
@@ -80,10 +83,13 @@ class ConvLTC(nn.Module):
     def state_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, self.out_channels, *self.out_hw)
 
-    def forward(self, x: torch.Tensor, state: LTCState) -> tuple[torch.Tensor, LTCState]:
+    def drive(self, x: torch.Tensor, state: LTCState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The affine part of a step: input current ``I_t`` and gate pre-activations ``z_m``, ``z_a``."""
         current = F.max_pool2d(self.bn(self.conv(x)), 2)
-        z_m = self.gate_m(current + state.u)
-        z_a = self.gate_a(current + state.b)
+        return current, self.gate_m(current + state.u), self.gate_a(current + state.b)
+
+    def forward(self, x: torch.Tensor, state: LTCState) -> tuple[torch.Tensor, LTCState]:
+        current, z_m, z_a = self.drive(x, state)
         new = ltc_update(state, current, z_m, z_a, self.a_m, self.a_a, self.b_j0, self.beta_adapt, self.training)
         return new.s, new
 
@@ -101,7 +107,12 @@ class LeakyReadout(nn.Module):
             nn.init.xavier_normal_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, s: torch.Tensor, state: ReadoutState) -> tuple[torch.Tensor, ReadoutState]:
+    def drive(self, s: torch.Tensor, state: ReadoutState) -> tuple[torch.Tensor, torch.Tensor]:
+        """The affine part of a step: ``o_t`` and the gate pre-activation ``z_o``."""
         o = self.fc(s.flatten(1))
-        new = readout_update(state, o, self.gate(torch.cat((o, state.m), dim=1)), self.a_o)
+        return o, self.gate(torch.cat((o, state.m), dim=1))
+
+    def forward(self, s: torch.Tensor, state: ReadoutState) -> tuple[torch.Tensor, ReadoutState]:
+        o, z_o = self.drive(s, state)
+        new = readout_update(state, o, z_o, self.a_o)
         return new.m, new

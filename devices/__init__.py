@@ -1,0 +1,88 @@
+"""Jetson device profiles: one TOML file per module in this folder (``fptt_edge.devices``).
+
+A profile says what the exported graph must satisfy on that device (TensorRT version and so
+its ONNX opset range and op set, DLA cores) and what the device offers (GPU architecture,
+memory, JetPack, CUDA, Python). ``load_profile("orin-nano-8gb")`` or a path to a TOML file.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+PROFILE_DIR = Path(__file__).resolve().parent
+DEFAULT_PROFILE = "orin-nano-8gb"
+
+
+class DeviceProfileError(ValueError):
+    """An unknown or malformed device profile, with the reason."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    module: str
+    gpu_arch: str
+    compute_capability: str
+    memory_gb: float
+    dla_cores: int
+    jetpack: str
+    tensorrt: str
+    cuda: str
+    python: str
+    min_opset: int
+    max_opset: int
+    memory_bandwidth_gbs: float | None = None
+    unconfirmed: tuple[str, ...] = ()
+
+    @property
+    def tensorrt_major(self) -> int:
+        return int(self.tensorrt.split(".")[0])
+
+    @property
+    def python_tuple(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.python.split("."))
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def load_profile(name_or_path: str) -> DeviceProfile:
+    """A shipped profile by name, or a user's TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = PROFILE_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise DeviceProfileError(f"unknown device profile {name_or_path!r}; known: {', '.join(profile_names())} (or a path to a .toml profile)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise DeviceProfileError(f"{path}: unreadable device profile ({exc})") from None
+    known = {f.name for f in fields(DeviceProfile)}
+    unknown = set(data) - known
+    if unknown:
+        raise DeviceProfileError(f"{path}: unknown fields {sorted(unknown)}")
+    missing = [f.name for f in fields(DeviceProfile) if f.name not in data and f.name not in ("memory_bandwidth_gbs", "unconfirmed")]
+    if missing:
+        raise DeviceProfileError(f"{path}: missing fields {missing}")
+    try:
+        profile = DeviceProfile(**{**data, "unconfirmed": tuple(data.get("unconfirmed", ()))})
+        profile.tensorrt_major, profile.python_tuple  # noqa: B018 - validate the version strings
+        if not (1 <= profile.min_opset <= profile.max_opset):
+            raise ValueError("need 1 <= min_opset <= max_opset")
+    except (TypeError, ValueError) as exc:
+        raise DeviceProfileError(f"{path}: invalid profile ({exc})") from None
+    return profile
+
+
+def all_profiles() -> list[DeviceProfile]:
+    return [load_profile(n) for n in profile_names()]

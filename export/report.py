@@ -19,6 +19,10 @@ def summary(report: dict) -> str:
                      f"{'PASS' if par['passed'] else 'FAIL'}; spikes agree {sa}; max |d logits| {par['max_abs_logits']:.2e}; "
                      f"predictions agree {_pct(par['prediction_agreement'])}; "
                      f"spike rate {', '.join(f'{k} {v:.3f}' for k, v in par['spike_rate'].items())}")
+        if par.get("ties"):
+            worst = max(t["max_margin"] for t in par["ties"])
+            lines.append(f"    {len(par['ties'])} rounding tie(s): a neuron within {worst:.1e} of its threshold fired in one backend only "
+                         f"(tolerance {par['tie_tolerance']:.0e}); state re-synchronised, not exact{' (strict: FAIL)' if par['strict'] else ''}")
         if par.get("first_mismatch"):
             lines.append(f"    first spike mismatch: {par['first_mismatch']}")
     prec = report.get("precision")

@@ -238,10 +238,11 @@ def _contract_summary(path, contract) -> dict:
 @click.option("--parity-steps", type=click.IntRange(1), default=500, show_default=True, help="Steps per parity stream (real recordings back to back).")
 @click.option("--parity-streams", type=click.IntRange(1), default=4, show_default=True, help="Independent parity streams.")
 @click.option("--precision-samples", type=click.IntRange(1), default=200, show_default=True, help="Sequences for the FP16 emulation.")
+@click.option("--strict-parity", is_flag=True, help="Fail on rounding ties too (a spike within 1e-5 of its threshold that only one backend fires).")
 @click.option("--fp16-variant", is_flag=True, help="Also write MODEL.fp16.onnx: FP16 with FP32 I/O and the threshold/state path in FP32.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON instead of the summary.")
 @_friendly
-def export(checkpoint, output, device, opset, batch, check, data_path, parity_steps, parity_streams, precision_samples, fp16_variant, as_json):
+def export(checkpoint, output, device, opset, batch, check, data_path, parity_steps, parity_streams, precision_samples, strict_parity, fp16_variant, as_json):
     """Export a checkpoint to a stateful single-step ONNX graph, checked against PyTorch.
 
     \b
@@ -262,7 +263,7 @@ def export(checkpoint, output, device, opset, batch, check, data_path, parity_st
         if batch_size < 1:
             raise click.BadParameter("expected a positive integer or 'dynamic'", param_hint="--batch")
     report = export_checkpoint(checkpoint, output, device=device, opset=opset, batch=batch_size, check=check, data=data_path,
-                               streams=parity_streams, steps=parity_steps, precision_samples=precision_samples, fp16=fp16_variant,
+                               streams=parity_streams, steps=parity_steps, precision_samples=precision_samples, fp16=fp16_variant, strict_parity=strict_parity,
                                log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(report, indent=2) if as_json else summary(report))
     if report["lint"]["verdict"] == "fail":

@@ -51,14 +51,20 @@ def ltc_update(
     surrogate: bool,
 ) -> LTCState:
     """One LTC neuron step (equations in the module docstring)."""
+    v, theta, b = ltc_membrane(state, current, z_m, z_a, a_m, a_a, b_j0, beta_adapt)
+    s = spike(v - theta, surrogate)
+    u = (1.0 - s) * v
+    return LTCState(u, s, b)
+
+
+def ltc_membrane(state: LTCState, current, z_m, z_a, a_m, a_a, b_j0: float, beta_adapt: float):
+    """The pre-spike quantities of a step: membrane ``v_t``, threshold ``theta_t`` and trace ``b_t``."""
     alpha = torch.sigmoid(a_m * z_m)
     rho = torch.sigmoid(a_a * z_a)
     b = rho * state.b + (1.0 - rho) * state.s
     theta = b_j0 + beta_adapt * b
     v = state.u + alpha * (current - state.u)
-    s = spike(v - theta, surrogate)
-    u = (1.0 - s) * v
-    return LTCState(u, s, b)
+    return v, theta, b
 
 
 def readout_update(state: ReadoutState, o: torch.Tensor, z_o: torch.Tensor, a_o: torch.Tensor) -> ReadoutState:

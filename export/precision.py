@@ -20,10 +20,10 @@ import torch
 
 from ..model import LTCNetwork
 from ..neurons import LTCState, ReadoutState, ltc_update, readout_update
+from ..precision_rules import fp32_nodes
 
 SCHEMES = {"fp32": (torch.float32, torch.float32), "fp16": (torch.float16, torch.float16),
            "fp16_state_fp32": (torch.float16, torch.float32)}
-AFFINE_OPS = frozenset({"Gemm", "MatMul", "Conv", "MaxPool", "Concat", "Flatten", "Reshape", "Identity"})
 
 
 @dataclass
@@ -65,11 +65,6 @@ def run_scheme(net: LTCNetwork, xs: torch.Tensor, affine: torch.dtype, state_dty
         state = [*new_state, ro]
         logits.append(ro.m.float())
     return torch.stack(logits, 1), [torch.stack(s) for s in spikes]
-
-
-def fp32_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the element-wise nodes (neuron dynamics, threshold, reset) to keep in FP32."""
-    return [n.name for n in model.graph.node if n.op_type not in AFFINE_OPS]
 
 
 def emulate_fp16(net: LTCNetwork, xs: torch.Tensor, ys: torch.Tensor, lengths: torch.Tensor | None, model: onnx.ModelProto) -> PrecisionResult:

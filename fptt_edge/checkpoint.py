@@ -12,7 +12,6 @@ before any of its code can run. Writes are atomic (temporary file + rename).
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
-from .io import atomic_path
+from .io import atomic_path, file_sha256  # noqa: F401 - file_sha256 re-exported
 from .model import LTCNetwork
 
 FORMAT = "fptt-edge-checkpoint"
@@ -101,11 +100,3 @@ def load_model(path) -> tuple[LTCNetwork, dict]:
     """The network (eval mode) and the checkpoint's metadata from a model or resume checkpoint."""
     payload = load_checkpoint(path)
     return model_from_payload(payload, path), payload
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

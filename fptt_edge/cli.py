@@ -36,8 +36,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """The project's own error types that are present in this install (a device has no torch)."""
     from .contract import ContractError
     from .devices import DeviceProfileError
+    from .runtime.errors import BackendUnavailable, EventFileError, RuntimeInputError
 
-    errors: list[type[Exception]] = [ContractError, DeviceProfileError]
+    errors: list[type[Exception]] = [ContractError, DeviceProfileError, BackendUnavailable, EventFileError, RuntimeInputError]
     try:
         from .checkpoint import CheckpointError
         from .data.dataset import DataError
@@ -290,6 +291,163 @@ def devices(as_json):
                    f"{p.tensorrt:9} {f'{p.min_opset}-{p.max_opset}':7} {p.dla_cores:<3} {f'{p.memory_gb:g} GB':7} {p.python}"
                    + (f"  (unconfirmed: {', '.join(p.unconfirmed)})" if p.unconfirmed else ""))
     click.echo(f"* default for export when --device is not given")
+
+
+def backend_option(fn):
+    return click.option("--backend", type=click.Choice(["ort", "ort-cuda", "ort-trt", "tensorrt"]), default="ort", show_default=True,
+                        help="ONNX Runtime on CPU / CUDA / TensorRT provider, or native TensorRT (MODEL.engine beside MODEL).")(fn)
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--events", "events_path", type=click.Path(dir_okay=False), help="Event file: .bs2 (N-MNIST), .aedat (AEDAT 3.1), .npy (tonic).")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="DVS128 Gesture labels CSV: stream each labelled segment.")
+@click.option("--npz", "npz_path", type=click.Path(dir_okay=False), help=".npz with x [N, T, *frame] (and optional y).")
+@backend_option
+@click.option("--sparse-input", is_flag=True, help="Event-driven input projection (dense first layer): gather-sum over active inputs.")
+@click.option("--every", type=click.IntRange(1), default=5, show_default=True, help="Print the evolving prediction every N steps.")
+@click.option("--no-reset", is_flag=True, help="Carry the state across recordings instead of resetting at each one.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the final JSON summary.")
+@_friendly
+def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, every, no_reset, as_json):
+    """Stream recordings through MODEL (.onnx, or .engine with --backend tensorrt), step by step.
+
+    Prints the prediction as it evolves and at the end of each recording, then latency percentiles.
+    """
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from .runtime.inputs import from_events, from_npz
+    from .runtime.session import _contract_for, open_session
+
+    if (events_path is None) == (npz_path is None):
+        raise UserError("give exactly one of --events FILE or --npz FILE")
+    contract = _contract_for(Path(model_path))
+    recordings = from_events(events_path, contract, labels_path) if events_path else from_npz(npz_path, contract)
+    if sparse_input:
+        if backend != "ort":
+            raise UserError("--sparse-input runs on the ONNX Runtime CPU backend (--backend ort)")
+        from .runtime.sparse import SparseInputSession
+
+        sess = SparseInputSession(model_path, streams=1)
+    else:
+        sess = open_session(model_path, backend, streams=1, contract=contract)
+    classes = contract.class_names
+    lat, results = [], []
+    for rec in recordings:
+        if not no_reset:
+            sess.reset()
+        for t, frame in enumerate(rec.frames):
+            t0 = time.perf_counter_ns()
+            logits = sess.step(frame[None])
+            lat.append(time.perf_counter_ns() - t0)
+            if not as_json and ((t + 1) % every == 0 and t + 1 < len(rec.frames)):
+                click.echo(f"{rec.name} step {t + 1:4d}: {classes[int(logits[0].argmax())]}")
+        pred = int(logits[0].argmax())
+        results.append({"recording": rec.name, "steps": len(rec.frames), "prediction": classes[pred],
+                        "label": None if rec.label is None else (classes[rec.label] if 0 <= rec.label < len(classes) else rec.label)})
+        if not as_json:
+            truth = f" (label {results[-1]['label']})" if rec.label is not None else ""
+            click.echo(f"{rec.name}: final prediction {classes[pred]}{truth}")
+    us = np.asarray(lat) / 1e3
+    labelled = [r for r in results if r["label"] is not None]
+    summary = {"model": str(model_path), "backend": "ort+sparse-input" if sparse_input else backend, "recordings": len(results),
+               "steps": len(us), "latency_us": {"p50": float(np.percentile(us, 50)), "p90": float(np.percentile(us, 90)),
+                                                "p99": float(np.percentile(us, 99))},
+               "accuracy": (sum(r["prediction"] == r["label"] for r in labelled) / len(labelled)) if labelled else None,
+               "results": results if as_json else None}
+    click.echo(json.dumps(summary if as_json else {k: v for k, v in summary.items() if k != "results"}, indent=2))
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--streams", default="1,8,32", show_default=True, help="Stream counts (batch sizes) to time; >1 needs a --batch dynamic export.")
+@click.option("--steps", type=click.IntRange(10), default=2000, show_default=True, help="Timed steps per configuration.")
+@click.option("--backends", default="ort,ort-cuda,ort-trt,tensorrt", show_default=True, help="Backends to try (unavailable ones are reported, not fatal).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Checkpoint for PyTorch eager (default: the *.pt beside MODEL it was exported from).")
+@click.option("--json", "as_json", is_flag=True, help="Print only JSON.")
+@_friendly
+def bench(model_path, streams, steps, backends, checkpoint, as_json):
+    """Per-step latency p50/p99 and steps/s, each backend vs PyTorch eager vs a numpy/BLAS floor, side by side."""
+    from pathlib import Path
+
+    from .contract import read_contract
+    from .runtime import benchmark as bm
+    from .runtime.errors import BackendUnavailable
+
+    contract = read_contract(model_path)
+    counts = [int(s) for s in streams.split(",") if s.strip()]
+    if isinstance(contract.batch, int):
+        counts = [contract.batch]
+    ckpt = Path(checkpoint) if checkpoint else bm.find_checkpoint(model_path)
+    rows = []
+    for n in counts:
+        for backend in [b.strip() for b in backends.split(",") if b.strip()]:
+            try:
+                rows.append({"engine": backend, "streams": n, **bm.bench_session(model_path, backend, n, steps)})
+            except BackendUnavailable as exc:
+                rows.append({"engine": backend, "streams": n, "unavailable": str(exc).splitlines()[0]})
+        if ckpt is not None:
+            try:
+                rows.append({"engine": "torch-eager", "streams": n, **bm.bench_torch(ckpt, n, steps)})
+            except ImportError:
+                rows.append({"engine": "torch-eager", "streams": n, "unavailable": "torch is not installed"})
+        floor = bm.bench_blas_floor(model_path, n, steps)
+        if floor:
+            rows.append({"engine": "numpy-blas-floor", "streams": n, **floor})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'engine':18} {'streams':>7} {'p50 us':>9} {'p99 us':>9} {'steps/s':>10}")
+    for r in rows:
+        if "unavailable" in r:
+            click.echo(f"{r['engine']:18} {r['streams']:>7}  unavailable: {r['unavailable']}")
+        else:
+            click.echo(f"{r['engine']:18} {r['streams']:>7} {r['p50_us']:9.1f} {r['p99_us']:9.1f} {r['steps_per_s']:10.0f}")
+    if ckpt is None:
+        click.echo("(no PyTorch row: no checkpoint beside MODEL matches its checkpoint_sha256; pass --checkpoint)")
+    click.echo(json.dumps(rows))
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("--device", "device", metavar="PROFILE", required=True, help="Target device profile (see `fptt-edge devices`).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16 keeps the threshold/state path in FP32 (per-layer constraints).")
+@click.option("--refit", is_flag=True, help="Build a refittable engine (on-device adaptation pushes new weights).")
+@click.option("--dla", is_flag=True, help="Run on DLA core 0 with GPU fall-back (profiles with DLA only).")
+@click.option("--verify-npz", type=click.Path(dir_okay=False), help="Frames to verify the engine against ONNX Runtime (default: random event frames).")
+@_friendly
+def build(model_path, device, precision, refit, dla, verify_npz):
+    """Build a TensorRT engine for PROFILE, verified against ONNX Runtime.
+
+    Without TensorRT and a GPU here, says so and writes MODEL.build.sh with the exact trtexec
+    command (and the engine contract) to run on the device.
+    """
+    from .devices import load_profile
+    from .runtime.trt_build import build_engine, plan_build, tensorrt_status, trtexec_command, write_build_script
+
+    profile = load_profile(device)
+    if dla and not profile.dla_cores:
+        raise UserError(f"{profile.name} has no DLA cores")
+    plan, contract = plan_build(model_path, precision, refit, dla=dla)
+    reason = tensorrt_status()
+    if reason is not None:
+        script = write_build_script(plan, profile, contract)
+        click.echo(f"TensorRT cannot build here: {reason}.")
+        click.echo(f"Wrote {script}; on the {profile.module} (TensorRT {profile.tensorrt}) run it, or:")
+        click.echo("  " + " ".join(trtexec_command(plan)))
+        return
+    engine = build_engine(plan, contract, profile)
+    click.echo(f"built {engine} (precision {precision}, refit {refit}); verifying against ONNX Runtime ...")
+    from .runtime.verify import verify_engine
+
+    result = verify_engine(model_path, engine, verify_npz)
+    click.echo(json.dumps(result, indent=2))
+    if not result["passed"]:
+        raise UserError(f"the engine disagrees with ONNX Runtime beyond tolerance: {result}")
 
 
 if __name__ == "__main__":  # pragma: no cover

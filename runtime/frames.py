@@ -1,0 +1,74 @@
+"""Events -> frames per time step, with numpy only, exactly as training binned them with tonic.
+
+``FrameBinner.from_contract(contract)`` reads the binning the model was trained with from its
+metadata (sensor size, ``steps`` bins by ``time`` or by ``events``, spatial ``downsample``,
+``normalisation``). Time bins follow tonic's ``ToFrame(n_time_bins=...)``: window
+``(t_last - t_first) // steps``, starts ``t_first + k * window``; event bins tonic's
+``n_event_bins``: ``len // steps`` events each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..contract import StepContract
+from .errors import RuntimeInputError
+
+
+@dataclass(frozen=True)
+class FrameBinner:
+    sensor_size: tuple[int, int, int]  # (W, H, polarities), tonic's order
+    steps: int
+    by: str = "time"  # "time" | "events"
+    downsample: int = 1
+    normalisation: str = "binary"  # "binary" | "counts" | "log1p"
+
+    @classmethod
+    def from_contract(cls, contract: StepContract) -> "FrameBinner":
+        src = contract.input.source
+        try:
+            binner = cls(tuple(src["sensor_size"]), int(src["binning"]["steps"]), src["binning"]["by"], int(src.get("downsample", 1)),
+                         src.get("normalisation", "binary"))
+        except (KeyError, TypeError) as exc:
+            raise RuntimeInputError(f"the model's metadata records no event binning ({exc}); it was not trained on event frames") from None
+        if binner.frame_shape != contract.input.frame_shape:
+            raise RuntimeInputError(f"binning gives frames {binner.frame_shape}, the model takes {contract.input.frame_shape}")
+        return binner
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        w, h, p = self.sensor_size
+        return (p, h // self.downsample, w // self.downsample)
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        """``[steps, P, H, W]`` float32 frames of one recording (or one labelled segment)."""
+        w, h, p = self.sensor_size
+        if len(events) and (events["x"].max() >= w or events["y"].max() >= h or events["p"].max() >= p):
+            raise RuntimeInputError(f"events outside the {w}x{h}x{p} sensor the model was trained for")
+        x, y = events["x"].astype(np.int64), events["y"].astype(np.int64)
+        if self.downsample > 1:
+            x, y = (x * (1.0 / self.downsample)).astype(np.int64), (y * (1.0 / self.downsample)).astype(np.int64)
+        _, fh, fw = self.frame_shape
+        keep = (x < fw) & (y < fh)
+        events, x, y = events[keep], x[keep], y[keep]
+        frames = np.zeros((self.steps, *self.frame_shape), np.float32)
+        if len(events) == 0:
+            return frames
+        for k, (a, b) in enumerate(self._slices(events)):
+            np.add.at(frames[k], (events["p"][a:b].astype(np.int64), y[a:b], x[a:b]), 1)
+        if self.normalisation == "binary":
+            np.greater(frames, 0, out=frames, casting="unsafe")
+        elif self.normalisation == "log1p":
+            np.log1p(frames, out=frames)
+        return frames
+
+    def _slices(self, events: np.ndarray):
+        if self.by == "events":
+            count = len(events) // self.steps
+            starts = np.arange(self.steps) * count
+            return zip(starts, starts + count)
+        t = events["t"]
+        window = (t[-1] - t[0]) // self.steps
+        starts = np.arange(self.steps) * window + t[0]
+        return zip(np.searchsorted(t, starts), np.searchsorted(t, starts + window))

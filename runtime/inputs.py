@@ -1,0 +1,50 @@
+"""Recordings to stream: event files (binned with the model's recorded binning) or an ``.npz`` of frames."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import StepContract
+from .errors import EventFileError, RuntimeInputError
+from .events import read_events, read_gesture_labels
+from .frames import FrameBinner
+
+
+@dataclass
+class Recording:
+    name: str
+    frames: np.ndarray  # [T, *frame] float32
+    label: int | None = None
+
+
+def from_events(path, contract: StepContract, labels=None) -> list[Recording]:
+    """One recording per file, or one per labelled segment (DVS128 Gesture ``labels.csv``)."""
+    binner = FrameBinner.from_contract(contract)
+    events = read_events(path)
+    if len(events) == 0:
+        raise EventFileError(f"{path}: no events")
+    if labels is None:
+        return [Recording(Path(path).name, binner(events))]
+    out = []
+    for label, start, end in read_gesture_labels(labels):
+        seg = events[(events["t"] >= start) & (events["t"] < end)]
+        out.append(Recording(f"{Path(path).name}[{start}:{end}]", binner(seg), label))
+    return out
+
+
+def from_npz(path, contract: StepContract) -> list[Recording]:
+    """``x`` float32 ``[N, T, *frame]`` (or ``[T, *frame]``), optional ``y`` ``[N]``."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x, y = f["x"], (f["y"] if "y" in f.files else None)
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise RuntimeInputError(f"{path}: not a usable .npz with an 'x' array ({exc})") from None
+    frame = contract.input.frame_shape
+    if x.shape[-len(frame):] != frame or x.ndim not in (len(frame) + 1, len(frame) + 2):
+        raise RuntimeInputError(f"{path}: x has shape {x.shape}; the model takes frames {frame} ([N, T, *frame] or [T, *frame])")
+    x = x.astype(np.float32) if x.ndim == len(frame) + 2 else x[None].astype(np.float32)
+    if not np.isfinite(x).all():
+        raise RuntimeInputError(f"{path}: x holds NaN or Inf")
+    return [Recording(f"{Path(path).name}[{i}]", x[i], None if y is None else int(y[i])) for i in range(len(x))]

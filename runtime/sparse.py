@@ -1,0 +1,110 @@
+"""Event-driven input projection: the first layer's input current from the active inputs only.
+
+Event frames are sparse. For a dense first layer the input current is ``W_x x + c_x``; with
+``k`` active inputs it is ``sum_{i active} x_i W_x[:, i] + c_x``, a gather-sum of ``k`` weight
+columns: cost proportional to the events, not to the frame size. The ONNX graph is split at
+load time: the first layer's ``Gemm`` (and the ``Flatten`` before it) is cut off, its output
+becomes a graph input, and the runtime computes it here from ``W_x`` (read from the model's
+initializers through the parameter map). Needs the ``onnx`` package.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import InputSpec, StepContract, read_contract
+from .errors import RuntimeInputError
+from .ort_backend import OrtBackend
+from .session import StreamSession
+
+WEIGHT, BIAS = "layers.0.fc_x.weight", "layers.0.fc_x.bias"
+
+
+def split_input_projection(model_path) -> tuple[bytes, np.ndarray, np.ndarray, str, StepContract]:
+    """The graph without the input projection, ``W_x^T`` ``[D, H]`` (rows contiguous), ``c_x``, the new input name, contract."""
+    import onnx
+    from onnx import numpy_helper
+
+    contract = read_contract(model_path)
+    if contract.model_config.get("conv_channels"):
+        raise RuntimeInputError("the sparse input projection needs a dense first layer; this model starts with a conv layer")
+    model = onnx.load(str(model_path))
+    g = model.graph
+    w_name, b_name = contract.parameter_map[WEIGHT]["initializer"], contract.parameter_map[BIAS]["initializer"]
+    inits = {i.name: i for i in g.initializer}
+    gemm = next((n for n in g.node if n.op_type == "Gemm" and len(n.input) > 1 and n.input[1] == w_name), None)
+    if gemm is None:
+        raise RuntimeInputError(f"{model_path}: no Gemm reads {w_name}; cannot split the input projection")
+    trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
+    w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+    wt = np.ascontiguousarray(w.T if trans_b else w)  # [D, H]
+    bias = numpy_helper.to_array(inits[b_name]).astype(np.float32) if len(gemm.input) > 2 else np.zeros(wt.shape[1], np.float32)
+    current = gemm.output[0]
+    g.node.remove(gemm)
+    _prune(g)
+    del g.input[[i.name for i in g.input].index(contract.input.name)]
+    batch = contract.input.shape[0]
+    g.input.insert(0, onnx.helper.make_tensor_value_info(current, onnx.TensorProto.FLOAT, [batch, wt.shape[1]]))
+    for name in (w_name, b_name):
+        if not any(name in n.input for n in g.node):
+            g.initializer.remove(inits[name])
+    onnx.checker.check_model(model)
+    split = dataclasses.replace(contract, input=InputSpec(current, (batch, wt.shape[1]), source=contract.input.source))
+    return model.SerializeToString(), wt, bias, current, split
+
+
+def _prune(g) -> None:
+    """Drop nodes whose outputs nothing uses (the Flatten that fed the removed Gemm)."""
+    outputs = {o.name for o in g.output}
+    while True:
+        used = {i for n in g.node for i in n.input} | outputs
+        dead = [n for n in g.node if not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            g.node.remove(n)
+
+
+class SparseInputSession:
+    """A :class:`StreamSession` whose first-layer input current is a gather-sum over active inputs."""
+
+    def __init__(self, model_path, streams: int | None = None, threads: int = 1):
+        graph, self.wt, self.bias, name, split = split_input_projection(model_path)
+        self.frame_shape = read_contract(model_path).input.frame_shape
+        streams = streams or (split.batch if isinstance(split.batch, int) else 1)
+        self.session = StreamSession(OrtBackend(graph, split, streams, "ort", threads), split)
+        self.streams, self.contract = streams, split
+        self._current = np.zeros((streams, self.wt.shape[1]), np.float32)
+
+    def project(self, active: list[np.ndarray], values: list[np.ndarray] | None = None) -> np.ndarray:
+        """Input current per stream from flat indices of its active inputs (and their values; 1 if None)."""
+        if len(active) != self.streams:
+            raise RuntimeInputError(f"need active inputs for {self.streams} streams, got {len(active)}")
+        out = self._current
+        for s, idx in enumerate(active):
+            rows = self.wt[idx]
+            if values is None:
+                np.sum(rows, axis=0, out=out[s])
+            else:
+                np.dot(values[s].astype(np.float32, copy=False), rows, out=out[s])
+            out[s] += self.bias
+        return out
+
+    def step_active(self, active: list[np.ndarray], values: list[np.ndarray] | None = None) -> np.ndarray:
+        return self.session.step(self.project(active, values))
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        """Same contract as a dense session's ``step``: frames ``[streams, *frame]``."""
+        if x.dtype != np.float32 or x.shape != (self.streams, *self.frame_shape):
+            raise RuntimeInputError(f"input must be float32 {(self.streams, *self.frame_shape)}, got {x.dtype} {x.shape}")
+        flat = x.reshape(self.streams, -1)
+        active = [np.flatnonzero(row) for row in flat]
+        return self.step_active(active, [row[a] for row, a in zip(flat, active)])
+
+    def reset(self, stream: int | None = None) -> None:
+        self.session.reset(stream)
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return self.session.get_state()

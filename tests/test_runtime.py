@@ -1,0 +1,208 @@
+"""Device runtime: sessions vs PyTorch, stream resets, bad input, no torch, sparse input, build without TensorRT."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from export_helpers import make_checkpoint, real_spec
+
+from fptt_edge.cli import main
+from fptt_edge.config import ModelConfig
+from fptt_edge.contract import read_contract
+from fptt_edge.data.tasks import test_set_from_spec as load_check_set
+from fptt_edge.export.pipeline import export_checkpoint
+from fptt_edge.export.streams import make_streams
+from fptt_edge.model import flatten_state
+from fptt_edge.runtime import RuntimeInputError, open_session
+from fptt_edge.runtime.sparse import SparseInputSession
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rt")
+    spec, shape = real_spec()
+    net = make_checkpoint(tmp / "m.pt", ModelConfig(input_shape=shape, num_classes=10, hidden=(48,)), spec, seed=3)
+    export_checkpoint(tmp / "m.pt", tmp / "m.onnx", check=False, log=lambda m: None)
+    export_checkpoint(tmp / "m.pt", tmp / "dyn.onnx", batch=None, check=False, log=lambda m: None)
+    xs = make_streams(load_check_set(spec, num_classes=10), 3, 120)
+    return {"net": net, "static": tmp / "m.onnx", "dynamic": tmp / "dyn.onnx", "ckpt": tmp / "m.pt", "xs": xs, "tmp": tmp, "spec": spec}
+
+
+def test_streams_with_independent_resets_match_pytorch(models):
+    net, xs = models["net"], models["xs"]
+    sess = open_session(models["dynamic"], streams=3)
+    reset_at = {1: 40, 2: 77}  # stream -> step at which it is reset
+    torch_states = [net.initial_state(1) for _ in range(3)]
+    for t in range(xs.shape[1]):
+        for s, when in reset_at.items():
+            if t == when:
+                sess.reset(stream=s)
+                torch_states[s] = net.initial_state(1)
+        logits = sess.step(xs[:, t]).copy()
+        for s in range(3):
+            with torch.no_grad():
+                ref, torch_states[s] = net.step(torch.from_numpy(xs[s:s + 1, t]), torch_states[s])
+            np.testing.assert_allclose(logits[s], ref[0].numpy(), atol=1e-5)
+    state = sess.get_state()
+    for s in range(3):
+        for name, tensor in zip(net.state_names(), flatten_state(torch_states[s])):
+            if name.endswith(".s"):
+                np.testing.assert_array_equal(state[name][s], tensor[0].numpy())
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "nan", "inf", "list"])
+def test_bad_input_leaves_state_unchanged(models, bad):
+    sess = open_session(models["static"])
+    for t in range(10):
+        sess.step(models["xs"][:1, t])
+    before = sess.get_state()
+    x = models["xs"][:1, 10].copy()
+    x = {"shape": x[:, :-1] if x.ndim == 2 else x[:, :, :-1], "dtype": x.astype(np.float64), "nan": np.where(x == x, np.nan, x).astype(np.float32),
+         "inf": np.full_like(x, np.inf), "list": x.tolist()}[bad]
+    with pytest.raises(RuntimeInputError):
+        sess.step(x)
+    after = sess.get_state()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_state_get_set_and_validation(models):
+    sess = open_session(models["static"])
+    xs = models["xs"]
+    for t in range(20):
+        sess.step(xs[:1, t])
+    saved = sess.get_state()
+    a = [sess.step(xs[:1, t]).copy() for t in range(20, 40)]
+    sess.set_state(saved)
+    b = [sess.step(xs[:1, t]).copy() for t in range(20, 40)]
+    np.testing.assert_array_equal(np.stack(a), np.stack(b))
+    with pytest.raises(RuntimeInputError, match="state names"):
+        sess.set_state({"l0.u": saved["l0.u"]})
+    with pytest.raises(RuntimeInputError, match="finite float32"):
+        sess.set_state({**saved, "l0.b": saved["l0.b"] * np.nan})
+    with pytest.raises(RuntimeInputError, match="exported for batch 1"):
+        open_session(models["static"], streams=4)
+    sess.reset()
+    init = read_contract(models["static"]).initial_state()
+    assert all(np.array_equal(sess.get_state()[k], init[k]) for k in init)
+
+
+def test_no_python_allocations_per_step(models):
+    sess = open_session(models["static"])
+    x = models["xs"][:1, 0].copy()
+    for _ in range(50):
+        sess.step(x)
+    tracemalloc.start()
+    base = tracemalloc.take_snapshot()
+    for _ in range(2000):
+        sess.step(x)
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(base, "filename"))
+    tracemalloc.stop()
+    assert grown < 16_384, f"{grown} bytes retained over 2000 steps"
+
+
+def test_runtime_works_with_torch_unimportable(models, tmp_path):
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=models["xs"][:2, :30], y=np.array([1, 2]))
+    code = f"""
+import sys, json
+sys.modules['torch'] = None
+import numpy as np
+from fptt_edge.runtime import open_session
+s = open_session({str(models['static'])!r})
+x = np.load({str(npz)!r})['x']
+out = [s.step(x[0, t:t+1]).copy() for t in range(30)]
+from fptt_edge.cli import main
+main(['run', {str(models['static'])!r}, '--npz', {str(npz)!r}, '--json'], standalone_mode=False)
+np.save({str(tmp_path / 'out.npy')!r}, np.stack(out))
+assert 'torch' not in {{m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}}
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["recordings"] == 2 and summary["steps"] == 60
+    with torch.no_grad():
+        ref, _ = models["net"](torch.from_numpy(models["xs"][:1, :30]))
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy")[:, 0], ref[0].numpy(), atol=1e-5)
+
+
+def test_sparse_input_projection_matches_dense(models):
+    dense, sparse = open_session(models["static"]), SparseInputSession(models["static"])
+    xs = models["xs"]
+    for t in range(xs.shape[1]):
+        a, b = dense.step(xs[:1, t]).copy(), sparse.step(xs[:1, t]).copy()
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    sd, ss = dense.get_state(), sparse.get_state()
+    assert np.array_equal(sd["l0.s"], ss["l0.s"]) and sd["l0.s"].sum() > 0
+    flat = xs[0, 5].reshape(-1)
+    idx = np.flatnonzero(flat)
+    direct = SparseInputSession(models["static"]).project([idx], [flat[idx]])
+    w = models["net"].layers[0].fc_x
+    np.testing.assert_allclose(direct[0], (w.weight.detach().numpy() @ flat + w.bias.detach().numpy()), atol=1e-5)
+
+
+def test_cli_run_bench_build(models, tmp_path):
+    runner = CliRunner()
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=models["xs"][:1, :25])
+    res = runner.invoke(main, ["run", str(models["static"]), "--npz", str(npz), "--every", "10"])
+    assert res.exit_code == 0, res.output
+    assert "step   10" in res.output and "final prediction" in res.output and '"p99"' in res.output
+    res = runner.invoke(main, ["bench", str(models["dynamic"]), "--streams", "1,4", "--steps", "20", "--backends", "ort,tensorrt", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    engines = {(r["engine"], r["streams"]) for r in rows}
+    assert {("ort", 1), ("ort", 4), ("torch-eager", 1), ("numpy-blas-floor", 4)} <= engines  # the checkpoint beside it is found by hash
+    assert all(r["p50_us"] > 0 for r in rows if "unavailable" not in r)
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+        has_trt = True
+    except ImportError:
+        has_trt = False
+    if not has_trt:
+        res = runner.invoke(main, ["build", str(models["static"]), "--device", "orin-nano-8gb", "--precision", "fp16", "--refit"])
+        assert res.exit_code == 0, res.output
+        assert "TensorRT cannot build here" in res.output and "trtexec --onnx=m.onnx" in res.output
+        script = models["static"].with_suffix(".build.sh").read_text()
+        assert "--fp16 --precisionConstraints=obey --layerPrecisions=" in script and "node_gt:fp32" in script and "--refit" in script
+        contract = json.loads(script.split("<<'CONTRACT'\n")[1].split("\nCONTRACT")[0])
+        assert contract["build"]["precision"] == "fp16" and "fptt_edge.state" in contract["metadata"]
+    res = runner.invoke(main, ["build", str(models["static"]), "--device", "orin-nano-8gb", "--dla"])
+    assert res.exit_code == 2 and "no DLA" in res.output
+
+
+def _gpu_ready() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+
+        from fptt_edge.runtime.trt_build import tensorrt_status
+    except ImportError:
+        return False
+    return tensorrt_status() is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_ready(), reason="needs TensorRT >= 10 and a CUDA GPU")
+def test_tensorrt_engine_matches_ort_and_refits(models):
+    from fptt_edge.devices import load_profile
+    from fptt_edge.runtime.trt_build import build_engine, plan_build
+
+    plan, contract = plan_build(models["static"], "fp32", refit=True)
+    engine = build_engine(plan, contract, load_profile("orin-nano-8gb"))
+    ort_s = open_session(models["static"], "ort")
+    for graph in (False, True):
+        trt_s = open_session(engine, "tensorrt", cuda_graph=graph)
+        ort_s.reset()
+        for t in range(models["xs"].shape[1]):
+            x = models["xs"][:1, t]
+            np.testing.assert_allclose(trt_s.step(x), ort_s.step(x), atol=1e-4)
+    w = models["net"].readout.fc.weight.detach().numpy() * 0.5
+    trt_s.backend.refit({"readout.fc.weight": w})
+    trt_s.reset()
+    assert np.isfinite(trt_s.step(models["xs"][:1, 0])).all()

@@ -23,6 +23,7 @@ demo: $(BIN)/.installed
 	$(BIN)/fptt-edge info $(DEMO_DIR)/model.pt
 	$(BIN)/fptt-edge export $(DEMO_DIR)/model.pt --device orin-nano-8gb
 	$(BIN)/fptt-edge info $(DEMO_DIR)/model.onnx
+	$(BIN)/fptt-edge bench $(DEMO_DIR)/model.onnx --steps 2000 --backends ort
 	@echo "Artefacts in $(DEMO_DIR): model.pt (checkpoint), metrics.json, curves.png, checkpoint.pt (resume state), model.onnx + model.report.json (exported step)"
 
 ## The test suite (about 2 minutes on 2 cores).
@@ -34,6 +35,9 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/time_per_sequence.py
 	$(BIN)/python benchmarks/accuracy_equal_budget.py
 	$(BIN)/python benchmarks/export_checks.py
+	$(BIN)/python benchmarks/runtime_latency.py
+	$(BIN)/python benchmarks/sparse_projection.py
+	$(BIN)/python benchmarks/soak.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -77,6 +77,7 @@ class SparseInputSession:
         self.session = StreamSession(OrtBackend(graph, split, streams, "ort", threads), split)
         self.streams, self.contract = streams, split
         self._current = np.zeros((streams, self.wt.shape[1]), np.float32)
+        self._ones = np.ones(self.wt.shape[0], np.float32)
 
     def project(self, active: list[np.ndarray], values: list[np.ndarray] | None = None) -> np.ndarray:
         """Input current per stream from flat indices of its active inputs (and their values; 1 if None)."""
@@ -84,11 +85,9 @@ class SparseInputSession:
             raise RuntimeInputError(f"need active inputs for {self.streams} streams, got {len(active)}")
         out = self._current
         for s, idx in enumerate(active):
-            rows = self.wt[idx]
-            if values is None:
-                np.sum(rows, axis=0, out=out[s])
-            else:
-                np.dot(values[s].astype(np.float32, copy=False), rows, out=out[s])
+            rows = self.wt[idx]  # the gather: k rows of W_x^T, cost proportional to the events
+            weights = self._ones[: len(idx)] if values is None else values[s].astype(np.float32, copy=False)
+            np.dot(weights, rows, out=out[s])  # one BLAS gemv over the gathered rows
             out[s] += self.bias
         return out
 

@@ -183,10 +183,11 @@ def info(model_path):
     step model: the I/O contract (input, logits, state pairs with shapes and initial values)
     and the metadata.
     """
-    if model_path.lower().endswith(".onnx"):
+    if model_path.lower().endswith((".onnx", ".engine")):
         from .contract import read_contract
+        from .runtime.trt_build import load_engine_contract
 
-        contract = read_contract(model_path)
+        contract = load_engine_contract(model_path) if model_path.lower().endswith(".engine") else read_contract(model_path)
         click.echo(json.dumps(_contract_summary(model_path, contract), indent=2))
         return
     from .checkpoint import load_model
@@ -379,7 +380,9 @@ def bench(model_path, streams, steps, backends, checkpoint, as_json):
 
     contract = read_contract(model_path)
     counts = [int(s) for s in streams.split(",") if s.strip()]
-    if isinstance(contract.batch, int):
+    note = None
+    if isinstance(contract.batch, int) and counts != [contract.batch]:
+        note = f"{model_path} has a static batch of {contract.batch}: timing {contract.batch} stream(s) only (export with --batch dynamic for more)"
         counts = [contract.batch]
     ckpt = Path(checkpoint) if checkpoint else bm.find_checkpoint(model_path)
     rows = []
@@ -400,6 +403,8 @@ def bench(model_path, streams, steps, backends, checkpoint, as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    if note:
+        click.echo(note)
     click.echo(f"{'engine':18} {'streams':>7} {'p50 us':>9} {'p99 us':>9} {'steps/s':>10}")
     for r in rows:
         if "unavailable" in r:

@@ -70,10 +70,10 @@ class TensorRTBackend:
         graphs = []
         for i in range(2):
             self._bind(i)
-            self.context.execute_async_v3(self.stream)  # flush deferred updates before capture
+            self.context.execute_async_v3(int(self.stream))  # flush deferred updates before capture
             check(self.rt.cudaStreamSynchronize(self.stream))
             check(self.rt.cudaStreamBeginCapture(self.stream, self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-            self.context.execute_async_v3(self.stream)
+            self.context.execute_async_v3(int(self.stream))
             graph = check(self.rt.cudaStreamEndCapture(self.stream))
             graphs.append(check(self.rt.cudaGraphInstantiate(graph, 0)))
         return graphs
@@ -86,7 +86,7 @@ class TensorRTBackend:
             check(self.rt.cudaGraphLaunch(self._graphs[self._current], self.stream))
         else:
             self._bind(self._current)
-            if not self.context.execute_async_v3(self.stream):
+            if not self.context.execute_async_v3(int(self.stream)):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
         self._logits_dev.download(self.logits, self.stream)
         check(self.rt.cudaStreamSynchronize(self.stream))

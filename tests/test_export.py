@@ -242,3 +242,14 @@ def test_parity_failure_fails_export_and_writes_no_model(exported, tmp_path, mon
     with pytest.raises(ExportError, match="disagree on spikes"):
         export_checkpoint(path.with_suffix(".pt"), tmp_path / "s.onnx", streams=1, steps=200, precision_samples=5, log=lambda m: None)
     assert not (tmp_path / "s.onnx").exists() and json.loads((tmp_path / "s.report.json").read_text())["parity"]["passed"] is False
+
+
+def test_check_streams_are_real_and_distinct():
+    spec, _ = real_spec()
+    ds = load_check_set(spec, num_classes=10).take(10)
+    xs = make_streams(ds, 3, ds.steps * 25)  # longer than the data: every stream wraps around
+    assert xs.shape[:2] == (3, ds.steps * 25)
+    np.testing.assert_array_equal(xs[0, : ds.steps], ds.x[0].numpy())
+    assert not np.array_equal(xs[1], xs[2]) and not np.array_equal(xs[0], xs[1])
+    recordings = {ds.x[i].numpy().tobytes() for i in range(len(ds))}
+    assert all(xs[s, k * ds.steps:(k + 1) * ds.steps].tobytes() in recordings for s in range(3) for k in range(25))

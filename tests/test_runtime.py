@@ -206,3 +206,21 @@ def test_tensorrt_engine_matches_ort_and_refits(models):
     trt_s.backend.refit({"readout.fc.weight": w})
     trt_s.reset()
     assert np.isfinite(trt_s.step(models["xs"][:1, 0])).all()
+
+
+def test_foreign_and_corrupt_onnx_files_are_refused(models, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    plain = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])]))
+    onnx.save(plain, tmp_path / "plain.onnx")
+    (tmp_path / "junk.onnx").write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    good = models["static"].read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(good[: len(good) // 3])
+    runner = CliRunner()
+    for name, expected in [("plain", "not an fptt-edge step model"), ("junk", "not an ONNX model"), ("cut", "not an ONNX model")]:
+        for args in (["info"], ["run", "--npz", "x.npz"]):
+            res = runner.invoke(main, [args[0], str(tmp_path / f"{name}.onnx"), *args[1:]])
+            assert res.exit_code == 2 and expected in res.output, (name, args, res.output)

@@ -48,3 +48,24 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
     if not np.isfinite(x).all():
         raise RuntimeInputError(f"{path}: x holds NaN or Inf")
     return [Recording(f"{Path(path).name}[{i}]", x[i], None if y is None else int(y[i])) for i in range(len(x))]
+
+
+def from_contract_source(contract: StepContract, limit: int = 20) -> list[Recording]:
+    """Real recordings of the data the model was trained on, when its metadata points at an
+    N-MNIST split list that exists on this machine; else an empty list."""
+    src = contract.input.source
+    split = src.get("test_path") or src.get("path")
+    if src.get("task") != "nmnist" or not split or not Path(split).is_file():
+        return []
+    out = []
+    for line in Path(split).read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 2 or line.startswith("#"):
+            continue
+        rec = Path(split).parent / f"{parts[0]}.bs2"
+        if rec.is_file():
+            out.extend(from_events(rec, contract))
+            out[-1].label = int(parts[1])
+        if len(out) >= limit:
+            break
+    return out

@@ -10,12 +10,13 @@ from .session import open_session
 def verify_engine(onnx_path, engine_path, npz=None, steps: int = 200) -> dict:
     ref = open_session(onnx_path, "ort")
     trt = open_session(engine_path, "tensorrt", contract=ref.contract)
-    if npz:
-        from .inputs import from_npz
+    from .inputs import from_contract_source, from_npz
 
-        xs = np.concatenate([r.frames for r in from_npz(npz, ref.contract)])[:steps]
+    recordings = from_npz(npz, ref.contract) if npz else from_contract_source(ref.contract)
+    if recordings:
+        xs, source = np.concatenate([r.frames for r in recordings])[:steps], npz or "the model's recorded test data"
     else:
-        xs = random_frames(ref.frame_shape, density=0.05, n=steps)
+        xs, source = random_frames(ref.frame_shape, density=0.05, n=steps), "random event frames (5 % active; no real data found: pass --verify-npz)"
     spikes = [s.name for s in ref.contract.states if s.name.endswith(".s")]
     max_logits, flips, total = 0.0, 0, 0
     for x in xs:
@@ -24,5 +25,5 @@ def verify_engine(onnx_path, engine_path, npz=None, steps: int = 200) -> dict:
         sa, sb = ref.get_state(), trt.get_state()
         flips += sum(int((sa[n] != sb[n]).sum()) for n in spikes)
         total += sum(sa[n].size for n in spikes)
-    return {"steps": len(xs), "max_abs_logits": max_logits, "spike_flip_rate": flips / max(total, 1),
+    return {"inputs": str(source), "steps": len(xs), "max_abs_logits": max_logits, "spike_flip_rate": flips / max(total, 1),
             "passed": flips / max(total, 1) < 1e-3}

@@ -18,7 +18,7 @@ def real_spec() -> tuple[dict, tuple[int, ...]]:
     """The input spec of the real test data, and its frame shape."""
     if (NMNIST_DIR / "test100.txt").is_file():
         path = str((NMNIST_DIR / "test100.txt").resolve())
-        spec = {"task": "nmnist", "binning": {"by": "time", "steps": 20}, "downsample": 2, "normalisation": "binary", "test_path": path}
+        spec = {"task": "nmnist", "sensor_size": [34, 34, 2], "binning": {"by": "time", "steps": 20}, "downsample": 2, "normalisation": "binary", "test_path": path}
         return spec, (2, 17, 17)
     return {"task": "smnist", "mode": "row", "source": "mnist"}, (28,)
 

@@ -224,3 +224,33 @@ def test_foreign_and_corrupt_onnx_files_are_refused(models, tmp_path):
         for args in (["info"], ["run", "--npz", "x.npz"]):
             res = runner.invoke(main, [args[0], str(tmp_path / f"{name}.onnx"), *args[1:]])
             assert res.exit_code == 2 and expected in res.output, (name, args, res.output)
+
+
+def test_recordings_from_the_models_own_metadata(models):
+    from fptt_edge.runtime.inputs import from_contract_source
+
+    contract = read_contract(models["static"])
+    recs = from_contract_source(contract, limit=5)
+    if models["spec"]["task"] != "nmnist":
+        assert recs == []
+        return
+    ds = load_check_set(models["spec"], num_classes=10).take(5)
+    assert [r.label for r in recs] == ds.y.tolist()
+    for r, x in zip(recs, ds.x.numpy()):
+        np.testing.assert_array_equal(r.frames, x)  # runtime binning == training binning, through the metadata
+
+
+def _has_provider(name: str) -> bool:
+    import onnxruntime as ort
+
+    return name in ort.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_provider("CUDAExecutionProvider"), reason="needs onnxruntime-gpu and a CUDA GPU")
+def test_ort_cuda_session_matches_cpu(models):
+    cpu, gpu = open_session(models["dynamic"], "ort", streams=3), open_session(models["dynamic"], "ort-cuda", streams=3)
+    for t in range(models["xs"].shape[1]):
+        if t == 30:
+            cpu.reset(stream=1), gpu.reset(stream=1)
+        np.testing.assert_allclose(gpu.step(models["xs"][:, t]), cpu.step(models["xs"][:, t]), atol=1e-4)

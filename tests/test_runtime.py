@@ -139,6 +139,8 @@ def test_sparse_input_projection_matches_dense(models):
         np.testing.assert_allclose(a, b, atol=1e-5)
     sd, ss = dense.get_state(), sparse.get_state()
     assert np.array_equal(sd["l0.s"], ss["l0.s"]) and sd["l0.s"].sum() > 0
+    busy = (np.random.default_rng(1).random((1, *dense.frame_shape)) < 0.5).astype(np.float32)  # above the crossover: dense gemv
+    np.testing.assert_allclose(dense.step(busy), sparse.step(busy), atol=1e-5)
     flat = xs[0, 5].reshape(-1)
     idx = np.flatnonzero(flat)
     direct = SparseInputSession(models["static"]).project([idx], [flat[idx]])

@@ -22,7 +22,6 @@ from .graph_passes import convert_opset, default_opset, fold_and_clean, name_out
 from .step_graph import StepGraph, fold_batch_norm
 
 INPUT_NAME, LOGITS_NAME = "x", "logits"
-EXPORTERS = ("dynamo",)
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter's lowest native opset; lower targets are converted
 
 
@@ -31,14 +30,12 @@ def io_names(net: LTCNetwork) -> tuple[list[str], list[str]]:
     return [INPUT_NAME, *states], [LOGITS_NAME, *[n + OUTPUT_SUFFIX for n in states]]
 
 
-def trace_step(net: LTCNetwork, batch: int | None, opset: int | None, exporter: str = "dynamo") -> tuple[onnx.ModelProto, dict]:
+def trace_step(net: LTCNetwork, batch: int | None, opset: int | None) -> tuple[onnx.ModelProto, dict]:
     """Export one step; ``batch=None`` makes the batch axis dynamic.
 
     Returns the cleaned graph and the map from each model parameter to its initializer
     (BN-folded conv weights carry the per-channel scale/shift a refit must apply).
     """
-    if exporter not in EXPORTERS:
-        raise ExportError(f"unknown exporter {exporter!r}; choose from {EXPORTERS}")
     folded, transforms = fold_batch_norm(net)
     step = StepGraph(folded)
     b = batch or 2
@@ -62,7 +59,7 @@ def trace_step(net: LTCNetwork, batch: int | None, opset: int | None, exporter: 
             model = program.model_proto
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types
         detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise ExportError(f"the {exporter} exporter failed: {type(exc).__name__}: {detail}\n{log.getvalue()[-2000:]}") from exc
+        raise ExportError(f"the dynamo exporter failed: {type(exc).__name__}: {detail}\n{log.getvalue()[-2000:]}") from exc
     finally:
         onnx_logger.setLevel(level)
     rename_initializers(model, "net.")

@@ -15,9 +15,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..contract import OUTPUT_SUFFIX
 from ..model import LTCNetwork, flatten_state
 from ..neurons import LTCState, ltc_membrane
 from ..surrogate import heaviside
+from .onnx_build import INPUT_NAME, LOGITS_NAME
 
 TIE_TOLERANCE = 1e-5
 
@@ -72,7 +74,7 @@ def ort_session(model_bytes: bytes, threads: int = 1):
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
-def check_parity(net: LTCNetwork, session, streams: np.ndarray, batch: int | None, input_name: str = "x",
+def check_parity(net: LTCNetwork, session, streams: np.ndarray, batch: int | None, input_name: str = INPUT_NAME,
                  tie_tolerance: float = TIE_TOLERANCE, strict: bool = False) -> ParityResult:
     """Run ``streams`` ``[S, T, *frame]`` through ``net`` (eval) and ``session`` with the same batching.
 
@@ -98,8 +100,8 @@ def check_parity(net: LTCNetwork, session, streams: np.ndarray, batch: int | Non
             with torch.no_grad():
                 tlogits, tstate = net.step(torch.from_numpy(xs[:, t]), tstate)
             result = dict(zip(out_names, session.run(None, {input_name: xs[:, t], **ostate})))
-            ologits = result["logits"]
-            ostate = {n: result[n + "_out"] for n in names}
+            ologits = result[LOGITS_NAME]
+            ostate = {n: result[n + OUTPUT_SUFFIX] for n in names}
             tflat = dict(zip(names, (s.numpy() for s in flatten_state(tstate))))
             max_logits = max(max_logits, float(np.abs(ologits - tlogits.numpy()).max()))
             for n in names:
@@ -116,17 +118,16 @@ def check_parity(net: LTCNetwork, session, streams: np.ndarray, batch: int | Non
                     margins = [m.numpy() for m in spike_margins(net, torch.from_numpy(xs[:, t]), before)]
                 where = {"stream": g0 + int(np.argwhere(diff.reshape(group, -1).any(1))[0, 0]), "step": t, "state": n,
                          "count": int(diff.sum()), "max_margin": float(np.abs(margins[li][diff]).max())}
-                if where["max_margin"] <= tie_tolerance and not resync_blocked(ties, first):
+                if where["max_margin"] <= tie_tolerance and first is None:  # after a real mismatch, flips are not ties
                     # later layers see the flipped spike within this same step: part of the tie
                     where["downstream"] = {m: int((ostate[m] != tflat[m]).sum()) for m in spike_names[li + 1:]}
                     ties.append(where)
                     tie_flips[n] += where["count"]
                     resync = True
                     break
-                else:
-                    mismatches[n] += where["count"]
-                    first = first or where
-            if resync and first is None:  # continue from the reference state: a tie must not cascade
+                mismatches[n] += where["count"]
+                first = first or where
+            if resync:  # continue from the reference state: a tie must not cascade
                 ostate = {k: v.copy() for k, v in tflat.items()}
             agree += int((ologits.argmax(1) == tlogits.numpy().argmax(1)).sum())
     layer = lambda n: n[: -len(".s")]  # noqa: E731
@@ -138,11 +139,6 @@ def check_parity(net: LTCNetwork, session, streams: np.ndarray, batch: int | Non
         prediction_agreement=agree / (usable * n_steps), first_mismatch=first, ties=ties, tie_tolerance=tie_tolerance, strict=strict,
         backend={"reference": f"torch {torch.__version__} (eval, fp32)", "onnxruntime": _ort_version(), "provider": "CPUExecutionProvider"},
     )
-
-
-def resync_blocked(ties: list, first: dict | None) -> bool:
-    """After a real mismatch the trajectories have parted: later flips are not ties."""
-    return first is not None
 
 
 def _ort_version() -> str:

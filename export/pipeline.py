@@ -8,13 +8,14 @@ from pathlib import Path
 import onnx
 import torch
 
-from ..checkpoint import file_sha256, load_model
+from ..checkpoint import load_model
 from ..contract import OUTPUT_SUFFIX, InputSpec, StateSpec, StepContract
 from ..data.dataset import DataError
 from ..devices import DEFAULT_PROFILE, load_profile
-from ..io import write_bytes_atomic, write_json_atomic
+from ..io import file_sha256, write_bytes_atomic, write_json_atomic
 from ..model import LTCNetwork, flatten_state
 from .errors import ExportError
+from .graph_passes import default_opset
 from .lint import lint
 from .onnx_build import INPUT_NAME, LOGITS_NAME, trace_step
 from .parity import check_parity, ort_session
@@ -68,7 +69,7 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
         opset = max(min(profile.max_opset, 20), 18) if profile.max_opset >= 18 else profile.max_opset
     t0 = time.perf_counter()
     model, pmap = trace_step(net, batch, opset)
-    actual_opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    actual_opset = default_opset(model)
     contract = build_contract(net, payload, file_sha256(checkpoint), batch, actual_opset, pmap)
     for key, value in contract.to_metadata().items():
         model.metadata_props.add(key=key, value=value)

@@ -48,12 +48,12 @@ def run_scheme(net: LTCNetwork, xs: torch.Tensor, affine: torch.dtype, state_dty
     state = [tuple(t.to(state_dtype) for t in st) for st in net.initial_state(xs.shape[0])]
     logits, spikes = [], [[] for _ in net.layers]
     cast = lambda st, dt: type(st)(*(t.to(dt) for t in st))  # noqa: E731
+    up = lambda v: v.to(state_dtype)  # noqa: E731
     for t in range(xs.shape[1]):
         h, new_state = xs[:, t], []
         for i, (layer, st) in enumerate(zip(low.layers, state[:-1])):
             st = LTCState(*st)
             current, z_m, z_a = layer.drive(h.to(affine), cast(st, affine))
-            up = lambda v: v.to(state_dtype)  # noqa: E731
             new = ltc_update(st, up(current), up(z_m), up(z_a), up(layer.a_m), up(layer.a_a),
                              layer.b_j0, layer.beta_adapt, surrogate=False)
             new_state.append(new)
@@ -61,7 +61,7 @@ def run_scheme(net: LTCNetwork, xs: torch.Tensor, affine: torch.dtype, state_dty
             h = new.s
         ro = ReadoutState(*state[-1])
         o, z_o = low.readout.drive(h.to(affine), cast(ro, affine))
-        ro = readout_update(ro, o.to(state_dtype), z_o.to(state_dtype), low.readout.a_o.to(state_dtype))
+        ro = readout_update(ro, up(o), up(z_o), up(low.readout.a_o))
         state = [*new_state, ro]
         logits.append(ro.m.float())
     return torch.stack(logits, 1), [torch.stack(s) for s in spikes]

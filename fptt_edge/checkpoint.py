@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
-from .io import atomic_path, file_sha256  # noqa: F401 - file_sha256 re-exported
+from .io import atomic_path
 from .model import LTCNetwork
 
 FORMAT = "fptt-edge-checkpoint"

@@ -291,7 +291,7 @@ def devices(as_json):
         click.echo(f"{p.name + mark:15} {p.module[:30]:30} {p.gpu_arch + ' sm_' + p.compute_capability.replace('.', ''):16} {p.jetpack:8} "
                    f"{p.tensorrt:9} {f'{p.min_opset}-{p.max_opset}':7} {p.dla_cores:<3} {f'{p.memory_gb:g} GB':7} {p.python}"
                    + (f"  (unconfirmed: {', '.join(p.unconfirmed)})" if p.unconfirmed else ""))
-    click.echo(f"* default for export when --device is not given")
+    click.echo("* default for export when --device is not given")
 
 
 def backend_option(fn):
@@ -321,11 +321,11 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
     import numpy as np
 
     from .runtime.inputs import from_events, from_npz
-    from .runtime.session import _contract_for, open_session
+    from .runtime.session import contract_for, open_session
 
     if (events_path is None) == (npz_path is None):
         raise UserError("give exactly one of --events FILE or --npz FILE")
-    contract = _contract_for(Path(model_path))
+    contract = contract_for(Path(model_path))
     recordings = from_events(events_path, contract, labels_path) if events_path else from_npz(npz_path, contract)
     if sparse_input:
         if backend != "ort":

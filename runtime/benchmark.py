@@ -23,7 +23,8 @@ def latency(step, steps: int, warmup: int = 50) -> dict:
             "steps_per_s": float(1e6 / times.mean())}
 
 
-def frames(shape, density: float = 0.05, n: int = 64, seed: int = 0) -> np.ndarray:
+def random_frames(shape, density: float = 0.05, n: int = 64, seed: int = 0) -> np.ndarray:
+    """``n`` binary event frames with ``density`` active inputs (content does not change dense compute time)."""
     return (np.random.default_rng(seed).random((n, *shape)) < density).astype(np.float32)
 
 
@@ -31,7 +32,7 @@ def bench_session(model, backend: str, streams: int, steps: int, threads: int = 
     from .session import open_session
 
     sess = open_session(model, backend, streams=streams, threads=threads)
-    xs = frames((streams, *sess.frame_shape))
+    xs = random_frames((streams, *sess.frame_shape))
     i = [0]
 
     def step():
@@ -49,7 +50,7 @@ def bench_torch(checkpoint, streams: int, steps: int) -> dict:
 
     torch.set_num_threads(1)
     net, _ = load_model(checkpoint)
-    xs = torch.from_numpy(frames((streams, *net.config.input_shape)))
+    xs = torch.from_numpy(random_frames((streams, *net.config.input_shape)))
     state = [net.initial_state(streams)]
     i = [0]
 

@@ -20,6 +20,21 @@ from .errors import BackendUnavailable, RuntimeInputError
 BACKENDS = ("ort", "ort-cuda", "ort-trt", "tensorrt")
 
 
+def validate_frames(x, streams: int, frame_shape: tuple[int, ...]) -> np.ndarray:
+    """``x`` as ``[streams, *frame]`` float32 with finite values, else :class:`RuntimeInputError`."""
+    if not isinstance(x, np.ndarray):
+        raise RuntimeInputError(f"input must be a numpy array, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise RuntimeInputError(f"input dtype must be float32, got {x.dtype} (use x.astype(np.float32))")
+    if x.shape == frame_shape and streams == 1:
+        x = x[None]
+    if x.shape != (streams, *frame_shape):
+        raise RuntimeInputError(f"input shape must be {(streams, *frame_shape)} (streams, *frame), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise RuntimeInputError("input holds NaN or Inf; state unchanged")
+    return x
+
+
 class StreamSession:
     """``streams`` independent streams stepped together as one batch."""
 
@@ -35,22 +50,9 @@ class StreamSession:
     def class_names(self) -> tuple[str, ...]:
         return self.contract.class_names
 
-    def _validate(self, x) -> np.ndarray:
-        if not isinstance(x, np.ndarray):
-            raise RuntimeInputError(f"input must be a numpy array, got {type(x).__name__}")
-        if x.dtype != np.float32:
-            raise RuntimeInputError(f"input dtype must be float32, got {x.dtype} (use x.astype(np.float32))")
-        if x.shape == self.frame_shape and self.streams == 1:
-            x = x[None]
-        if x.shape != (self.streams, *self.frame_shape):
-            raise RuntimeInputError(f"input shape must be {(self.streams, *self.frame_shape)} (streams, *frame), got {x.shape}")
-        if not np.isfinite(x).all():
-            raise RuntimeInputError("input holds NaN or Inf; state unchanged")
-        return x
-
     def step(self, x: np.ndarray) -> np.ndarray:
         """One time step for every stream; returns logits ``[streams, classes]`` (the session's buffer)."""
-        x = self._validate(x)
+        x = validate_frames(x, self.streams, self.frame_shape)
         np.copyto(self.backend.x, x)
         self.backend.step()
         self.steps += 1
@@ -92,7 +94,7 @@ def open_session(model, backend: str = "ort", streams: int | None = None, contra
     if backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if contract is None:
-        contract = _contract_for(model)
+        contract = contract_for(model)
     elif not isinstance(contract, StepContract):
         contract = read_contract(contract)
     fixed = contract.batch if isinstance(contract.batch, int) else None
@@ -112,7 +114,8 @@ def open_session(model, backend: str = "ort", streams: int | None = None, contra
     return StreamSession(OrtBackend(str(model), contract, streams, backend, threads, cache_dir, fp16), contract)
 
 
-def _contract_for(model: Path) -> StepContract:
+def contract_for(model: Path) -> StepContract:
+    """The contract of an ``.onnx`` model, or of an ``.engine`` (from the JSON written beside it)."""
     if model.suffix == ".engine":
         from .trt_build import load_engine_contract
 

@@ -10,14 +10,13 @@ initializers through the parameter map). Needs the ``onnx`` package.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
 from ..contract import InputSpec, StepContract, read_contract
 from .errors import RuntimeInputError
 from .ort_backend import OrtBackend
-from .session import StreamSession
+from .session import StreamSession, validate_frames
 
 WEIGHT, BIAS = "layers.0.fc_x.weight", "layers.0.fc_x.bias"
 
@@ -99,8 +98,7 @@ class SparseInputSession:
 
     def step(self, x: np.ndarray) -> np.ndarray:
         """Same contract as a dense session's ``step``: frames ``[streams, *frame]``."""
-        if x.dtype != np.float32 or x.shape != (self.streams, *self.frame_shape):
-            raise RuntimeInputError(f"input must be float32 {(self.streams, *self.frame_shape)}, got {x.dtype} {x.shape}")
+        x = validate_frames(x, self.streams, self.frame_shape)
         flat = x.reshape(self.streams, -1)
         active = [np.flatnonzero(row) for row in flat]
         if max(len(a) for a in active) > self.crossover * flat.shape[1]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..contract import StepContract, read_contract
 from ..io import write_bytes_atomic, write_json_atomic
-from ..precision_rules import AFFINE_OPS
+from ..precision_rules import fp32_nodes
 from .errors import BackendUnavailable
 
 
@@ -41,7 +41,7 @@ def plan_build(onnx_path, precision: str = "fp32", refit: bool = False, streams:
     if precision == "fp16":
         import onnx
 
-        fp32_layers = [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node if n.op_type not in AFFINE_OPS]
+        fp32_layers = fp32_nodes(onnx.load(str(onnx_path), load_external_data=False))
     shapes = None
     if not isinstance(contract.batch, int):
         n = streams or 8

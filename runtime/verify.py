@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .benchmark import frames as random_frames
+from .benchmark import random_frames
 from .session import open_session
 
 

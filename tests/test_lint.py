@@ -1,7 +1,6 @@
 """Device lint and profiles: each check fires on a graph built to break it."""
 from __future__ import annotations
 
-import onnx
 import pytest
 from onnx import TensorProto, helper
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import CheckpointError, load_checkpoint, model_from_payload, save_checkpoint
+from ..checkpoint import load_checkpoint, model_from_payload, save_checkpoint
 from ..config import ModelConfig
 from ..data.dataset import SequenceDataset
 from ..io import write_json_atomic

@@ -15,11 +15,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib
 
+from ..errors import FpttEdgeError
+
 PROFILE_DIR = Path(__file__).resolve().parent
 DEFAULT_PROFILE = "orin-nano-8gb"
 
 
-class DeviceProfileError(ValueError):
+class DeviceProfileError(FpttEdgeError, ValueError):
     """An unknown or malformed device profile, with the reason."""
 
 

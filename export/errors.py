@@ -1,5 +1,6 @@
 """Errors of the export step."""
+from ..errors import FpttEdgeError
 
 
-class ExportError(RuntimeError):
+class ExportError(FpttEdgeError, RuntimeError):
     """The export cannot produce a trustworthy graph, with the reason."""

@@ -77,3 +77,86 @@ def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 def default_opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def lower_for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite the static-shape ops that carry INT64 constants (TensorRT 8.x rejects them), and
+    ``Reciprocal`` (not in TensorRT 8.x's table) as ``Div(1, x)``.
+
+    With every shape known: chains of ``Reshape`` collapse, a ``Reshape`` to the input's own
+    shape disappears, one to ``[1, n]``/``[N, n]`` (and an ``Unsqueeze`` to ``[N, 1]``)
+    becomes ``Flatten``, a ``Slice`` becomes a ``Gather`` with INT32 indices, an ``Expand``
+    becomes a multiply by a constant of ones, a ``ReduceSum`` over one axis of a matrix a
+    ``MatMul`` with a vector of ones, ``CastLike`` of a constant a constant. Values are unchanged
+    up to summation order.
+    """
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model, strict_mode=True))
+    for node in list(graph.nodes):
+        if node.op in ("Reshape", "Unsqueeze", "Squeeze") and isinstance(node.inputs[0], gs.Variable):
+            src = node.inputs[0]
+            producer = src.inputs[0] if len(src.inputs) == 1 else None
+            if producer is not None and producer.op == "Reshape" and _static(producer.inputs[0].shape):
+                node.inputs[0] = src = producer.inputs[0]  # Reshape(Reshape(x)) = Reshape(x)
+            _to_shape_free(node, src)
+        elif node.op == "Slice" and _static(node.inputs[0].shape) and all(isinstance(i, gs.Constant) for i in node.inputs[1:]):
+            _slice_to_gather(node)
+        elif node.op == "Expand" and _static(node.outputs[0].shape) and isinstance(node.inputs[1], gs.Constant):
+            ones = gs.Constant(f"{node.name}_ones", np.ones(node.outputs[0].shape, dtype=np.float32))
+            node.op, node.inputs, node.attrs = "Mul", [node.inputs[0], ones], {}
+        elif node.op == "ReduceSum" and len(node.inputs) == 2 and isinstance(node.inputs[1], gs.Constant):
+            _reduce_sum_to_matmul(node)
+        elif node.op == "Reciprocal" and node.inputs[0].dtype == np.float32:  # not in TensorRT 8.x's op table
+            one = gs.Constant(f"{node.name}_one", np.ones((), np.float32))
+            node.op, node.inputs, node.attrs = "Div", [one, node.inputs[0]], {}
+        elif node.op == "CastLike" and isinstance(node.inputs[0], gs.Constant) and node.inputs[1].dtype is not None:
+            value = node.inputs[0].values.astype(node.inputs[1].dtype)
+            node.op, node.inputs, node.attrs = "Identity", [gs.Constant(f"{node.name}_value", value)], {}
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    out = gs.export_onnx(graph)
+    out.metadata_props.extend(model.metadata_props)
+    return out
+
+
+def _static(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) for d in shape)
+
+
+def _to_shape_free(node: gs.Node, src: gs.Tensor) -> None:
+    """Reshape-like node -> Identity or Flatten where the static shapes allow it."""
+    shape_in, shape_out = src.shape, node.outputs[0].shape
+    if not (_static(shape_in) and _static(shape_out)):
+        return
+    if list(shape_in) == list(shape_out):
+        node.op, node.inputs, node.attrs = "Identity", [src], {}
+        return
+    if len(shape_out) == 2 and len(shape_in) >= 1:
+        for axis in range(len(shape_in) + 1):
+            if [int(np.prod(shape_in[:axis])), int(np.prod(shape_in[axis:]))] == list(shape_out):
+                node.op, node.inputs, node.attrs = "Flatten", [src], {"axis": axis}
+                return
+
+
+def _slice_to_gather(node: gs.Node) -> None:
+    """One-axis ``Slice`` with constant bounds -> ``Gather`` with INT32 indices (exact)."""
+    data = node.inputs[0]
+    starts, ends = node.inputs[1].values, node.inputs[2].values
+    axes = node.inputs[3].values if len(node.inputs) > 3 else np.arange(len(starts))
+    steps = node.inputs[4].values if len(node.inputs) > 4 else np.ones(len(starts), np.int64)
+    if len(starts) != 1:
+        return
+    axis = int(axes[0]) % len(data.shape)
+    index = np.arange(data.shape[axis])[slice(int(starts[0]), int(ends[0]), int(steps[0]))].astype(np.int32)
+    node.op, node.attrs = "Gather", {"axis": axis}
+    node.inputs = [data, gs.Constant(f"{node.name}_index", index)]
+
+
+def _reduce_sum_to_matmul(node: gs.Node) -> None:
+    """``ReduceSum(x [R, C], axes=[a])`` -> ``MatMul`` with ones (no INT64 axes input)."""
+    data, axes = node.inputs[0], [int(a) for a in node.inputs[1].values]
+    if not _static(data.shape) or len(data.shape) != 2 or len(axes) != 1 or data.dtype != np.float32:
+        return
+    axis, keep = axes[0] % 2, bool(node.attrs.get("keepdims", 1))
+    n = data.shape[axis]
+    ones = gs.Constant(f"{node.name}_ones", np.ones(((1, n) if keep else (n,)) if axis == 0 else ((n, 1) if keep else (n,)), np.float32))
+    node.op, node.attrs = "MatMul", {}
+    node.inputs = [ones, data] if axis == 0 else [data, ones]

@@ -9,7 +9,7 @@ import onnx
 import torch
 
 from ..checkpoint import load_model
-from ..contract import OUTPUT_SUFFIX, InputSpec, StateSpec, StepContract
+from ..contract import OUTPUT_SUFFIX, InputSpec, StateSpec, StepContract, stamp_checksum
 from ..data.dataset import DataError
 from ..devices import DEFAULT_PROFILE, load_profile
 from ..io import file_sha256, write_bytes_atomic, write_json_atomic
@@ -50,9 +50,17 @@ def build_contract(net: LTCNetwork, payload: dict, sha256: str, batch: int | Non
     )
 
 
+def _refuse_overwrite(checkpoint: Path, outputs: list[Path]) -> None:
+    """Never write over the input checkpoint (same path after resolving links and ``..``)."""
+    for path in outputs:
+        if path.resolve() == checkpoint.resolve() or (path.exists() and path.samefile(checkpoint)):
+            raise ExportError(f"{path} is the input checkpoint {checkpoint}; choose another -o")
+
+
 def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset: int | None = None, batch: int | None = 1,
                       check: bool = True, data=None, streams: int = 4, steps: int = 500, precision_samples: int = 200,
-                      fp16: bool = False, strict_parity: bool = False, log=print) -> dict:
+                      fp16: bool = False, strict_parity: bool = False, adapt: bool = False, trainable: str = "all",
+                      adapt_batch: int = 4, adapt_updates: int = 200, log=print) -> dict:
     """Export ``checkpoint`` to ``out`` (default: beside it, ``.onnx``); returns the report dict.
 
     Raises :class:`ExportError` (parity failure, exporter failure) before anything is written,
@@ -65,6 +73,7 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
     net, payload = load_model(checkpoint)
     out = Path(out) if out else checkpoint.with_suffix(".onnx")
     report_path = out.with_suffix(".report.json")
+    _refuse_overwrite(checkpoint, [out, report_path, *([out.with_suffix(".fp16.onnx")] if fp16 else [])])
     if opset is None:
         opset = max(min(profile.max_opset, 20), 18) if profile.max_opset >= 18 else profile.max_opset
     t0 = time.perf_counter()
@@ -75,6 +84,7 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "fptt-edge", _version("fptt-edge")
     model.doc_string = "LTC-SNN single step: (x_t, state_t) -> (logits_t, state_{t+1}); contract in metadata_props (fptt_edge.*)"
+    stamp_checksum(model)  # fptt_edge.graph_sha256: the runtime verifies graph and weights on load
     model_bytes = model.SerializeToString()
     export_seconds = time.perf_counter() - t0
     report = {
@@ -96,16 +106,37 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
     write_bytes_atomic(out, model_bytes)
     if fp16:
         variant = fp16_variant(model)
+        stamp_checksum(variant)
         fp16_path = out.with_suffix(".fp16.onnx")
         data16 = variant.SerializeToString()
         write_bytes_atomic(fp16_path, data16)
         report["fp16_variant"] = {"model": str(fp16_path), "model_bytes": len(data16),
                                   "scheme": "Gemm/Conv in FP16; neuron dynamics, threshold and state in FP32"}
+    if adapt:
+        report["train_step"] = _export_train_step(net, payload, checkpoint, out, profile, actual_opset, trainable, adapt_batch,
+                                                   data, check, adapt_updates, strict_parity, report, report_path, log)
     write_json_atomic(report_path, report)
     return report
 
 
-def _run_checks(net, payload, model, model_bytes, data, batch, n_streams, steps, precision_samples, strict, log) -> dict:
+def _export_train_step(net, payload, checkpoint, out, profile, opset, trainable, batch, data, check, updates, strict, report, report_path,
+                       log) -> dict:
+    """``MODEL.train.onnx`` (``--adapt``), checked on the same real data as the parity unless ``--no-check``."""
+    from .adapt_export import _TrainCheckFailed, export_train_step
+
+    check_data = None
+    if check:
+        ds = _check_set(net, payload, data)
+        check_data = (ds.x.numpy(), ds.y.numpy(), None if ds.lengths is None else ds.lengths.numpy())
+    try:
+        return export_train_step(net, payload, checkpoint, out, profile, opset, trainable, batch, check_data, updates, strict, log)
+    except _TrainCheckFailed as exc:
+        report["train_step"] = exc.report
+        write_json_atomic(report_path, report)
+        raise ExportError(f"{exc}; report in {report_path}") from None
+
+
+def _check_set(net, payload, data):
     from ..data.tasks import test_set_from_spec
 
     try:
@@ -114,6 +145,11 @@ def _run_checks(net, payload, model, model_bytes, data, batch, n_streams, steps,
         raise ExportError(f"the checks need real data: {exc}. Pass --data FILE, or --no-check to skip the checks") from None
     if ds.input_shape != net.config.input_shape:
         raise ExportError(f"check data steps have shape {ds.input_shape}; the model expects {net.config.input_shape}")
+    return ds
+
+
+def _run_checks(net, payload, model, model_bytes, data, batch, n_streams, steps, precision_samples, strict, log) -> dict:
+    ds = _check_set(net, payload, data)
     n_streams = max(n_streams, batch or 1)
     n_streams -= n_streams % (batch or 1)
     xs = make_streams(ds, n_streams, steps)

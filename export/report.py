@@ -35,6 +35,16 @@ def summary(report: dict) -> str:
     fp16 = report.get("fp16_variant")
     if fp16:
         lines.append(f"  FP16 variant: {fp16['model']} ({fp16['model_bytes'] / 1024:.1f} KiB)")
+    ts = report.get("train_step")
+    if ts:
+        lines.append(f"  train step ({ts['trainable']}: {ts['parameters']} weights in {len(ts['tensors'])} tensors, batch {ts['batch']}): "
+                     f"{ts['model']} ({ts['model_bytes'] / 1024:.1f} KiB, {ts['nodes']} nodes), eps kept: {ts['eps_survives']}, "
+                     f"lint {ts['lint']['verdict'].upper()}")
+        par = ts.get("parity")
+        if par:
+            rel = ", ".join(f"{k} {v:.1e} (noise {par['control_rel'][k]:.1e})" for k, v in par["max_rel"].items())
+            lines.append(f"    vs PyTorch's FPTT trainer, {par['updates']} updates: {'PASS' if par['passed'] else 'FAIL'}; spike mismatches "
+                         f"{sum(par['spike_mismatches'].values())}, ties {len(par['ties'])}; max relative difference {rel}")
     lint = report["lint"]
     lines.append(f"  device lint ({lint['device']}, TensorRT {lint['tensorrt']}): {lint['verdict'].upper()}")
     for f in lint["findings"]:

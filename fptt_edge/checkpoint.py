@@ -12,28 +12,88 @@ before any of its code can run. Writes are atomic (temporary file + rename).
 """
 from __future__ import annotations
 
+import io
+import lzma
+import math
 import pickle
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
 
 from .config import ModelConfig
-from .io import atomic_path
+from .errors import FpttEdgeError
+from .io import write_bytes_atomic
 from .model import LTCNetwork
 
 FORMAT = "fptt-edge-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FpttEdgeError, ValueError):
     """A checkpoint that cannot be used, with the reason."""
 
 
 def save_checkpoint(path, payload: dict) -> None:
+    """Write atomically; serialised in memory first so a full disk is an ``OSError`` naming ``path``."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+# What reading the archive can raise on a crafted or damaged file (zipfile, zlib, lzma, struct).
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError,
+                   struct.error, zlib.error, lzma.LZMAError, IndexError, OverflowError)
+_MAX_ZIP_VERSION = 45  # zip64; torch writes stored members that need no more
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse an archive torch and zipfile could read differently, or that hides something:
+    encrypted or oddly compressed members, newer zip features, data before the archive, an
+    empty directory, members whose CRC does not match (torch does not check CRCs)."""
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a fptt-edge checkpoint (not a torch zip archive; truncated or another format)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            if not infos:
+                raise CheckpointError(f"{path}: not a fptt-edge checkpoint (an empty archive)")
+            for info in infos:
+                if info.flag_bits & 0x1:
+                    raise CheckpointError(f"{path}: member {info.filename[:80]!r} is encrypted; a checkpoint never is")
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise CheckpointError(f"{path}: member {info.filename[:80]!r} uses zip compression method {info.compress_type}; "
+                                          "checkpoints are stored or deflated")
+                if info.extract_version > _MAX_ZIP_VERSION:
+                    raise CheckpointError(f"{path}: member {info.filename[:80]!r} needs zip version {info.extract_version / 10:.1f}, "
+                                          f"newer than a checkpoint uses ({_MAX_ZIP_VERSION / 10:.1f})")
+            count, offset = _end_record(path)
+            if offset not in (archive.start_dir, 0xFFFFFFFF) or count not in (len(infos), 0xFFFF):
+                raise CheckpointError(f"{path}: corrupt checkpoint (data before the archive, or a wrong directory offset or count)")
+            damaged = archive.testzip()
+    except CheckpointError:
+        raise
+    except _ARCHIVE_ERRORS as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch in '{damaged[:80]}')")
+
+
+def _end_record(path: Path) -> tuple[int | None, int | None]:
+    """The member count and central directory offset the end record states (zipfile ignores the
+    count and silently corrects a wrong offset; other readers may not)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(0, size - 65_557))
+        tail = f.read()
+    end = tail.rfind(b"PK\x05\x06")
+    if not 0 <= end <= len(tail) - 22:
+        return None, None
+    count, _, offset = struct.unpack_from("<HII", tail, end + 10)
+    return count, offset
 
 
 def load_checkpoint(path, kind: str | None = None) -> dict:
@@ -41,57 +101,117 @@ def load_checkpoint(path, kind: str | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a fptt-edge checkpoint (not a torch zip archive; truncated or another format)")
-    try:  # torch does not check the archive's CRCs: a flipped bit in a tensor would load silently
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
-    if damaged is not None:
-        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch in '{damaged}')")
+    _check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused: the file holds objects other than tensors and plain data "
-            f"(a checkpoint is never unpickled into arbitrary objects). Detail: {str(exc).splitlines()[0]}"
+            f"(a checkpoint is never unpickled into arbitrary objects). Detail: {str(exc).splitlines()[0][:200]}"
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, IndexError, struct.error) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fptt-edge checkpoint (no '{FORMAT}' header)")
     version = payload.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{path}: invalid format_version {version!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: invalid format_version {str(version)[:20]!r}")
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: format_version {version} was written by a newer fptt-edge; this one reads up to {FORMAT_VERSION}. Upgrade fptt-edge."
         )
-    for key in ("kind", "model_config", "state_dict"):
-        if key not in payload:
-            raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
+    _check_fields(payload, path)
     if kind is not None and payload["kind"] != kind:
         raise CheckpointError(f"{path}: a '{payload['kind']}' checkpoint where a '{kind}' one is needed")
     return payload
 
 
-def model_from_payload(payload: dict, path="checkpoint") -> LTCNetwork:
+_FIELDS = {"kind": str, "model_config": dict, "state_dict": dict}
+_OPTIONAL = {"class_names": list, "input_spec": dict, "training": dict, "metrics": dict, "history": list, "training_config": dict,
+             "trainer": dict, "progress": dict}
+_SPEC_CHOICES = {"mode": ("pixel", "row"), "source": ("mnist", "digits8x8"), "normalisation": ("binary", "counts", "log1p")}
+
+
+def _check_fields(payload: dict, path) -> None:
+    """Types of the known fields (the CLI reads them), refused with the field's name."""
+    for key, kind in _FIELDS.items():
+        if key not in payload:
+            raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
+    for key, kind in {**_FIELDS, **_OPTIONAL}.items():
+        if key in payload and not isinstance(payload[key], kind):
+            raise CheckpointError(f"{path}: '{key}' must be a {kind.__name__}, got {type(payload[key]).__name__}")
+    if payload["kind"] not in ("model", "resume"):
+        raise CheckpointError(f"{path}: unknown checkpoint kind {payload['kind'][:20]!r}")
+    if not all(isinstance(n, str) for n in payload.get("class_names", [])):
+        raise CheckpointError(f"{path}: class_names must be a list of names")
+    if not isinstance(payload.get("metrics", {}).get("epochs", []), list):
+        raise CheckpointError(f"{path}: metrics.epochs must be a list")
+    _check_input_spec(payload.get("input_spec", {}), path)
+
+
+def _check_input_spec(spec: dict, path) -> None:
+    """The fields that rebuild the evaluation data (``eval``/``export``) must have the types and values training wrote."""
+    task = spec.get("task")
+    wanted = {"smnist": ("mode", "source"), "psmnist": ("mode", "source"), "nmnist": ("normalisation",)}.get(task, ())
+    bad = [k for k in wanted if spec.get(k) not in _SPEC_CHOICES[k]]
+    if task == "nmnist":
+        binning = spec.get("binning")
+        if not (isinstance(binning, dict) and binning.get("by") in ("time", "events") and _count(binning.get("steps"))):
+            bad.append("binning")
+        if not _count(spec.get("downsample")):
+            bad.append("downsample")
+    bad += [k for k in ("path", "test_path") if k in spec and not isinstance(spec[k], str)]
+    if bad:
+        raise CheckpointError(f"{path}: input_spec of task {str(task)[:20]!r} has invalid {', '.join(bad)}")
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _check_config(d: dict, path) -> ModelConfig:
+    for key in ("b_j0", "beta_adapt"):
+        v = d.get(key, 1.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise CheckpointError(f"{path}: invalid model_config: {key} must be a finite number, got {str(v)[:20]!r}")
     try:
-        config = ModelConfig.from_dict(payload["model_config"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: invalid model_config: {exc}") from None
-    model = LTCNetwork(config)
-    state = payload["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return ModelConfig.from_dict(d)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: invalid model_config: {str(exc)[:200]}") from None
+
+
+def _check_weights(config: ModelConfig, state: dict, path) -> None:
+    """Names, shapes and dtypes of ``state`` against the model the config describes (built without memory)."""
+    try:
+        with torch.device("meta"):
+            expected = {k: (v.shape, v.dtype) for k, v in LTCNetwork(config).state_dict().items()}
+    except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: invalid model_config ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CheckpointError(f"{path}: state_dict must map names to tensors")
+    if set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise CheckpointError(f"{path}: weights do not match the model config (missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, tensor in state.items():
+        if (tensor.shape, tensor.dtype) != expected[name]:
+            raise CheckpointError(f"{path}: tensor '{name}' is {tensor.dtype} {list(tensor.shape)}, the model config needs "
+                                  f"{expected[name][1]} {list(expected[name][0])}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor '{name}' holds NaN or Inf")
+
+
+def model_from_payload(payload: dict, path="checkpoint") -> LTCNetwork:
+    config = _check_config(payload["model_config"], path)
+    state = payload["state_dict"]
+    _check_weights(config, state, path)
+    names = payload.get("class_names")
+    if names is not None and len(names) != config.num_classes:
+        raise CheckpointError(f"{path}: {len(names)} class names for {config.num_classes} classes")
+    model = LTCNetwork(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the model config: {str(exc).splitlines()[0]}") from None
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{path}: tensor '{name}' holds NaN or Inf")
     model.eval()
     return model
 

@@ -5,12 +5,15 @@ commands that do not need torch never import it.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
 import sys
 
 import click
+
+from .errors import FpttEdgeError
 
 
 class UserError(click.ClickException):
@@ -20,35 +23,36 @@ class UserError(click.ClickException):
 
 
 def _friendly(fn):
-    """Turn the project's own error types into clean CLI errors (no traceback)."""
+    """Any :class:`FpttEdgeError` (bad input, file or option) and a full disk become one line on
+    stderr and exit status 2; any other exception is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except _user_errors() as exc:
-            raise UserError(str(exc)) from None
+        except FpttEdgeError as exc:
+            raise UserError(_one_line(exc)) from None
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise UserError(f"no space left on device writing {exc.filename or 'an output file'}") from None
 
     return wrapper
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """The project's own error types that are present in this install (a device has no torch)."""
-    from .contract import ContractError
-    from .devices import DeviceProfileError
-    from .runtime.errors import BackendUnavailable, EventFileError, RuntimeInputError
+def _one_line(exc: Exception) -> str:
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
 
-    errors: list[type[Exception]] = [ContractError, DeviceProfileError, BackendUnavailable, EventFileError, RuntimeInputError]
+
+def _positive_ints(text: str, option: str) -> list[int]:
+    """``"1,8,32"`` -> ``[1, 8, 32]``, else a usage error naming ``option``."""
     try:
-        from .checkpoint import CheckpointError
-        from .data.dataset import DataError
-        from .export.errors import ExportError
-        from .training.loop import TrainingError
-    except ImportError:  # no torch / onnx: only the runtime's errors can occur
-        pass
-    else:
-        errors += [CheckpointError, DataError, ExportError, TrainingError]
-    return tuple(errors)
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"expected comma-separated positive integers, got {text[:40]!r}", param_hint=option)
+    return values
 
 
 def data_options(fn):
@@ -242,9 +246,15 @@ def _contract_summary(path, contract) -> dict:
 @click.option("--precision-samples", type=click.IntRange(1), default=200, show_default=True, help="Sequences for the FP16 emulation.")
 @click.option("--strict-parity", is_flag=True, help="Fail on rounding ties too (a spike within 1e-5 of its threshold that only one backend fires).")
 @click.option("--fp16-variant", is_flag=True, help="Also write MODEL.fp16.onnx: FP16 with FP32 I/O and the threshold/state path in FP32.")
+@click.option("--adapt", is_flag=True, help="Also write MODEL.train.onnx: one FPTT update per call, for on-device adaptation (checked against PyTorch's trainer).")
+@click.option("--trainable", type=click.Choice(["all", "readout", "last", "input"]), default="all", show_default=True,
+              help="--adapt: the tensors the train-step graph can update (the rest stay constants in it).")
+@click.option("--adapt-batch", type=click.IntRange(1, 256), default=4, show_default=True, help="--adapt: labelled sequences per update (static batch).")
+@click.option("--adapt-updates", type=click.IntRange(1), default=200, show_default=True, help="--adapt: updates in the check against PyTorch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON instead of the summary.")
 @_friendly
-def export(checkpoint, output, device, opset, batch, check, data_path, parity_steps, parity_streams, precision_samples, strict_parity, fp16_variant, as_json):
+def export(checkpoint, output, device, opset, batch, check, data_path, parity_steps, parity_streams, precision_samples, strict_parity, fp16_variant,
+           adapt, trainable, adapt_batch, adapt_updates, as_json):
     """Export a checkpoint to a stateful single-step ONNX graph, checked against PyTorch.
 
     \b
@@ -266,6 +276,7 @@ def export(checkpoint, output, device, opset, batch, check, data_path, parity_st
             raise click.BadParameter("expected a positive integer or 'dynamic'", param_hint="--batch")
     report = export_checkpoint(checkpoint, output, device=device, opset=opset, batch=batch_size, check=check, data=data_path,
                                streams=parity_streams, steps=parity_steps, precision_samples=precision_samples, fp16=fp16_variant, strict_parity=strict_parity,
+                               adapt=adapt, trainable=trainable, adapt_batch=adapt_batch, adapt_updates=adapt_updates,
                                log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(report, indent=2) if as_json else summary(report))
     if report["lint"]["verdict"] == "fail":
@@ -309,8 +320,10 @@ def backend_option(fn):
 @click.option("--every", type=click.IntRange(1), default=5, show_default=True, help="Print the evolving prediction every N steps.")
 @click.option("--no-reset", is_flag=True, help="Carry the state across recordings instead of resetting at each one.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the final JSON summary.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check MODEL's graph and weights against the checksum written at export (--no-verify for graphs edited on purpose).")
+@click.option("--factory", is_flag=True, help="Run the shipped weights, ignoring adapted generations in MODEL.adapted/.")
 @_friendly
-def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, every, no_reset, as_json):
+def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, every, no_reset, as_json, verify, factory):
     """Stream recordings through MODEL (.onnx, or .engine with --backend tensorrt), step by step.
 
     Prints the prediction as it evolves and at the end of each recording, then latency percentiles.
@@ -327,14 +340,22 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
         raise UserError("give exactly one of --events FILE or --npz FILE")
     contract = contract_for(Path(model_path))
     recordings = from_events(events_path, contract, labels_path) if events_path else from_npz(npz_path, contract)
+    empty = [rec.name for rec in recordings if len(rec.frames) == 0]
+    if not recordings or empty:
+        raise UserError(f"nothing to stream: {empty[0] + ' has no frames' if empty else 'no recordings'}")
+    from .runtime.adaptation import adapted_weights
+
+    weights, weights_from = (None, "factory") if factory else adapted_weights(model_path, warn=lambda m: click.echo(f"warning: {m}", err=True))
     if sparse_input:
         if backend != "ort":
             raise UserError("--sparse-input runs on the ONNX Runtime CPU backend (--backend ort)")
+        if weights is not None:
+            raise UserError("--sparse-input runs the shipped weights only: add --factory (adapted weights need the dense session)")
         from .runtime.sparse import SparseInputSession
 
-        sess = SparseInputSession(model_path, streams=1)
+        sess = SparseInputSession(model_path, streams=1, verify=verify)
     else:
-        sess = open_session(model_path, backend, streams=1, contract=contract)
+        sess = open_session(model_path, backend, streams=1, contract=contract, verify=verify, initializers=weights)
     classes = contract.class_names
     lat, results = [], []
     for rec in recordings:
@@ -354,7 +375,7 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
             click.echo(f"{rec.name}: final prediction {classes[pred]}{truth}")
     us = np.asarray(lat) / 1e3
     labelled = [r for r in results if r["label"] is not None]
-    summary = {"model": str(model_path), "backend": "ort+sparse-input" if sparse_input else backend, "recordings": len(results),
+    summary = {"model": str(model_path), "weights": weights_from, "backend": "ort+sparse-input" if sparse_input else backend, "recordings": len(results),
                "steps": len(us), "latency_us": {"p50": float(np.percentile(us, 50)), "p90": float(np.percentile(us, 90)),
                                                 "p99": float(np.percentile(us, 99))},
                "accuracy": (sum(r["prediction"] == r["label"] for r in labelled) / len(labelled)) if labelled else None,
@@ -369,17 +390,20 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
 @click.option("--backends", default="ort,ort-cuda,ort-trt,tensorrt", show_default=True, help="Backends to try (unavailable ones are reported, not fatal).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Checkpoint for PyTorch eager (default: the *.pt beside MODEL it was exported from).")
 @click.option("--json", "as_json", is_flag=True, help="Print only JSON.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check MODEL's graph and weights against the checksum written at export.")
 @_friendly
-def bench(model_path, streams, steps, backends, checkpoint, as_json):
+def bench(model_path, streams, steps, backends, checkpoint, as_json, verify):
     """Per-step latency p50/p99 and steps/s, each backend vs PyTorch eager vs a numpy/BLAS floor, side by side."""
     from pathlib import Path
 
-    from .contract import read_contract
+    from .contract import read_contract, verify_checksum
     from .runtime import benchmark as bm
     from .runtime.errors import BackendUnavailable
 
+    counts = _positive_ints(streams, "--streams")
     contract = read_contract(model_path)
-    counts = [int(s) for s in streams.split(",") if s.strip()]
+    if verify:
+        verify_checksum(model_path)
     note = None
     if isinstance(contract.batch, int) and counts != [contract.batch]:
         note = f"{model_path} has a static batch of {contract.batch}: timing {contract.batch} stream(s) only (export with --batch dynamic for more)"
@@ -389,7 +413,7 @@ def bench(model_path, streams, steps, backends, checkpoint, as_json):
     for n in counts:
         for backend in [b.strip() for b in backends.split(",") if b.strip()]:
             try:
-                rows.append({"engine": backend, "streams": n, **bm.bench_session(model_path, backend, n, steps)})
+                rows.append({"engine": backend, "streams": n, **bm.bench_session(model_path, backend, n, steps, verify=False)})
             except BackendUnavailable as exc:
                 rows.append({"engine": backend, "streams": n, "unavailable": str(exc).splitlines()[0]})
         if ckpt is not None:
@@ -453,6 +477,67 @@ def build(model_path, device, precision, refit, dla, verify_npz):
     click.echo(json.dumps(result, indent=2))
     if not result["passed"]:
         raise UserError(f"the engine disagrees with ONNX Runtime beyond tolerance: {result}")
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Labelled data of the new domain: .npz (x, y[, lengths]) or an N-MNIST split list (.txt).")
+@click.option("--events", "events_path", type=click.Path(dir_okay=False), help="An event recording of the new domain (with --labels).")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="DVS128 Gesture labels CSV for --events.")
+@click.option("--guard", "guard_path", type=click.Path(dir_okay=False), help="Labelled original-domain data (.npz) checked against forgetting (default: MODEL.guard.npz).")
+@click.option("--trainable", type=click.Choice(["all", "readout", "last", "input"]), default="all", show_default=True, help="Which tensors learn.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate (default: the one the model was trained with).")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=1, show_default=True, help="Passes over the training part of the data.")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help="Fraction of the data held out to score before/after.")
+@click.option("--max-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True, help="Guard-accuracy drop that rolls the weights back.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--factory", is_flag=True, help="Start from the shipped weights, not the latest adapted generation.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON report.")
+@_friendly
+def adapt(model_path, data_path, events_path, labels_path, guard_path, trainable, lr, epochs, holdout, max_drop, seed, factory, as_json):
+    """Adapt MODEL on the device to labelled data from a new domain (FPTT through MODEL.train.onnx; no torch).
+
+    \b
+    Needs MODEL.train.onnx (fptt-edge export MODEL.pt --adapt). The shipped weights are never
+    changed: each run saves a new generation in MODEL.adapted/ (checked against the guard set;
+    rolled back if it forgets), which `fptt-edge run` then uses (--factory there ignores it).
+    """
+    from .runtime.adaptation import adapt as run_adaptation
+
+    warn = (lambda m: None) if as_json else (lambda m: click.echo(f"warning: {m}", err=True))
+    with click.progressbar(length=1, label="adapting", file=sys.stderr, show_pos=True) if not as_json else _null_bar() as bar:
+        def progress(n: int) -> None:
+            bar.length = None  # unknown total: data pass over epochs
+            bar.update(n)
+
+        report = run_adaptation(model_path, data=data_path, events=events_path, labels=labels_path, guard=guard_path, trainable=trainable,
+                                lr=lr, epochs=epochs, holdout=holdout, seed=seed, factory=factory, max_drop=max_drop,
+                                progress=progress, warn=warn)
+    if not as_json:
+        b, a = report["accuracy_before"], report["accuracy_after"]
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        click.echo(f"adapted {model_path} ({report['trainable']}, {report['samples']['train']} recordings x {epochs} epoch(s), "
+                   f"{report['updates']} updates, {report['update_us']:.0f} us/update, from {report['started_from']})")
+        click.echo(f"  new data (held out, {report['samples']['held_out']}): {fmt(b['new_data'])} -> {fmt(a['new_data'])}")
+        click.echo(f"  guard ({report['guard'] or 'none'}): {fmt(b['guard'])} -> {fmt(a['guard'])}")
+        click.echo(f"  rollbacks {report['rollbacks']}, factory resets {report['factory_resets']}")
+        click.echo(f"  weights: {report['weights'] or 'not committed (the guard check failed; the previous weights stay)'}")
+    click.echo(json.dumps(report, indent=2))
+
+
+class _null_bar:
+    """A stand-in for click's progress bar (with --json)."""
+
+    length = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,9 +39,12 @@ class MultiGaussianSpike(torch.autograd.Function):
     """Heaviside forward, psi(x) * grad backward."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        ctx.save_for_backward(x)
+    def forward(x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return heaviside(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: D102 - separate, so make_fx can trace the train step
+        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102

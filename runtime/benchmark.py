@@ -28,10 +28,10 @@ def random_frames(shape, density: float = 0.05, n: int = 64, seed: int = 0) -> n
     return (np.random.default_rng(seed).random((n, *shape)) < density).astype(np.float32)
 
 
-def bench_session(model, backend: str, streams: int, steps: int, threads: int = 1) -> dict:
+def bench_session(model, backend: str, streams: int, steps: int, threads: int = 1, verify: bool = True) -> dict:
     from .session import open_session
 
-    sess = open_session(model, backend, streams=streams, threads=threads)
+    sess = open_session(model, backend, streams=streams, threads=threads, verify=verify)
     xs = random_frames((streams, *sess.frame_shape))
     i = [0]
 

@@ -1,13 +1,19 @@
 """Errors of the device runtime (no torch here)."""
+from ..errors import FpttEdgeError
 
 
-class RuntimeInputError(ValueError):
+class RuntimeInputError(FpttEdgeError, ValueError):
     """Input the session refuses (shape, dtype, NaN, unknown stream or state); the state is unchanged."""
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(FpttEdgeError, RuntimeError):
     """A backend whose libraries or hardware are missing on this machine, with what is missing."""
 
 
-class EventFileError(ValueError):
+class EventFileError(FpttEdgeError, ValueError):
     """An event file that cannot be read: corrupt, truncated or not the claimed format."""
+
+
+class AdaptationError(FpttEdgeError, ValueError):
+    """On-device adaptation refused: a bad label or segment, a train graph that does not pair with
+    the model, or an adapted-weights file that is corrupt, hostile or for another model."""

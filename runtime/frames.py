@@ -43,9 +43,7 @@ class FrameBinner:
 
     def __call__(self, events: np.ndarray) -> np.ndarray:
         """``[steps, P, H, W]`` float32 frames of one recording (or one labelled segment)."""
-        w, h, p = self.sensor_size
-        if len(events) and (events["x"].max() >= w or events["y"].max() >= h or events["p"].max() >= p):
-            raise RuntimeInputError(f"events outside the {w}x{h}x{p} sensor the model was trained for")
+        self._check(events)
         x, y = events["x"].astype(np.int64), events["y"].astype(np.int64)
         if self.downsample > 1:
             x, y = (x * (1.0 / self.downsample)).astype(np.int64), (y * (1.0 / self.downsample)).astype(np.int64)
@@ -62,6 +60,21 @@ class FrameBinner:
         elif self.normalisation == "log1p":
             np.log1p(frames, out=frames)
         return frames
+
+    def _check(self, events) -> None:
+        """Events as the readers in :mod:`.events` return them: on this sensor, in time order
+        (an out-of-range index would wrap around in the frame, unsorted times break the bins)."""
+        names = getattr(getattr(events, "dtype", None), "names", None) or ()
+        if not isinstance(events, np.ndarray) or events.ndim != 1 or not {"x", "y", "t", "p"} <= set(names):
+            raise RuntimeInputError("events must be a 1-D structured array with fields x, y, t, p (as fptt_edge.runtime.events reads them)")
+        if len(events) == 0:
+            return
+        w, h, p = self.sensor_size
+        for k, hi in (("x", w), ("y", h), ("p", p)):
+            if events[k].min() < 0 or events[k].max() >= hi:
+                raise RuntimeInputError(f"events outside the {w}x{h}x{p} sensor the model was trained for ({k} not in [0, {hi}))")
+        if np.any(np.diff(events["t"]) < 0):
+            raise RuntimeInputError("event timestamps go backwards: events must be in time order")
 
     def _slices(self, events: np.ndarray):
         if self.by == "events":

@@ -1,6 +1,8 @@
 """Recordings to stream: event files (binned with the model's recorded binning) or an ``.npz`` of frames."""
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,18 +37,23 @@ def from_events(path, contract: StepContract, labels=None) -> list[Recording]:
 
 
 def from_npz(path, contract: StepContract) -> list[Recording]:
-    """``x`` float32 ``[N, T, *frame]`` (or ``[T, *frame]``), optional ``y`` ``[N]``."""
+    """``x`` float32 ``[N, T, *frame]`` (or ``[T, *frame]``), optional ``y`` ``[N]`` integer labels."""
     try:
         with np.load(path, allow_pickle=False) as f:
             x, y = f["x"], (f["y"] if "y" in f.files else None)
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise RuntimeInputError(f"{path}: not a usable .npz with an 'x' array ({exc})") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise RuntimeInputError(f"{path}: not a usable .npz with an 'x' array ({detail})") from None
     frame = contract.input.frame_shape
-    if x.shape[-len(frame):] != frame or x.ndim not in (len(frame) + 1, len(frame) + 2):
-        raise RuntimeInputError(f"{path}: x has shape {x.shape}; the model takes frames {frame} ([N, T, *frame] or [T, *frame])")
+    if x.dtype.kind not in "fiub":
+        raise RuntimeInputError(f"{path}: x must hold real numbers (float32), got {x.dtype}")
+    if x.shape[-len(frame):] != frame or x.ndim not in (len(frame) + 1, len(frame) + 2) or 0 in x.shape:
+        raise RuntimeInputError(f"{path}: x has shape {x.shape}; the model takes frames {frame} ([N, T >= 1, *frame] or [T, *frame])")
     x = x.astype(np.float32) if x.ndim == len(frame) + 2 else x[None].astype(np.float32)
     if not np.isfinite(x).all():
         raise RuntimeInputError(f"{path}: x holds NaN or Inf")
+    if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu"):
+        raise RuntimeInputError(f"{path}: y must be [N = {len(x)}] integer labels, got {y.dtype} {list(y.shape)}")
     return [Recording(f"{Path(path).name}[{i}]", x[i], None if y is None else int(y[i])) for i in range(len(x))]
 
 

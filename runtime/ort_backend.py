@@ -36,7 +36,7 @@ class OrtBackend:
     """Steps an exported model with ONNX Runtime; ``streams`` is the batch size bound."""
 
     def __init__(self, model, contract: StepContract, streams: int, backend: str = "ort", threads: int = 1,
-                 cache_dir: str | None = None, fp16: bool = False):
+                 cache_dir: str | None = None, fp16: bool = False, initializers: dict[str, np.ndarray] | None = None):
         import onnxruntime as ort
 
         wanted = PROVIDERS.get(backend)
@@ -49,7 +49,16 @@ class OrtBackend:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(model, opts, providers=provider_options(backend, cache_dir, fp16))
+        # User-owned initializers (on-device adaptation): ONNX Runtime reads these arrays in place on
+        # the CPU, so new weights need no rebuild; pre-packing would keep a stale packed copy, so it is off.
+        self.initializers = {n: np.ascontiguousarray(v, np.float32).copy() for n, v in (initializers or {}).items()}
+        self._init_values = {n: ort.OrtValue.ortvalue_from_numpy(v) for n, v in self.initializers.items()}
+        if self.initializers:
+            opts.add_session_config_entry("session.disable_prepacking", "1")
+            for n, v in self._init_values.items():
+                opts.add_initializer(n, v)
+        self._opts, self._providers, self._model = opts, provider_options(backend, cache_dir, fp16), model
+        self.session = ort.InferenceSession(model, opts, providers=self._providers)
         self.name, self.contract, self.streams = backend, contract, streams
         self.device = "cpu" if backend == "ort" else "cuda"
         shapes = {s.name: (streams, *[int(d) for d in s.shape[1:]]) for s in contract.states}
@@ -81,12 +90,35 @@ class OrtBackend:
         b.bind_output(self.contract.logits, "cpu", 0, np.float32, self.logits.shape, self.logits.ctypes.data)
         return b
 
+    def set_initializers(self, values: dict[str, np.ndarray]) -> str:
+        """New values for user-owned initializers: written in place on the CPU provider (the session
+        reads them at the next step), or by rebuilding the session on GPU providers (which copied
+        them to the device). Returns ``"inplace"`` or ``"rebuild"``."""
+        for n, v in values.items():
+            np.copyto(self.initializers[n], v)
+        if self.device == "cpu":
+            return "inplace"
+        import onnxruntime as ort
+
+        state = self.read_state()
+        self.session = ort.InferenceSession(self._model, self._opts, providers=self._providers)
+        self._bindings = [self._bind(i) for i in range(2)]
+        for n, v in state.items():
+            self.write_state(n, v)
+        return "rebuild"
+
     def step(self) -> None:
         """Run one step on ``self.x``; logits land in ``self.logits``, the new state in the other set."""
         if self.device != "cpu":
             self._x_dev.update_inplace(self.x)
         self.session.run_with_iobinding(self._bindings[self._current])
         self._current = 1 - self._current
+
+    def state_views(self) -> dict[str, np.ndarray]:
+        """The current state set itself (CPU provider only; no copy): valid until the next step."""
+        if self.device != "cpu":
+            return self.read_state()
+        return self._sets[self._current]
 
     def read_state(self) -> dict[str, np.ndarray]:
         cur = self._sets[self._current]

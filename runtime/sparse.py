@@ -10,13 +10,13 @@ initializers through the parameter map). Needs the ``onnx`` package.
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 
-from ..contract import InputSpec, StepContract, read_contract
+from ..contract import ContractError, InputSpec, StepContract, read_contract, verify_checksum
 from .errors import RuntimeInputError
-from .ort_backend import OrtBackend
-from .session import StreamSession, validate_frames
+from .session import StreamSession, check_count, ort_backend, validate_frames
 
 WEIGHT, BIAS = "layers.0.fc_x.weight", "layers.0.fc_x.bias"
 
@@ -29,13 +29,13 @@ def split_input_projection(model_path) -> tuple[bytes, np.ndarray, np.ndarray, s
     contract = read_contract(model_path)
     if contract.model_config.get("conv_channels"):
         raise RuntimeInputError("the sparse input projection needs a dense first layer; this model starts with a conv layer")
-    model = onnx.load(str(model_path))
+    w_name, b_name = (contract.parameter_map.get(k, {}).get("initializer") for k in (WEIGHT, BIAS))
+    model = onnx.load(str(model_path))  # read_contract refused external data outside the model's folder
     g = model.graph
-    w_name, b_name = contract.parameter_map[WEIGHT]["initializer"], contract.parameter_map[BIAS]["initializer"]
     inits = {i.name: i for i in g.initializer}
     gemm = next((n for n in g.node if n.op_type == "Gemm" and len(n.input) > 1 and n.input[1] == w_name), None)
-    if gemm is None:
-        raise RuntimeInputError(f"{model_path}: no Gemm reads {w_name}; cannot split the input projection")
+    if gemm is None or w_name not in inits or (len(gemm.input) > 2 and b_name not in inits):
+        raise ContractError(f"{model_path}: no Gemm reads the initializers of {WEIGHT} and {BIAS}; cannot split the input projection")
     trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
     w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
     wt = np.ascontiguousarray(w.T if trans_b else w)  # [D, H]
@@ -49,7 +49,10 @@ def split_input_projection(model_path) -> tuple[bytes, np.ndarray, np.ndarray, s
     for name in (w_name, b_name):
         if not any(name in n.input for n in g.node):
             g.initializer.remove(inits[name])
-    onnx.checker.check_model(model)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ContractError(f"{model_path}: the graph without its input projection is not valid ({str(exc).splitlines()[0][:200]})") from None
     split = dataclasses.replace(contract, input=InputSpec(current, (batch, wt.shape[1]), source=contract.input.source))
     return model.SerializeToString(), wt, bias, current, split
 
@@ -69,46 +72,103 @@ def _prune(g) -> None:
 class SparseInputSession:
     """A :class:`StreamSession` whose first-layer input current is a gather-sum over active inputs."""
 
-    def __init__(self, model_path, streams: int | None = None, threads: int = 1, crossover: float = 0.12):
+    def __init__(self, model_path, streams: int | None = None, threads: int = 1, crossover: float = 0.12, verify: bool = True):
         """``crossover``: above this fraction of active inputs a frame is projected densely (one
-        gemv over all of ``W_x``), which is faster there (measured break-even: 15-20 %)."""
-        graph, self.wt, self.bias, name, split = split_input_projection(model_path)
+        gemv over all of ``W_x``), which is faster there (measured break-even: 15-20 %).
+        ``verify``: refuse a model whose graph or weights differ from the exported checksum."""
+        if verify:
+            verify_checksum(model_path)
+        graph, self.wt, self.bias, _, split = split_input_projection(model_path)
         self.frame_shape = read_contract(model_path).input.frame_shape
-        streams = streams or (split.batch if isinstance(split.batch, int) else 1)
-        self.session = StreamSession(OrtBackend(graph, split, streams, "ort", threads), split)
+        fixed = split.batch if isinstance(split.batch, int) else None
+        streams = check_count((fixed or 1) if streams is None else streams, "streams")
+        if fixed is not None and streams != fixed:
+            raise RuntimeInputError(f"{model_path} was exported for batch {fixed}; re-export with --batch {streams} or --batch dynamic")
+        self.session = StreamSession(ort_backend(graph, split, streams, "ort", threads), split)
         self.streams, self.contract = streams, split
         self._current = np.zeros((streams, self.wt.shape[1]), np.float32)
         self._ones = np.ones(self.wt.shape[0], np.float32)
         self.crossover = crossover
+        self._lock = threading.Lock()
+
+    def _checked(self, active, values) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Per stream: 1-D integer indices in ``[0, D)`` and, if given, as many finite values."""
+        if not isinstance(active, (list, tuple)) or len(active) != self.streams:
+            raise RuntimeInputError(f"need a list of active-input index arrays, one per stream ({self.streams}), got {type(active).__name__}")
+        if values is not None and (not isinstance(values, (list, tuple)) or len(values) != self.streams):
+            raise RuntimeInputError(f"need a list of value arrays, one per stream ({self.streams}), got {type(values).__name__}")
+        d, out_idx, out_val = self.wt.shape[0], [], []
+        for s, idx in enumerate(active):
+            idx = np.asarray(idx)
+            idx = idx.astype(np.intp) if idx.size == 0 else idx
+            if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+                raise RuntimeInputError(f"stream {s}: active inputs must be a 1-D integer index array, got {idx.dtype} {idx.shape}")
+            if idx.size and (idx.min() < 0 or idx.max() >= d):
+                raise RuntimeInputError(f"stream {s}: active input indices must lie in [0, {d}), got {idx.min()}..{idx.max()}")
+            out_idx.append(idx)
+            if values is not None:
+                v = values[s]
+                v = None if isinstance(v, np.ma.MaskedArray) else np.asarray(v)
+                if v is None or v.shape != idx.shape or v.dtype.kind not in "fiu" or not np.isfinite(v).all():
+                    raise RuntimeInputError(f"stream {s}: values must be finite numbers, one per active index ({idx.size})")
+                out_val.append(v.astype(np.float32, copy=False))
+        return out_idx, (out_val if values is not None else None)
+
+    def _enter(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeInputError("the session is in use by another thread; use one session per thread")
 
     def project(self, active: list[np.ndarray], values: list[np.ndarray] | None = None) -> np.ndarray:
         """Input current per stream from flat indices of its active inputs (and their values; 1 if None)."""
-        if len(active) != self.streams:
-            raise RuntimeInputError(f"need active inputs for {self.streams} streams, got {len(active)}")
+        return self._project(*self._checked(active, values))
+
+    def _project(self, active: list[np.ndarray], values: list[np.ndarray] | None) -> np.ndarray:
         out = self._current
         for s, idx in enumerate(active):
             rows = self.wt[idx]  # the gather: k rows of W_x^T, cost proportional to the events
-            weights = self._ones[: len(idx)] if values is None else values[s].astype(np.float32, copy=False)
+            weights = self._ones[: len(idx)] if values is None else values[s]
             np.dot(weights, rows, out=out[s])  # one BLAS gemv over the gathered rows
             out[s] += self.bias
         return out
 
     def step_active(self, active: list[np.ndarray], values: list[np.ndarray] | None = None) -> np.ndarray:
-        return self.session.step(self.project(active, values))
+        """One step from the active inputs of each stream (checked: indices in range, finite values)."""
+        active, values = self._checked(active, values)
+        self._enter()
+        try:
+            return self.session.step(self._project(active, values))
+        finally:
+            self._lock.release()
 
     def step(self, x: np.ndarray) -> np.ndarray:
         """Same contract as a dense session's ``step``: frames ``[streams, *frame]``."""
         x = validate_frames(x, self.streams, self.frame_shape)
-        flat = x.reshape(self.streams, -1)
-        active = [np.flatnonzero(row) for row in flat]
-        if max(len(a) for a in active) > self.crossover * flat.shape[1]:
-            np.matmul(flat, self.wt, out=self._current)
-            self._current += self.bias
-            return self.session.step(self._current)
-        return self.step_active(active, [row[a] for row, a in zip(flat, active)])
+        self._enter()
+        try:
+            flat = x.reshape(self.streams, -1)
+            active = [np.flatnonzero(row) for row in flat]
+            if max(len(a) for a in active) > self.crossover * flat.shape[1]:
+                np.matmul(flat, self.wt, out=self._current)
+                self._current += self.bias
+                return self.session.step(self._current)
+            return self.session.step(self._project(active, [row[a] for row, a in zip(flat, active)]))
+        finally:
+            self._lock.release()
 
     def reset(self, stream: int | None = None) -> None:
         self.session.reset(stream)
 
     def get_state(self) -> dict[str, np.ndarray]:
         return self.session.get_state()
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.session.set_state(state)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> SparseInputSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -106,10 +106,7 @@ class TensorRTBackend:
     def refit(self, weights: dict[str, np.ndarray]) -> list[str]:
         """Push new values of model parameters (names as in the checkpoint) into the engine; returns
         the initializer names refitted. Call between steps, never while work is enqueued."""
-        trt = self.trt
-        check(self.rt.cudaStreamSynchronize(self.stream))
-        refitter = trt.Refitter(self.engine, self.logger)
-        keep_alive, done = [], []
+        values = {}
         for param, value in weights.items():
             entry = self.contract.parameter_map.get(param)
             if entry is None or entry["initializer"] is None:
@@ -119,11 +116,26 @@ class TensorRTBackend:
                 value = value * np.asarray(entry["scale"], np.float32).reshape(-1, *([1] * (value.ndim - 1)))
             elif entry["transform"] == "bn_fold_bias":
                 value = value * np.asarray(entry["scale"], np.float32) + np.asarray(entry["shift"], np.float32)
-            value = np.ascontiguousarray(value)
+            values[entry["initializer"]] = value
+        return self.refit_initializers(values)
+
+    def set_initializers(self, values: dict[str, np.ndarray]) -> str:
+        """New values by initializer name (what the on-device learner trains, BN already folded): a refit."""
+        self.refit_initializers(values)
+        return "refit"
+
+    def refit_initializers(self, values: dict[str, np.ndarray]) -> list[str]:
+        """Refit the engine's weights by ONNX initializer name; returns the names refitted."""
+        trt = self.trt
+        check(self.rt.cudaStreamSynchronize(self.stream))
+        refitter = trt.Refitter(self.engine, self.logger)
+        keep_alive, done = [], []
+        for name, value in values.items():
+            value = np.ascontiguousarray(value, np.float32)
             keep_alive.append(value)
-            if not refitter.set_named_weights(entry["initializer"], trt.Weights(value)):
-                raise RuntimeError(f"TensorRT refused weights for {entry['initializer']} (engine built without --refit?)")
-            done.append(entry["initializer"])
+            if not refitter.set_named_weights(name, trt.Weights(value)):
+                raise RuntimeError(f"TensorRT refused weights for {name} (engine built without --refit?)")
+            done.append(name)
         missing = refitter.get_missing_weights()
         if missing:
             raise RuntimeError(f"refit incomplete, TensorRT also needs: {missing}")

@@ -5,8 +5,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import FpttEdgeError
 
-class DataError(ValueError):
+
+class DataError(FpttEdgeError, ValueError):
     """Unusable input data, with the file and field it concerns."""
 
 

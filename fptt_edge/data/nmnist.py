@@ -1,10 +1,12 @@
 """N-MNIST event recordings -> frames per time step (the path DVS128 Gesture uses too).
 
-Each recording is read with tonic's N-MNIST reader (after checking that the file is whole),
-optionally downsampled (``tonic.transforms.Downsample``) and binned into ``steps`` frames
-(``tonic.transforms.ToFrame``) either by time (equal time spans) or by event count (equal
-numbers of events). Frames are ``[T, 2, H, W]`` (polarity as channel), normalised as
-``counts`` (raw), ``binary`` (count > 0) or ``log1p``.
+Each recording is read with the torch-free reader the device runtime uses
+(:func:`fptt_edge.runtime.events.read_nmnist`: the file checked whole, events identical to
+tonic's ``read_mnist_file``, returned in tonic's N-MNIST dtype), optionally downsampled
+(``tonic.transforms.Downsample``) and binned into ``steps`` frames (``tonic.transforms.ToFrame``)
+either by time (equal time spans) or by event count (equal numbers of events). Frames are
+``[T, 2, H, W]`` (polarity as channel), normalised as ``counts`` (raw), ``binary`` (count > 0)
+or ``log1p``.
 """
 from __future__ import annotations
 
@@ -13,31 +15,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..runtime import events as events_io
+from ..runtime.errors import EventFileError
 from .dataset import DataError, SequenceDataset
 
-SENSOR = (34, 34, 2)
-EVENT_BYTES = 5
+SENSOR = events_io.NMNIST_SENSOR
+TONIC_NMNIST_DTYPE = np.dtype([("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")])  # tonic.datasets.NMNIST.dtype
 BINNINGS = ("time", "events")
 NORMALISATIONS = ("binary", "counts", "log1p")
 
 
 def read_nmnist(path) -> np.ndarray:
-    """Events of one N-MNIST ``.bs2``/``.bin`` recording as tonic's structured array (x, y, t, p)."""
-    import tonic
-
-    path = Path(path)
+    """Events of one N-MNIST ``.bs2``/``.bin`` recording as tonic's structured array (x, y, t, p,
+    all int64): the runtime's reader, so training and the device read every file alike (see
+    :mod:`fptt_edge.runtime.events` for what is refused); its errors become :class:`DataError`."""
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read N-MNIST recording ({exc.strerror})") from None
-    if size == 0 or size % EVENT_BYTES:
-        raise DataError(f"{path}: truncated or not an N-MNIST recording ({size} bytes is not a whole number of {EVENT_BYTES}-byte events)")
-    events = tonic.io.read_mnist_file(str(path), dtype=tonic.datasets.NMNIST.dtype)
-    if len(events) == 0:
-        raise DataError(f"{path}: recording holds no events")
-    if events["x"].max() >= SENSOR[0] or events["y"].max() >= SENSOR[1]:
-        raise DataError(f"{path}: event coordinates outside the {SENSOR[0]}x{SENSOR[1]} sensor: not an N-MNIST recording")
-    return events
+        events = events_io.read_nmnist(path)
+    except EventFileError as exc:
+        raise DataError(str(exc)) from None
+    return events.astype(TONIC_NMNIST_DTYPE)
 
 
 def events_to_frames(events: np.ndarray, steps: int, binning: str = "time", downsample: int = 1, normalisation: str = "binary") -> np.ndarray:

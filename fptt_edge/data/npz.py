@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .dataset import DataError, SequenceDataset
+
+MAX_CLASSES = 100_000  # without a model to say how many, labels beyond this are taken for corrupt data
 
 
 def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
@@ -18,26 +21,27 @@ def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({str(exc)[:200]})") from None
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{path}: missing field '{key}' (have {sorted(arrays)})")
     x, y = arrays["x"], arrays["y"]
-    if x.ndim < 3:
-        raise DataError(f"{path}: field 'x' must be [N, T, C] or [N, T, ...], got shape {x.shape}")
+    if x.ndim < 3 or min(x.shape[1:]) < 1:
+        raise DataError(f"{path}: field 'x' must be [N, T, C] or [N, T, ...] with T >= 1 steps and non-empty frames, got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{path}: field 'x' must be floating point (float32), got {x.dtype}")
+    x = x.astype(np.float32)
     if not np.isfinite(x).all():
-        raise DataError(f"{path}: field 'x' holds NaN or Inf values")
+        raise DataError(f"{path}: field 'x' holds NaN or Inf values (as float32)")
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: field 'y' must be [N] with N = {len(x)}, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: field 'y' must hold integer labels, got {y.dtype}")
     if len(y) == 0:
         raise DataError(f"{path}: no samples")
-    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
-        raise DataError(f"{path}: field 'y' labels must be in [0, {num_classes or 'C'}), got range [{y.min()}, {y.max()}]")
+    if y.min() < 0 or y.max() >= (num_classes or MAX_CLASSES):
+        raise DataError(f"{path}: field 'y' labels must be in [0, {num_classes or MAX_CLASSES}), got range [{y.min()}, {y.max()}]")
     lengths = None
     if "lengths" in arrays:
         lengths = arrays["lengths"]
@@ -48,4 +52,4 @@ def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
         lengths = torch.from_numpy(lengths.astype(np.int64))
     classes = int(num_classes or y.max() + 1)
     spec = {"task": "npz", "file": path.name, "steps": int(x.shape[1]), "shape": list(x.shape[2:]), "normalisation": "as provided"}
-    return SequenceDataset(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)), [str(i) for i in range(max(classes, 2))], spec, lengths)
+    return SequenceDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), [str(i) for i in range(max(classes, 2))], spec, lengths)

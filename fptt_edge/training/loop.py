@@ -10,8 +10,15 @@ one exactly.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no run lock
+    fcntl = None  # type: ignore[assignment]
 
 import torch
 from tqdm.auto import tqdm
@@ -19,6 +26,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_checkpoint, model_from_payload, save_checkpoint
 from ..config import ModelConfig
 from ..data.dataset import SequenceDataset
+from ..errors import FpttEdgeError
 from ..io import write_json_atomic
 from ..model import LTCNetwork
 from ..reporting import plot_curves
@@ -26,9 +34,10 @@ from .distributed import DistContext
 from .trainers import TrainConfig, evaluate, make_trainer
 
 MODEL_FILE, RESUME_FILE, METRICS_FILE, PLOT_FILE = "model.pt", "checkpoint.pt", "metrics.json", "curves.png"
+LOCK_FILE = ".lock"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(FpttEdgeError, RuntimeError):
     """A run that cannot start or continue, with the reason."""
 
 
@@ -51,11 +60,34 @@ def fit(model_config: ModelConfig, cfg: TrainConfig, train: SequenceDataset, tes
         resume: bool = False, device: str = "cpu", progress: bool = True) -> dict:
     """Train, evaluate after every epoch, write artefacts; returns the metrics dict."""
     out = Path(out_dir)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda asked for, but this PyTorch sees no usable CUDA device; use --device cpu")
     ctx = DistContext.from_env(device)
     try:
-        return _fit(model_config, cfg, train, test, out, resume, ctx, progress)
+        with _run_lock(out, ctx.is_main):
+            return _fit(model_config, cfg, train, test, out, resume, ctx, progress)
     finally:
         ctx.close()
+
+
+@contextlib.contextmanager
+def _run_lock(out: Path, take: bool):
+    """Hold ``out/.lock`` exclusively (``flock``, released when the run ends or its process dies):
+    two trainings on one folder would overwrite each other's artefacts."""
+    if not take or fcntl is None:
+        yield
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = open(out / LOCK_FILE, "a")  # noqa: SIM115 - held for the whole run
+    except OSError as exc:
+        raise TrainingError(f"{out}: cannot create the run folder ({exc.strerror})") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(f"another training is using {out}; wait for it to end or choose another --out") from None
+        yield
 
 
 def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress) -> dict:
@@ -68,28 +100,29 @@ def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress
     torch.manual_seed(cfg.seed)
     if resume and resume_path.exists():
         payload = load_checkpoint(resume_path, kind="resume")
-        saved = TrainConfig(**payload["training_config"])
+        saved = _saved_config(payload, resume_path)
         if payload["model_config"] != model_config.to_dict():
             raise TrainingError(f"{resume_path}: the saved model config differs from this command's: {payload['model_config']}")
         differs = {k for k, v in saved.to_dict().items() if k not in ("epochs", "checkpoint_interval") and cfg.to_dict()[k] != v}
         if differs:
             raise TrainingError(f"{resume_path}: resume with the same settings; these differ: {sorted(differs)}")
         model = model_from_payload(payload, resume_path)
-        history = list(payload["history"])
-        saved_progress = payload["progress"]
-        start_epoch, start_batch = int(saved_progress["epoch"]), int(saved_progress["batch"])
+        saved_progress, history = _saved_progress(payload, resume_path)
+        start_epoch, start_batch = saved_progress["epoch"], saved_progress["batch"]
     else:
         model = LTCNetwork(model_config)
     model.to(ctx.device)
     net = ctx.wrap(model)
     trainer = make_trainer(model, cfg, net)
     if saved_progress is not None:
-        trainer.load_state_dict(payload["trainer"])
+        _load_trainer(trainer, payload["trainer"], resume_path)
     meta = _metadata(train, model, cfg)
     n, bs = len(train), cfg.batch_size
     n_batches = n // bs if ctx.enabled else (n + bs - 1) // bs  # ranks need equal shards: drop the remainder
     if n_batches == 0:
         raise TrainingError(f"batch size {bs} is larger than the {n} training samples")
+    if start_batch >= n_batches:
+        raise TrainingError(f"{resume_path}: saved at batch {start_batch}, but an epoch of this data has {n_batches} batches")
     interval = cfg.checkpoint_interval if not ctx.enabled else 0.0
 
     def save_resume(epoch, batch, sums, draws, elapsed):
@@ -147,6 +180,66 @@ def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress
                            f"test acc {record['test_accuracy']:.4f} | {train_time:.1f}s")
         ctx.barrier()
     return _metrics_summary(history, cfg, model, train, test, ctx)
+
+
+HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+def _saved_config(payload: dict, path) -> TrainConfig:
+    for key, kind in (("training_config", dict), ("progress", dict), ("history", list), ("trainer", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise TrainingError(f"{path}: '{key}' is missing or not a {kind.__name__}; not a resume checkpoint fptt-edge wrote")
+    try:
+        return TrainConfig(**payload["training_config"])
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"{path}: invalid training_config ({str(exc)[:200]})") from None
+
+
+def _number(v, integer: bool = False) -> bool:
+    """A finite, non-negative number (an int when ``integer``); never a bool."""
+    kinds = int if integer else (int, float)
+    return isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _saved_progress(payload: dict, path) -> tuple[dict, list]:
+    """The saved progress and history, refused with the reason unless sound and consistent."""
+    progress, history = payload["progress"], payload["history"]
+    bad = [k for k in ("epoch", "batch", "correct", "seen") if not _number(progress.get(k), integer=True)]
+    bad += [k for k in ("loss_sum", "elapsed") if not _number(progress.get(k))]
+    gen = progress.get("generator")
+    if not (isinstance(gen, torch.Tensor) and gen.dtype == torch.uint8 and gen.shape == torch.Generator().get_state().shape):
+        bad.append("generator")
+    if bad:
+        raise TrainingError(f"{path}: invalid progress fields {bad}")
+    if not all(isinstance(r, dict) and all(_number(r.get(k)) for k in HISTORY_KEYS) for r in history):
+        raise TrainingError(f"{path}: history entries must hold finite {', '.join(HISTORY_KEYS)}")
+    if progress["epoch"] != len(history):
+        raise TrainingError(f"{path}: progress is at epoch {progress['epoch']}, but the history holds {len(history)} epochs")
+    return progress, list(history)
+
+
+def _load_trainer(trainer, state: dict, path) -> None:
+    """Optimiser and FPTT trace state, refused unless it fits the model and is finite."""
+    try:
+        trainer.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        raise TrainingError(f"{path}: the optimiser or FPTT trace state does not fit this model ({type(exc).__name__}: "
+                            f"{str(exc)[:160]})") from None
+    traces = getattr(trainer, "traces", None)
+    if traces is not None:
+        if (traces.alpha, traces.beta) != (trainer.cfg.alpha, trainer.cfg.beta):
+            raise TrainingError(f"{path}: FPTT trace alpha/beta {traces.alpha}/{traces.beta} differ from the training config's")
+        if not all(torch.isfinite(t).all() for t in traces.wbar + traces.lam):
+            raise TrainingError(f"{path}: FPTT traces hold NaN or Inf")
+    for group in trainer.optimizer.param_groups:
+        if not all(_number(group.get(k)) for k in ("lr", "eps", "weight_decay")):
+            raise TrainingError(f"{path}: optimiser lr, eps and weight_decay must be finite numbers")
+        for p in group["params"]:
+            for key, value in trainer.optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                    raise TrainingError(f"{path}: optimiser state '{key}' has shape {list(value.shape)}, its weights {list(p.shape)}")
+                if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                    raise TrainingError(f"{path}: optimiser state '{key}' holds NaN or Inf")
 
 
 def _own_tensors(model) -> dict:

@@ -94,14 +94,18 @@ class FPTTTrainer:
                 loss = (weight * ce_i).sum() / batch
                 ends_here = ((lengths - 1 >= t0) & (lengths - 1 < t1)).unsqueeze(1)
                 final = picked.detach() if final is None else torch.where(ends_here, picked.detach(), final)
-            self.flat.flat.grad.zero_()
-            loss.backward()
-            self.traces.add_regularizer_grad()
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip, foreach=True)
-            self.optimizer.step()
-            self.traces.update()
+            self.apply_update(loss)
             state = detach_state(state)
         return F.cross_entropy(final, y, reduction="sum"), (final.argmax(1) == y).sum()
+
+    def apply_update(self, loss: torch.Tensor) -> None:
+        """One FPTT update from ``loss``: gradient + regulariser gradient, clip, Adamax, trace update."""
+        self.flat.flat.grad.zero_()
+        loss.backward()
+        self.traces.add_regularizer_grad()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip, foreach=True)
+        self.optimizer.step()
+        self.traces.update()
 
     def before_eval(self) -> None:
         if self.cfg.eval_weights == "wbar":

@@ -1,0 +1,153 @@
+"""The I/O contract of an exported FPTT train-step graph (``model.train.onnx``); no torch here.
+
+One call is one FPTT update (``../shared/spec/on-device-fptt.md``)::
+
+    inputs:  x [B, *frame], y [B, C] (one-hot), w [B] (loss weight (t+1)/T, 0 = no loss),
+             the network state (as the inference graph), every trainable weight as its own
+             tensor (named like the inference graph's initializer), and flat [1, N] buffers
+             fptt.wbar, fptt.lam, adamax.m, adamax.u, the update mask, adamax.step [1], lr [1]
+    outputs: logits, the next state (``<name>_out``), fptt.weights_out [1, N] (the new W,
+             flat), fptt.wbar_out, fptt.lam_out, adamax.m_out, adamax.u_out, adamax.step_out
+
+The flat buffers follow :attr:`TrainContract.tensors` in order; the weight inputs are views
+of a flat buffer at those offsets, so a runtime binds ``weights_out`` of one call as the
+weights of the next (ping-pong, no copy). Metadata keys: ``fptt_edge.train.*``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from .contract import ContractError
+
+TRAIN_MODEL_TYPE = "fptt-edge/ltc-snn-fptt-train-step"
+TRAIN_CONTRACT_VERSION = 1
+X, Y, W = "x", "y", "w"
+FLAT_IO = {"wbar": "fptt.wbar", "lam": "fptt.lam", "m": "adamax.m", "u": "adamax.u"}
+WEIGHTS_OUT, MASK, STEP, LR = "fptt.weights_out", "fptt.mask", "adamax.step", "lr"
+TRAINABLE_CHOICES = ("all", "readout", "last", "input")
+
+
+@dataclass(frozen=True)
+class TrainTensor:
+    """One trainable tensor: its graph input (= the inference graph's initializer name), shape, flat offset."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """FPTT + Adamax hyper-parameters baked into the graph (``lr`` is an input; this is its default)."""
+
+    lr: float = 3e-3
+    alpha: float = 0.1
+    beta: float = 0.5
+    clip: float = 1.0
+    eps: float = 1e-8
+    beta1: float = 0.9
+    beta2: float = 0.999
+
+    def __post_init__(self) -> None:
+        for k, v in asdict(self).items():
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ContractError(f"hyper-parameter {k} must be a finite number, got {v!r}")
+        if self.alpha <= 0 or not 0 < self.beta <= 1 or self.clip <= 0 or self.lr <= 0 or self.eps <= 0:
+            raise ContractError("hyper-parameters need alpha > 0, 0 < beta <= 1, clip > 0, lr > 0, eps > 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ContractError("Adamax betas must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainContract:
+    """What a learner needs to drive ``model.train.onnx``, read from its metadata alone."""
+
+    batch: int
+    frame_shape: tuple[int, ...]
+    num_classes: int
+    states: tuple[tuple[str, tuple[int, ...]], ...]  # (name, per-stream shape) in graph order
+    tensors: tuple[TrainTensor, ...]
+    trainable: str
+    hyper: Hyper
+    checkpoint_sha256: str
+    inference_sha256: str  # graph_sha256 of the inference model it pairs with ('' if unknown)
+    opset: int
+    model_type: str = TRAIN_MODEL_TYPE
+    contract_version: int = TRAIN_CONTRACT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """N: elements in every flat buffer."""
+        return sum(t.size for t in self.tensors)
+
+    def to_metadata(self) -> dict[str, str]:
+        d = {
+            "model_type": self.model_type, "contract_version": str(self.contract_version), "batch": str(self.batch),
+            "frame_shape": json.dumps(list(self.frame_shape)), "num_classes": str(self.num_classes),
+            "states": json.dumps([[n, list(s)] for n, s in self.states]),
+            "tensors": json.dumps([[t.name, list(t.shape), t.offset] for t in self.tensors]),
+            "trainable": self.trainable, "hyper": json.dumps(asdict(self.hyper), sort_keys=True),
+            "checkpoint_sha256": self.checkpoint_sha256, "inference_sha256": self.inference_sha256,
+            "opset": str(self.opset), "extra": json.dumps(self.extra, sort_keys=True),
+        }
+        return {f"fptt_edge.train.{k}": v for k, v in d.items()}
+
+    @classmethod
+    def from_metadata(cls, props: dict[str, str], source: str = "model") -> "TrainContract":
+        p = {k[len("fptt_edge.train."):]: v for k, v in props.items() if k.startswith("fptt_edge.train.")}
+        if p.get("model_type") != TRAIN_MODEL_TYPE:
+            raise ContractError(f"{source}: not an fptt-edge train-step model (fptt_edge.train.model_type is {p.get('model_type')!r})")
+        try:
+            version = int(p["contract_version"])
+            if version > TRAIN_CONTRACT_VERSION:
+                raise ContractError(f"{source}: train contract version {version} is newer than this fptt-edge reads "
+                                    f"({TRAIN_CONTRACT_VERSION}); upgrade fptt-edge")
+            tensors = tuple(TrainTensor(str(n), _shape(s), int(o)) for n, s, o in json.loads(p["tensors"]))
+            contract = cls(
+                batch=int(p["batch"]), frame_shape=_shape(json.loads(p["frame_shape"])), num_classes=int(p["num_classes"]),
+                states=tuple((str(n), _shape(s)) for n, s in json.loads(p["states"])), tensors=tensors,
+                trainable=p["trainable"], hyper=Hyper(**json.loads(p["hyper"])), checkpoint_sha256=p["checkpoint_sha256"],
+                inference_sha256=p["inference_sha256"], opset=int(p["opset"]), contract_version=version,
+                extra=json.loads(p.get("extra", "{}")),
+            )
+        except ContractError:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ContractError(f"{source}: malformed fptt-edge train metadata ({type(exc).__name__}: {exc})") from None
+        contract.validate(source)
+        return contract
+
+    def validate(self, source: str = "model") -> None:
+        """Offsets contiguous from 0, positive sizes and batch, known trainable choice, at least one tensor."""
+        if self.batch < 1 or self.num_classes < 2 or not self.tensors:
+            raise ContractError(f"{source}: train metadata needs batch >= 1, >= 2 classes and >= 1 trainable tensor")
+        if self.trainable not in TRAINABLE_CHOICES:
+            raise ContractError(f"{source}: unknown trainable set {self.trainable!r}")
+        offset = 0
+        for t in self.tensors:
+            if t.offset != offset:
+                raise ContractError(f"{source}: trainable tensor {t.name} at offset {t.offset}, expected {offset}")
+            offset += t.size
+        if len({t.name for t in self.tensors}) != len(self.tensors):
+            raise ContractError(f"{source}: duplicate trainable tensor names")
+
+
+def _shape(dims) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in dims)
+    if any(d < 1 for d in shape) or len(shape) > 8:
+        raise ValueError(f"bad shape {list(dims)}")
+    return shape
+
+
+def read_train_contract(path) -> TrainContract:
+    """The train contract of a ``.train.onnx`` file (onnx if installed, else onnxruntime)."""
+    from .contract import read_metadata
+
+    return TrainContract.from_metadata(read_metadata(path), str(path))

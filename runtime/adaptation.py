@@ -1,0 +1,159 @@
+"""``fptt-edge adapt``: adapt a deployed model on labelled data from its new domain, safely.
+
+Labelled recordings (an ``.npz``, an N-MNIST-style split list, or an event recording with its
+labels CSV) are split into a training part and a held-out part (seeded). The learner starts
+from the latest good generation (or the factory weights with ``factory=True``), trains for
+``epochs`` passes, commits (guard check, a new generation, the weights pushed live) and the
+report gives accuracy before/after on the held-out part and on the guard set, the rollbacks
+and where the weights went. Numpy + ONNX Runtime only.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import StepContract, read_contract
+from .errors import AdaptationError
+from .inputs import Recording, from_events, from_npz
+
+GUARD_SUFFIX = ".guard.npz"
+
+
+def guard_path_for(model_path: Path) -> Path:
+    """``model.onnx`` -> ``model.guard.npz`` (written by ``export --adapt``)."""
+    return model_path.with_name(model_path.stem + GUARD_SUFFIX)
+
+
+def from_split_list(path, contract: StepContract) -> list[Recording]:
+    """An N-MNIST-style split list (``<name> <label>`` per line) of event files beside it."""
+    path = Path(path)
+    out = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdaptationError(f"{path}: cannot read the split list ({exc})") from None
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts or line.lstrip().startswith("#"):
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise AdaptationError(f"{path}:{n}: expected '<recording> <label>'")
+        rec = path.parent / f"{parts[0]}.bs2"
+        if rec.parent != path.parent or "/" in parts[0] or "\\" in parts[0]:
+            raise AdaptationError(f"{path}:{n}: recording names must not leave the list's folder")
+        out.extend(from_events(rec, contract))
+        out[-1].label = int(parts[1])
+    return out
+
+
+def load_labelled(contract: StepContract, data=None, events=None, labels=None) -> list[Recording]:
+    """Labelled recordings from exactly one source."""
+    if (data is None) == (events is None):
+        raise AdaptationError("give exactly one of --data FILE or --events REC (with --labels CSV)")
+    if events is not None:
+        if labels is None:
+            raise AdaptationError("--events needs --labels CSV: adaptation learns from labelled segments")
+        recs = from_events(events, contract, labels)
+    elif str(data).endswith(".txt"):
+        recs = from_split_list(data, contract)
+    else:
+        recs = from_npz(data, contract)
+    recs = [r for r in recs if r.label is not None]
+    if not recs:
+        raise AdaptationError("no labelled recordings in the given data (an .npz needs 'y')")
+    bad = [r.label for r in recs if not 0 <= r.label < len(contract.class_names)]
+    if bad:
+        raise AdaptationError(f"labels {sorted(set(bad))[:5]} are outside the model's {len(contract.class_names)} classes")
+    return recs
+
+
+def pack(recs: list[Recording]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``x [N, T_max, *frame]`` (zero padded), ``y [N]``, ``lengths [N]``."""
+    t_max = max(len(r.frames) for r in recs)
+    x = np.zeros((len(recs), t_max, *recs[0].frames.shape[1:]), np.float32)
+    for i, r in enumerate(recs):
+        x[i, :len(r.frames)] = r.frames
+    return x, np.array([r.label for r in recs], np.int64), np.array([len(r.frames) for r in recs], np.int64)
+
+
+def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices for training and held-out scoring (at least one of each when n >= 2)."""
+    if not 0 <= holdout < 1:
+        raise AdaptationError("--holdout must be in [0, 1)")
+    order = np.random.default_rng(seed).permutation(n)
+    k = int(round(n * holdout))
+    k = min(max(k, 1 if holdout > 0 and n >= 2 else 0), n - 1)
+    return np.sort(order[k:]), np.sort(order[:k])
+
+
+def read_guard(path) -> tuple[np.ndarray, np.ndarray]:
+    """A guard set ``.npz`` (``x [N, T, *frame]``, ``y [N]``); never unpickles."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return np.asarray(f["x"], np.float32), np.asarray(f["y"])
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise AdaptationError(f"{path}: not a usable guard set ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+
+
+def adapt(model, *, data=None, events=None, labels=None, guard=None, trainable: str = "all", lr: float | None = None, epochs: int = 1,
+          holdout: float = 0.3, seed: int = 0, factory: bool = False, max_drop: float = 0.02, check_every: int = 100,
+          progress=None, warn=None) -> dict:
+    """Adapt ``model`` (``.onnx`` with ``.train.onnx`` beside it); returns the report."""
+    from .learner import open_learner
+
+    model = Path(model)
+    contract = read_contract(model)
+    recs = load_labelled(contract, data, events, labels)
+    x, y, lengths = pack(recs)
+    train_idx, test_idx = split(len(recs), holdout, seed)
+    guard_source = guard if guard is not None else (guard_path_for(model) if guard_path_for(model).is_file() else None)
+    guard_data = read_guard(guard_source) if guard_source is not None else None
+    learner = open_learner(model, trainable=trainable, lr=lr, guard=guard_data, resume=not factory, max_drop=max_drop,
+                           check_every=check_every, ring=max(int(lengths.max()), 1), warn=warn)
+    with learner:
+        start = learner.generation.number if learner.generation is not None else 0
+        score = lambda: learner.evaluate(x[test_idx], y[test_idx]).accuracy if len(test_idx) else None  # noqa: E731
+        before = {"new_data": score(), "guard": None if learner.baseline is None else learner.baseline.accuracy}
+        t0 = time.perf_counter()
+        updates = learner.train(x[train_idx], y[train_idx], lengths[train_idx], epochs=epochs, seed=seed, progress=progress)
+        seconds = time.perf_counter() - t0
+        gen = learner.commit({"data": str(data or events), "samples": int(len(train_idx)), "epochs": epochs})
+        guard_after = learner.evaluate(*learner.guard).accuracy if learner.guard is not None else None
+        after = {"new_data": score(), "guard": guard_after}
+        return {
+            "model": str(model), "train_model": str(learner.train_path), "trainable": trainable, "lr": learner.lr, "epochs": epochs,
+            "samples": {"train": int(len(train_idx)), "held_out": int(len(test_idx))}, "guard": None if guard_source is None else str(guard_source),
+            "started_from": f"generation {start}" if start else "factory weights", "updates": updates,
+            "update_us": 1e6 * seconds / max(updates, 1), "accuracy_before": before, "accuracy_after": after,
+            "rollbacks": learner.events.rollbacks, "factory_resets": learner.events.factory_resets, "events": learner.events.log,
+            "committed": gen is not None, "weights": None if gen is None else str(gen.path),
+            "push_us": 1e6 * learner.push_seconds[-1] if learner.push_seconds else None,
+            "learner_bytes": learner.memory_bytes(),
+        }
+
+
+def adapted_weights(model, warn=None) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The latest good generation's ``Wbar`` by initializer name for ``model``, and what it is
+    (``"factory"`` when there is none, or no train graph to read its layout from)."""
+    from ..io import file_sha256
+    from ..train_contract import read_train_contract
+    from .adapted import AdaptedStore, store_dir
+    from .learner import train_path_for
+
+    model = Path(model)
+    folder, train = store_dir(model), train_path_for(model)
+    if model.suffix != ".onnx" or not folder.is_dir():
+        return None, "factory"
+    if not train.is_file():
+        if warn:
+            warn(f"{folder} holds adapted weights but {train.name} is missing: using the factory weights")
+        return None, "factory"
+    contract = read_train_contract(train)
+    store = AdaptedStore(folder, file_sha256(model), file_sha256(train), contract)
+    gen = store.latest_good(warn=warn)
+    if gen is None:
+        return None, "factory"
+    row = gen.buffers["wbar"].reshape(-1)
+    return {t.name: row[t.offset:t.offset + t.size].reshape(t.shape) for t in contract.tensors}, str(gen.path)

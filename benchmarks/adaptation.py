@@ -7,7 +7,8 @@ latency   train step vs inference step (ONNX Runtime CPU, batch 1, 1 thread) for
           the train step vs PyTorch's eager FPTT update on the same model. Goals: <= 3x inference
           (readout), <= 10x (all weights); >= 3x faster than PyTorch eager.
 memory    peak RSS of a process streaming 100 vs 10,000 frames through the learner, labelling
-          every 28-frame segment (it trains as it goes). Goal: flat (<= 1.05x).
+          every 28-frame segment (it trains as it goes). Goal: flat (<= 1.05x). Also the push of
+          Wbar into the live session: in place (user-owned initializers) vs a session rebuild.
 recovery  R = (acc_after - acc_shifted) / (acc_original - acc_shifted) on the shifted test data
           and forgetting F = acc_original_before - acc_original_after, after adapting on 10 / 50 /
           200 labelled shifted samples (disjoint from the scored ones), per --trainable choice,
@@ -147,6 +148,19 @@ def memory(model: Path) -> dict:
     return out
 
 
+def push(model: Path) -> dict:
+    """Wbar into the live session: in place (user-owned initializers, CPU) vs rebuilding the session."""
+    from fptt_edge.runtime.learner import open_learner
+    from fptt_edge.runtime.ort_backend import OrtBackend
+
+    with open_learner(model, store=False) as learner:
+        inplace = p50(learner.push, 500)
+        views = learner.backend.views(learner.backend.buffers()["wbar"])
+        rebuild = p50(lambda: OrtBackend(str(model), learner.contract, 1, "ort", 1, initializers=views), 30, warm=3)
+        step = p50(lambda: learner.session.step(np.zeros((1, *learner.frame_shape), np.float32)), 2000)
+    return {"inplace_us": inplace, "rebuild_us": rebuild, "rebuild_over_inplace": rebuild / inplace, "inference_step_us": step}
+
+
 def train_model(out: Path, args: list[str]) -> Path:
     subprocess.run([sys.executable, "-m", "fptt_edge", "train", *args, "--out", str(out), "--quiet"], check=True, capture_output=True)
     return out / "model.pt"
@@ -246,6 +260,7 @@ def main() -> None:
             _, ckpt = exported_model(Path(tmp), (28,), (128,), batch=1)
             export_checkpoint(ckpt, check=False, adapt=True, log=lambda m: None)
             result["memory"] = memory(ckpt.with_suffix(".onnx"))
+            result["push"] = push(ckpt.with_suffix(".onnx"))
     if "recovery" in sections:
         result["recovery"] = recovery_section(args)
     print(json.dumps(result, indent=2))

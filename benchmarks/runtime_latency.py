@@ -21,7 +21,8 @@ from pathlib import Path  # noqa: E402
 
 from _models import exported_model  # noqa: E402
 
-from fptt_edge.runtime.benchmark import bench_blas_floor, bench_session, bench_torch  # noqa: E402
+from fptt_edge.runtime.benchmark import bench_blas_floor, bench_session  # noqa: E402
+from fptt_edge.torch_bench import bench_torch  # noqa: E402
 
 
 def main() -> None:

@@ -44,6 +44,24 @@ def trace_step(net: LTCNetwork, batch: int | None, opset: int | None) -> tuple[o
     inputs, outputs = io_names(net)
     dim = torch.export.Dim("batch", min=1, max=4096)
     dynamic_shapes = None if batch else {"x": {0: dim}, "state": ({0: dim},) * (len(args) - 1)}
+    # optimize=False: the exporter's optimiser drops or merges initializers (a zero bias, a
+    # slope of 1), which breaks the parameter -> initializer map; we fold constants ourselves.
+    with quiet_exporter("the dynamo exporter"):
+        model = dynamo_export(step, args, inputs, outputs, opset, dynamic_shapes)
+    rename_initializers(model, "net.")
+    name_outputs(model, outputs)
+    model = finish_graph(fold_and_clean(model), opset, "the graph")
+    pmap = parameter_map(folded, model, transforms)
+    for name in dict(net.named_parameters()).keys() - pmap.keys():  # batch-norm affine parameters
+        conv = name.rsplit(".bn.", 1)[0] + ".conv"
+        pmap[name] = {"initializer": None, "transform": "folded", "into": [f"{conv}.weight", f"{conv}.bias"]}
+    return model, pmap
+
+
+@contextlib.contextmanager
+def quiet_exporter(what: str):
+    """Silence the exporter's logging, warnings and prints; a failure inside becomes one
+    :class:`ExportError` naming ``what``, with the tail of what the exporter printed."""
     log = io.StringIO()
     onnx_logger = logging.getLogger("torch.onnx")
     level = onnx_logger.level
@@ -51,32 +69,35 @@ def trace_step(net: LTCNetwork, batch: int | None, opset: int | None) -> tuple[o
         onnx_logger.setLevel(logging.ERROR)
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             warnings.simplefilter("ignore")
-            # optimize=False: the exporter's optimiser drops or merges initializers (a zero bias, a
-            # slope of 1), which breaks the parameter -> initializer map; we fold constants ourselves.
-            program = torch.onnx.export(step, args, dynamo=True, optimize=False, verbose=False, input_names=inputs,
-                                        output_names=outputs, dynamic_shapes=dynamic_shapes,
-                                        opset_version=max(opset, DYNAMO_MIN_OPSET) if opset else None)
-            model = program.model_proto
-    except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+            yield
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - make_fx and the exporter raise many types
         detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise ExportError(f"the dynamo exporter failed: {type(exc).__name__}: {detail}\n{log.getvalue()[-2000:]}") from exc
+        raise ExportError(f"{what} failed: {type(exc).__name__}: {detail}\n{log.getvalue()[-2000:]}") from exc
     finally:
         onnx_logger.setLevel(level)
-    rename_initializers(model, "net.")
-    name_outputs(model, outputs)
-    model = fold_and_clean(model)
+
+
+def dynamo_export(module, args, inputs: list[str], outputs: list[str], opset: int | None, dynamic_shapes=None) -> onnx.ModelProto:
+    """``torch.onnx.export(dynamo=True, optimize=False)`` (at least the exporter's lowest opset)."""
+    program = torch.onnx.export(module, args, dynamo=True, optimize=False, verbose=False, input_names=inputs, output_names=outputs,
+                                dynamic_shapes=dynamic_shapes, opset_version=max(opset, DYNAMO_MIN_OPSET) if opset else None)
+    if program is None:
+        raise ExportError("the exporter returned no program")
+    return program.model_proto
+
+
+def finish_graph(model: onnx.ModelProto, opset: int | None, what: str) -> onnx.ModelProto:
+    """Convert to ``opset`` where the exporter could not target it, infer shapes, run onnx's full check."""
     if opset is not None and opset != default_opset(model):
         try:
             model = convert_opset(model, opset)
         except Exception as exc:  # noqa: BLE001 - onnx's converter raises RuntimeError/ValueError
-            raise ExportError(f"cannot convert the graph to opset {opset}: {str(exc).splitlines()[0]}") from exc
+            raise ExportError(f"cannot convert {what} to opset {opset}: {str(exc).splitlines()[0]}") from exc
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     onnx.checker.check_model(model, full_check=True)
-    pmap = parameter_map(folded, model, transforms)
-    for name in dict(net.named_parameters()).keys() - pmap.keys():  # batch-norm affine parameters
-        conv = name.rsplit(".bn.", 1)[0] + ".conv"
-        pmap[name] = {"initializer": None, "transform": "folded", "into": [f"{conv}.weight", f"{conv}.bias"]}
-    return model, pmap
+    return model
 
 
 def parameter_map(net: LTCNetwork, model: onnx.ModelProto, transforms: dict[str, dict]) -> dict[str, dict]:

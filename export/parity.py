@@ -16,9 +16,7 @@ import numpy as np
 import torch
 
 from ..contract import OUTPUT_SUFFIX
-from ..model import LTCNetwork, flatten_state
-from ..neurons import LTCState, ltc_membrane
-from ..surrogate import heaviside
+from ..model import LTCNetwork, NetState, flatten_state
 from .onnx_build import INPUT_NAME, LOGITS_NAME
 
 TIE_TOLERANCE = 1e-5
@@ -54,15 +52,11 @@ class ParityResult:
 
 
 @torch.no_grad()
-def spike_margins(net: LTCNetwork, x: torch.Tensor, state) -> list[torch.Tensor]:
+def spike_margins(net: LTCNetwork, x: torch.Tensor, state: NetState) -> list[torch.Tensor]:
     """``v_t - theta_t`` of every LTC layer for one step from ``state`` (the reference's distance to firing)."""
-    h, out = x, []
-    for layer, st in zip(net.layers, state[:-1]):
-        current, z_m, z_a = layer.drive(h, LTCState(*st))
-        v, theta, _ = ltc_membrane(LTCState(*st), current, z_m, z_a, layer.a_m, layer.a_a, layer.b_j0, layer.beta_adapt)
-        out.append(v - theta)
-        h = heaviside(v - theta)
-    return out
+    margins: list[torch.Tensor] = []
+    net.step(x, state, margins=margins)
+    return margins
 
 
 def ort_session(model_bytes: bytes, threads: int = 1):
@@ -130,7 +124,7 @@ def check_parity(net: LTCNetwork, session, streams: np.ndarray, batch: int | Non
             if resync:  # continue from the reference state: a tie must not cascade
                 ostate = {k: v.copy() for k, v in tflat.items()}
             agree += int((ologits.argmax(1) == tlogits.numpy().argmax(1)).sum())
-    layer = lambda n: n[: -len(".s")]  # noqa: E731
+    layer = lambda n: n[: -len(".s")]
     return ParityResult(
         streams=usable, steps=n_steps, max_abs_logits=max_logits, max_abs_state=max_state,
         spike_agreement={layer(n): 1.0 - (mismatches[n] + tie_flips[n]) / totals[n] for n in spike_names},

@@ -18,8 +18,9 @@ from .errors import ExportError
 from .graph_passes import default_opset
 from .lint import lint
 from .onnx_build import INPUT_NAME, LOGITS_NAME, trace_step
-from .parity import check_parity, ort_session
-from .precision import emulate_fp16, fp16_variant
+from .parity import ParityResult, check_parity, ort_session
+from .precision import PrecisionResult, emulate_fp16, fp16_variant
+from .report import ExportIO, ExportReport, Fp16Variant
 from .streams import make_streams
 
 
@@ -60,8 +61,8 @@ def _refuse_overwrite(checkpoint: Path, outputs: list[Path]) -> None:
 def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset: int | None = None, batch: int | None = 1,
                       check: bool = True, data=None, streams: int = 4, steps: int = 500, precision_samples: int = 200,
                       fp16: bool = False, strict_parity: bool = False, adapt: bool = False, trainable: str = "all",
-                      adapt_batch: int = 4, adapt_updates: int = 200, log=print) -> dict:
-    """Export ``checkpoint`` to ``out`` (default: beside it, ``.onnx``); returns the report dict.
+                      adapt_batch: int = 4, adapt_updates: int = 200, guard_samples: int = 500, log=print) -> ExportReport:
+    """Export ``checkpoint`` to ``out`` (default: beside it, ``.onnx``); returns the report (``to_dict()`` is the JSON).
 
     Raises :class:`ExportError` (parity failure, exporter failure) before anything is written,
     except the report of a failed parity check, which is written for inspection.
@@ -87,20 +88,20 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
     stamp_checksum(model)  # fptt_edge.graph_sha256: the runtime verifies graph and weights on load
     model_bytes = model.SerializeToString()
     export_seconds = time.perf_counter() - t0
-    report = {
-        "checkpoint": str(checkpoint), "model": str(out), "report": str(report_path), "model_bytes": len(model_bytes),
-        "export_seconds": export_seconds, "opset": actual_opset, "batch": batch or "dynamic",
-        "io": {"input": f"{INPUT_NAME}{list(contract.input.shape)}", "logits": LOGITS_NAME, "state": [s.name for s in contract.states]},
-        "checkpoint_sha256": contract.checkpoint_sha256, "exporter": contract.exporter,
-    }
+    report = ExportReport(
+        checkpoint=str(checkpoint), model=str(out), report=str(report_path), model_bytes=len(model_bytes),
+        export_seconds=export_seconds, opset=actual_opset, batch=batch or "dynamic",
+        io=ExportIO(f"{INPUT_NAME}{list(contract.input.shape)}", LOGITS_NAME, [s.name for s in contract.states]),
+        checkpoint_sha256=contract.checkpoint_sha256, exporter=contract.exporter, lint=lint(model, profile),
+    )
     if check:
-        report.update(_run_checks(net, payload, model, model_bytes, data, batch, streams, steps, precision_samples, strict_parity, log))
-    report["lint"] = lint(model, profile).to_dict()
+        report.parity, report.precision, report.check_data = _run_checks(net, payload, model, model_bytes, data, batch, streams, steps,
+                                                                         precision_samples, strict_parity, log)
     if device is None:
-        report["lint"]["note"] = f"no --device given: linted against the default profile {DEFAULT_PROFILE}"
-    if check and not report["parity"]["passed"]:
-        write_json_atomic(report_path, report)
-        m = report["parity"]["first_mismatch"] or report["parity"]["ties"][0]
+        report.lint_note = f"no --device given: linted against the default profile {DEFAULT_PROFILE}"
+    if report.parity is not None and not report.parity.passed:
+        write_json_atomic(report_path, report.to_dict())
+        m = report.parity.first_mismatch or report.parity.ties[0]
         raise ExportError(f"ONNX Runtime and PyTorch disagree on spikes (first at stream {m['stream']}, step {m['step']}, {m['state']}: "
                           f"{m['count']} values, reference margin |v - theta| {m['max_margin']:.2e}); {out} not written, report in {report_path}")
     write_bytes_atomic(out, model_bytes)
@@ -110,17 +111,16 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
         fp16_path = out.with_suffix(".fp16.onnx")
         data16 = variant.SerializeToString()
         write_bytes_atomic(fp16_path, data16)
-        report["fp16_variant"] = {"model": str(fp16_path), "model_bytes": len(data16),
-                                  "scheme": "Gemm/Conv in FP16; neuron dynamics, threshold and state in FP32"}
+        report.fp16_variant = Fp16Variant(str(fp16_path), len(data16), "Gemm/Conv in FP16; neuron dynamics, threshold and state in FP32")
     if adapt:
-        report["train_step"] = _export_train_step(net, payload, checkpoint, out, profile, actual_opset, trainable, adapt_batch,
-                                                   data, check, adapt_updates, strict_parity, report, report_path, log)
-    write_json_atomic(report_path, report)
+        report.train_step = _export_train_step(net, payload, checkpoint, out, profile, actual_opset, trainable, adapt_batch,
+                                                 data, check, adapt_updates, strict_parity, report, log, guard_samples)
+    write_json_atomic(report_path, report.to_dict())
     return report
 
 
-def _export_train_step(net, payload, checkpoint, out, profile, opset, trainable, batch, data, check, updates, strict, report, report_path,
-                       log) -> dict:
+def _export_train_step(net, payload, checkpoint, out, profile, opset, trainable, batch, data, check, updates, strict,
+                       report: ExportReport, log, guard_samples) -> dict:
     """``MODEL.train.onnx`` (``--adapt``), checked on the same real data as the parity unless ``--no-check``."""
     from .adapt_export import _TrainCheckFailed, export_train_step
 
@@ -129,18 +129,22 @@ def _export_train_step(net, payload, checkpoint, out, profile, opset, trainable,
         ds = _check_set(net, payload, data)
         check_data = (ds.x.numpy(), ds.y.numpy(), None if ds.lengths is None else ds.lengths.numpy())
     try:
-        return export_train_step(net, payload, checkpoint, out, profile, opset, trainable, batch, check_data, updates, strict, log)
+        return export_train_step(net, payload, checkpoint, out, profile, opset, trainable, batch, check_data, updates, strict, log,
+                                 guard_samples)
     except _TrainCheckFailed as exc:
-        report["train_step"] = exc.report
-        write_json_atomic(report_path, report)
-        raise ExportError(f"{exc}; report in {report_path}") from None
+        report.train_step = exc.report
+        write_json_atomic(Path(report.report), report.to_dict())
+        raise ExportError(f"{exc}; report in {report.report}") from None
 
 
 def _check_set(net, payload, data):
-    from ..data.tasks import test_set_from_spec
+    from ..data.tasks import DataNotGiven, test_set_from_spec
 
+    # Built-in data sets, or the file the user passes: a data path recorded in the checkpoint is never opened.
     try:
         ds = test_set_from_spec(payload.get("input_spec") or {}, data, None, num_classes=net.config.num_classes)
+    except DataNotGiven as exc:
+        raise ExportError(f"the checks need real data: {exc}, or --no-check to skip the checks") from None
     except DataError as exc:
         raise ExportError(f"the checks need real data: {exc}. Pass --data FILE, or --no-check to skip the checks") from None
     if ds.input_shape != net.config.input_shape:
@@ -148,7 +152,8 @@ def _check_set(net, payload, data):
     return ds
 
 
-def _run_checks(net, payload, model, model_bytes, data, batch, n_streams, steps, precision_samples, strict, log) -> dict:
+def _run_checks(net, payload, model, model_bytes, data, batch, n_streams, steps, precision_samples, strict,
+                log) -> tuple[ParityResult, PrecisionResult, dict]:
     ds = _check_set(net, payload, data)
     n_streams = max(n_streams, batch or 1)
     n_streams -= n_streams % (batch or 1)
@@ -158,5 +163,4 @@ def _run_checks(net, payload, model, model_bytes, data, batch, n_streams, steps,
     sub = ds.take(precision_samples)
     log(f"precision: FP16 emulation over {len(sub)} sequences ...")
     precision = emulate_fp16(net, sub.x, sub.y, sub.lengths, model)
-    return {"parity": parity.to_dict(), "precision": precision.to_dict(),
-            "check_data": {k: v for k, v in ds.input_spec.items() if k != "path"} | {"sequences": len(ds)}}
+    return parity, precision, {k: v for k, v in ds.input_spec.items() if k != "path"} | {"sequences": len(ds)}

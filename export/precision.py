@@ -19,7 +19,6 @@ import onnx
 import torch
 
 from ..model import LTCNetwork
-from ..neurons import LTCState, ReadoutState, ltc_update, readout_update
 from ..precision_rules import fp32_nodes
 
 SCHEMES = {"fp32": (torch.float32, torch.float32), "fp16": (torch.float16, torch.float16),
@@ -43,35 +42,23 @@ class PrecisionResult:
 
 @torch.no_grad()
 def run_scheme(net: LTCNetwork, xs: torch.Tensor, affine: torch.dtype, state_dtype: torch.dtype):
-    """Step ``xs`` ``[N, T, ...]``; returns per-step logits ``[N, T, C]`` (fp32) and spikes per layer ``[T, N, ...]``."""
+    """Step ``xs`` ``[N, T, ...]`` through :meth:`LTCNetwork.step` with weights in ``affine`` and that
+    precision policy; returns per-step logits ``[N, T, C]`` (fp32) and spikes per layer ``[T, N, ...]``."""
     low = copy.deepcopy(net).to(affine).eval()
-    state = [tuple(t.to(state_dtype) for t in st) for st in net.initial_state(xs.shape[0])]
-    logits, spikes = [], [[] for _ in net.layers]
-    cast = lambda st, dt: type(st)(*(t.to(dt) for t in st))  # noqa: E731
-    up = lambda v: v.to(state_dtype)  # noqa: E731
+    state = net.initial_state(xs.shape[0]).map(lambda t: t.to(state_dtype))
+    logits, spikes = [], []
     for t in range(xs.shape[1]):
-        h, new_state = xs[:, t], []
-        for i, (layer, st) in enumerate(zip(low.layers, state[:-1])):
-            st = LTCState(*st)
-            current, z_m, z_a = layer.drive(h.to(affine), cast(st, affine))
-            new = ltc_update(st, up(current), up(z_m), up(z_a), up(layer.a_m), up(layer.a_a),
-                             layer.b_j0, layer.beta_adapt, surrogate=False)
-            new_state.append(new)
-            spikes[i].append(new.s.float())
-            h = new.s
-        ro = ReadoutState(*state[-1])
-        o, z_o = low.readout.drive(h.to(affine), cast(ro, affine))
-        ro = readout_update(ro, up(o), up(z_o), up(low.readout.a_o))
-        state = [*new_state, ro]
-        logits.append(ro.m.float())
-    return torch.stack(logits, 1), [torch.stack(s) for s in spikes]
+        lg, state = low.step(xs[:, t], state, affine_dtype=affine, state_dtype=state_dtype)
+        logits.append(lg.float())
+        spikes.append([st.s.float() for st in state.layers])
+    return torch.stack(logits, 1), [torch.stack(s) for s in zip(*spikes)]
 
 
 def emulate_fp16(net: LTCNetwork, xs: torch.Tensor, ys: torch.Tensor, lengths: torch.Tensor | None, model: onnx.ModelProto) -> PrecisionResult:
     last = (torch.full((len(ys),), xs.shape[1] - 1) if lengths is None else lengths.long() - 1)
     results = {name: run_scheme(net, xs, *dtypes) for name, dtypes in SCHEMES.items()}
     ref_logits, ref_spikes = results["fp32"]
-    final = lambda lg: lg[torch.arange(len(ys)), last]  # noqa: E731
+    final = lambda lg: lg[torch.arange(len(ys)), last]
     ref_pred = final(ref_logits).argmax(1)
     acc, flips, agree, dlog = {}, {}, {}, {}
     for name, (lg, sp) in results.items():

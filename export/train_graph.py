@@ -20,11 +20,6 @@ cheap); the weights enter as separate tensors and leave as one flat ``fptt.weigh
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
-
 import onnx
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -33,8 +28,8 @@ from ..layers import ConvLTC, DenseLTC
 from ..model import LTCNetwork, flatten_state
 from ..train_contract import FLAT_IO, LR, MASK, STEP, TRAINABLE_CHOICES, WEIGHTS_OUT, Hyper, TrainTensor, W, X, Y
 from .errors import ExportError
-from .graph_passes import convert_opset, default_opset, fold_and_clean, name_outputs, lower_for_tensorrt
-from .onnx_build import DYNAMO_MIN_OPSET, LOGITS_NAME
+from .graph_passes import fold_and_clean, lower_for_tensorrt, name_outputs
+from .onnx_build import LOGITS_NAME, dynamo_export, finish_graph, quiet_exporter
 from .step_graph import StepGraph, fold_batch_norm
 
 OUTPUT_SUFFIX = "_out"
@@ -168,33 +163,13 @@ def trace_train_step(net: LTCNetwork, choice: str, hyper: Hyper, batch: int, ops
         raise ExportError(f"--trainable {choice} selects no tensors in this model")
     args = example_inputs(folded, names, batch, hyper)
     inputs, outputs = io_names(folded, names)
-    log = io.StringIO()
-    onnx_logger = logging.getLogger("torch.onnx")
-    level = onnx_logger.level
-    try:
-        onnx_logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            warnings.simplefilter("ignore")
-            graph_module = make_fx(make_train_step(folded, names, hyper), decomposition_table=_decompositions(), tracing_mode="real")(*args)
-            program = torch.onnx.export(graph_module, args, dynamo=True, optimize=False, verbose=False, input_names=inputs,
-                                        output_names=outputs, opset_version=max(opset, DYNAMO_MIN_OPSET) if opset else None)
-            model = program.model_proto
-    except Exception as exc:  # noqa: BLE001 - make_fx and the exporter raise many types
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise ExportError(f"the train-step export failed: {type(exc).__name__}: {detail}\n{log.getvalue()[-2000:]}") from exc
-    finally:
-        onnx_logger.setLevel(level)
+    with quiet_exporter("the train-step export"):
+        graph_module = make_fx(make_train_step(folded, names, hyper), decomposition_table=_decompositions(), tracing_mode="real")(*args)
+        model = dynamo_export(graph_module, args, inputs, outputs, opset)
     name_outputs(model, outputs)
     _strip_node_metadata(model)
-    model = lower_for_tensorrt(fold_and_clean(model))
-    model = fold_and_clean(model)
-    if opset is not None and opset != default_opset(model):
-        try:
-            model = convert_opset(model, opset)
-        except Exception as exc:  # noqa: BLE001 - onnx's converter raises RuntimeError/ValueError
-            raise ExportError(f"cannot convert the train-step graph to opset {opset}: {str(exc).splitlines()[0]}") from exc
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model, full_check=True)
+    model = fold_and_clean(lower_for_tensorrt(fold_and_clean(model)))
+    model = finish_graph(model, opset, "the train-step graph")
     params = dict(folded.named_parameters())
     tensors, offset = [], 0
     for n in names:

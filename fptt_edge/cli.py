@@ -159,7 +159,9 @@ def train(task, train_path, test_path, mode, source, steps, binning, downsample,
 
 @main.command("eval")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Test data (nmnist split list or .npz) instead of the one the checkpoint records.")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False),
+              help="Test data: an N-MNIST split list or an .npz (needed unless the model was trained on a built-in data set; "
+                   "a data path recorded in the checkpoint is never opened).")
 @click.option("--max-samples", type=click.IntRange(1), default=None, help="Evaluate only the first N test samples.")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @_friendly
@@ -187,50 +189,9 @@ def info(model_path):
     step model: the I/O contract (input, logits, state pairs with shapes and initial values)
     and the metadata.
     """
-    if model_path.lower().endswith((".onnx", ".engine")):
-        from .contract import read_contract
-        from .runtime.trt_build import load_engine_contract
+    from .summary import summarize
 
-        contract = load_engine_contract(model_path) if model_path.lower().endswith(".engine") else read_contract(model_path)
-        click.echo(json.dumps(_contract_summary(model_path, contract), indent=2))
-        return
-    from .checkpoint import load_model
-
-    model, payload = load_model(model_path)
-    metrics = payload.get("metrics") or {}
-    summary = {
-        "file": str(model_path),
-        "format": payload["format"],
-        "format_version": payload["format_version"],
-        "kind": payload["kind"],
-        "model_config": payload["model_config"],
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "state": dict(zip(model.state_names(), [list(s) for s in model.state_shapes(1)])),
-        "training": payload.get("training"),
-        "class_names": payload.get("class_names"),
-        "input_spec": payload.get("input_spec"),
-        "test_accuracy": metrics.get("test_accuracy"),
-        "epochs_trained": len(metrics.get("epochs", [])) or len(payload.get("history", [])),
-    }
-    click.echo(json.dumps(summary, indent=2))
-
-
-def _contract_summary(path, contract) -> dict:
-    return {
-        "file": str(path),
-        "model_type": contract.model_type,
-        "contract_version": contract.contract_version,
-        "input": {"name": contract.input.name, "shape": list(contract.input.shape), "dtype": contract.input.dtype, "source": contract.input.source},
-        "logits": {"name": contract.logits, "classes": list(contract.class_names)},
-        "state": [{"input": s.name, "output": s.output, "shape": list(s.shape), "dtype": s.dtype, "initial_value": s.init} for s in contract.states],
-        "model_config": contract.model_config,
-        "opset": contract.opset,
-        "exporter": contract.exporter,
-        "producer": contract.producer,
-        "checkpoint_sha256": contract.checkpoint_sha256,
-        "parameters": {k: f"{v['initializer'] or '-'}" + ("" if v["transform"] == "identity" else f" ({v['transform']})")
-                       for k, v in contract.parameter_map.items()},
-    }
+    click.echo(json.dumps(summarize(model_path), indent=2))
 
 
 @main.command()
@@ -251,10 +212,12 @@ def _contract_summary(path, contract) -> dict:
               help="--adapt: the tensors the train-step graph can update (the rest stay constants in it).")
 @click.option("--adapt-batch", type=click.IntRange(1, 256), default=4, show_default=True, help="--adapt: labelled sequences per update (static batch).")
 @click.option("--adapt-updates", type=click.IntRange(1), default=200, show_default=True, help="--adapt: updates in the check against PyTorch.")
+@click.option("--guard-samples", type=click.IntRange(0), default=500, show_default=True,
+              help="--adapt: original-domain sequences written to MODEL.guard.npz, which adaptation checks against forgetting (0: none).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON instead of the summary.")
 @_friendly
 def export(checkpoint, output, device, opset, batch, check, data_path, parity_steps, parity_streams, precision_samples, strict_parity, fp16_variant,
-           adapt, trainable, adapt_batch, adapt_updates, as_json):
+           adapt, trainable, adapt_batch, adapt_updates, guard_samples, as_json):
     """Export a checkpoint to a stateful single-step ONNX graph, checked against PyTorch.
 
     \b
@@ -276,11 +239,11 @@ def export(checkpoint, output, device, opset, batch, check, data_path, parity_st
             raise click.BadParameter("expected a positive integer or 'dynamic'", param_hint="--batch")
     report = export_checkpoint(checkpoint, output, device=device, opset=opset, batch=batch_size, check=check, data=data_path,
                                streams=parity_streams, steps=parity_steps, precision_samples=precision_samples, fp16=fp16_variant, strict_parity=strict_parity,
-                               adapt=adapt, trainable=trainable, adapt_batch=adapt_batch, adapt_updates=adapt_updates,
+                               adapt=adapt, trainable=trainable, adapt_batch=adapt_batch, adapt_updates=adapt_updates, guard_samples=guard_samples,
                                log=lambda m: click.echo(m, err=True))
-    click.echo(json.dumps(report, indent=2) if as_json else summary(report))
-    if report["lint"]["verdict"] == "fail":
-        click.echo(f"error: the graph fails the {report['lint']['device']} lint; it will not build there as is", err=True)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else summary(report))
+    if report.lint.verdict == "fail":
+        click.echo(f"error: the graph fails the {report.lint.device} lint; it will not build there as is", err=True)
         raise click.exceptions.Exit(1)
 
 
@@ -328,21 +291,17 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
 
     Prints the prediction as it evolves and at the end of each recording, then latency percentiles.
     """
-    import time
     from pathlib import Path
-
-    import numpy as np
 
     from .runtime.inputs import from_events, from_npz
     from .runtime.session import contract_for, open_session
+    from .runtime.streaming import check_recordings, label_name, stream_recordings
 
     if (events_path is None) == (npz_path is None):
         raise UserError("give exactly one of --events FILE or --npz FILE")
     contract = contract_for(Path(model_path))
     recordings = from_events(events_path, contract, labels_path) if events_path else from_npz(npz_path, contract)
-    empty = [rec.name for rec in recordings if len(rec.frames) == 0]
-    if not recordings or empty:
-        raise UserError(f"nothing to stream: {empty[0] + ' has no frames' if empty else 'no recordings'}")
+    check_recordings(recordings)
     from .runtime.adaptation import adapted_weights
 
     weights, weights_from = (None, "factory") if factory else adapted_weights(model_path, warn=lambda m: click.echo(f"warning: {m}", err=True))
@@ -357,30 +316,21 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
     else:
         sess = open_session(model_path, backend, streams=1, contract=contract, verify=verify, initializers=weights)
     classes = contract.class_names
-    lat, results = [], []
-    for rec in recordings:
-        if not no_reset:
-            sess.reset()
-        for t, frame in enumerate(rec.frames):
-            t0 = time.perf_counter_ns()
-            logits = sess.step(frame[None])
-            lat.append(time.perf_counter_ns() - t0)
-            if not as_json and ((t + 1) % every == 0 and t + 1 < len(rec.frames)):
-                click.echo(f"{rec.name} step {t + 1:4d}: {classes[int(logits[0].argmax())]}")
-        pred = int(logits[0].argmax())
-        results.append({"recording": rec.name, "steps": len(rec.frames), "prediction": classes[pred],
-                        "label": None if rec.label is None else (classes[rec.label] if 0 <= rec.label < len(classes) else rec.label)})
-        if not as_json:
-            truth = f" (label {results[-1]['label']})" if rec.label is not None else ""
-            click.echo(f"{rec.name}: final prediction {classes[pred]}{truth}")
-    us = np.asarray(lat) / 1e3
-    labelled = [r for r in results if r["label"] is not None]
-    summary = {"model": str(model_path), "weights": weights_from, "backend": "ort+sparse-input" if sparse_input else backend, "recordings": len(results),
-               "steps": len(us), "latency_us": {"p50": float(np.percentile(us, 50)), "p90": float(np.percentile(us, 90)),
-                                                "p99": float(np.percentile(us, 99))},
-               "accuracy": (sum(r["prediction"] == r["label"] for r in labelled) / len(labelled)) if labelled else None,
-               "results": results if as_json else None}
-    click.echo(json.dumps(summary if as_json else {k: v for k, v in summary.items() if k != "results"}, indent=2))
+
+    def progress(rec, t, logits) -> None:
+        prediction = classes[int(logits[0].argmax())]
+        if t + 1 < len(rec.frames):
+            if (t + 1) % every == 0:
+                click.echo(f"{rec.name} step {t + 1:4d}: {prediction}")
+        else:
+            truth = f" (label {label_name(rec.label, classes)})" if rec.label is not None else ""
+            click.echo(f"{rec.name}: final prediction {prediction}{truth}")
+
+    with sess:
+        result = stream_recordings(sess, recordings, reset=not no_reset, on_step=None if as_json else progress)
+    summary = {"model": str(model_path), "weights": weights_from, "backend": "ort+sparse-input" if sparse_input else backend, **result}
+    shown = summary if as_json else {k: v for k, v in summary.items() if k not in ("results", "predictions")}
+    click.echo(json.dumps(shown, indent=2))
 
 
 @main.command()
@@ -396,48 +346,63 @@ def bench(model_path, streams, steps, backends, checkpoint, as_json, verify):
     """Per-step latency p50/p99 and steps/s, each backend vs PyTorch eager vs a numpy/BLAS floor, side by side."""
     from pathlib import Path
 
-    from .contract import read_contract, verify_checksum
-    from .runtime import benchmark as bm
-    from .runtime.errors import BackendUnavailable
+    from .runtime.benchmark import bench_matrix, find_checkpoint, format_table
 
     counts = _positive_ints(streams, "--streams")
-    contract = read_contract(model_path)
-    if verify:
-        verify_checksum(model_path)
-    note = None
-    if isinstance(contract.batch, int) and counts != [contract.batch]:
-        note = f"{model_path} has a static batch of {contract.batch}: timing {contract.batch} stream(s) only (export with --batch dynamic for more)"
-        counts = [contract.batch]
-    ckpt = Path(checkpoint) if checkpoint else bm.find_checkpoint(model_path)
-    rows = []
-    for n in counts:
-        for backend in [b.strip() for b in backends.split(",") if b.strip()]:
-            try:
-                rows.append({"engine": backend, "streams": n, **bm.bench_session(model_path, backend, n, steps, verify=False)})
-            except BackendUnavailable as exc:
-                rows.append({"engine": backend, "streams": n, "unavailable": str(exc).splitlines()[0]})
-        if ckpt is not None:
-            try:
-                rows.append({"engine": "torch-eager", "streams": n, **bm.bench_torch(ckpt, n, steps)})
-            except ImportError:
-                rows.append({"engine": "torch-eager", "streams": n, "unavailable": "torch is not installed"})
-        floor = bm.bench_blas_floor(model_path, n, steps)
-        if floor:
-            rows.append({"engine": "numpy-blas-floor", "streams": n, **floor})
+    ckpt = Path(checkpoint) if checkpoint else find_checkpoint(model_path)
+    references = None
+    if ckpt is not None:
+        from .torch_bench import bench_torch
+
+        references = {"torch-eager": lambda n: bench_torch(ckpt, n, steps)}
+    rows = bench_matrix(model_path, counts, [b.strip() for b in backends.split(",") if b.strip()], steps, references=references,
+                        verify=verify, log=None if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    if note:
-        click.echo(note)
-    click.echo(f"{'engine':18} {'streams':>7} {'p50 us':>9} {'p99 us':>9} {'steps/s':>10}")
-    for r in rows:
-        if "unavailable" in r:
-            click.echo(f"{r['engine']:18} {r['streams']:>7}  unavailable: {r['unavailable']}")
-        else:
-            click.echo(f"{r['engine']:18} {r['streams']:>7} {r['p50_us']:9.1f} {r['p99_us']:9.1f} {r['steps_per_s']:10.0f}")
+    click.echo(format_table(rows))
     if ckpt is None:
         click.echo("(no PyTorch row: no checkpoint beside MODEL matches its checkpoint_sha256; pass --checkpoint)")
-    click.echo(json.dumps(rows))
+
+
+@main.command("lint")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("--device", "device", metavar="PROFILE", help="Device profile (see `fptt-edge devices`) or a .toml file (default: the export default).")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@_friendly
+def lint_cmd(model_path, device, as_json):
+    """Check an existing ONNX file against a device profile, as export does (no torch, no GPU).
+
+    Opset range, ops the device's TensorRT parses, INT64 tensors, static shapes, DLA fall-backs.
+    Exit status 1 when the graph fails (it will not build there as is).
+    """
+    from pathlib import Path
+
+    import onnx
+
+    from .contract import ContractError
+    from .devices import DEFAULT_PROFILE, load_profile
+    from .export.lint import lint
+
+    profile = load_profile(device or DEFAULT_PROFILE)
+    if not Path(model_path).is_file():
+        raise ContractError(f"{model_path}: not found or not a regular file")
+    try:  # the graph only: weights kept in external files are not read
+        model = onnx.load(model_path, load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors vary
+        raise ContractError(f"{model_path}: not an ONNX model ({_one_line(exc)[:300]})") from None
+    try:
+        result = lint(model, profile)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ContractError(f"{model_path}: ONNX cannot infer the graph's shapes ({_one_line(exc)[:300]})") from None
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(f"{model_path}: device lint ({result.device}, TensorRT {result.tensorrt}): {result.verdict.upper()}")
+        for f in result.findings:
+            click.echo(f"  {f.level}: [{f.check}] {f.message}")
+    if result.verdict == "fail":
+        raise click.exceptions.Exit(1)
 
 
 @main.command()
@@ -490,11 +455,16 @@ def build(model_path, device, precision, refit, dla, verify_npz):
 @click.option("--epochs", type=click.IntRange(1, 1000), default=1, show_default=True, help="Passes over the training part of the data.")
 @click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help="Fraction of the data held out to score before/after.")
 @click.option("--max-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True, help="Guard-accuracy drop that rolls the weights back.")
+@click.option("--check-every", type=click.IntRange(1), default=500, show_default=True, help="Updates between guard checks (and at the end).")
+@click.option("--backend", type=click.Choice(["ort", "ort-cuda"]), default="ort", show_default=True, help="ONNX Runtime provider for the train step.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--factory", is_flag=True, help="Start from the shipped weights, not the latest adapted generation.")
+@click.option("--score", "score_paths", multiple=True, type=click.Path(dir_okay=False),
+              help="More labelled data (.npz or split list) to score before and after, e.g. new-domain test data and original-domain data (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON report.")
 @_friendly
-def adapt(model_path, data_path, events_path, labels_path, guard_path, trainable, lr, epochs, holdout, max_drop, seed, factory, as_json):
+def adapt(model_path, data_path, events_path, labels_path, guard_path, trainable, lr, epochs, holdout, max_drop, check_every, backend, seed,
+          factory, score_paths, as_json):
     """Adapt MODEL on the device to labelled data from a new domain (FPTT through MODEL.train.onnx; no torch).
 
     \b
@@ -512,17 +482,62 @@ def adapt(model_path, data_path, events_path, labels_path, guard_path, trainable
 
         report = run_adaptation(model_path, data=data_path, events=events_path, labels=labels_path, guard=guard_path, trainable=trainable,
                                 lr=lr, epochs=epochs, holdout=holdout, seed=seed, factory=factory, max_drop=max_drop,
-                                progress=progress, warn=warn)
+                                check_every=check_every, score=score_paths, backend=backend, progress=progress, warn=warn)
     if not as_json:
         b, a = report["accuracy_before"], report["accuracy_after"]
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         click.echo(f"adapted {model_path} ({report['trainable']}, {report['samples']['train']} recordings x {epochs} epoch(s), "
-                   f"{report['updates']} updates, {report['update_us']:.0f} us/update, from {report['started_from']})")
-        click.echo(f"  new data (held out, {report['samples']['held_out']}): {fmt(b['new_data'])} -> {fmt(a['new_data'])}")
+                   f"{report['updates']} updates at {report['update_us']:.0f} us, {report['guard_checks']} guard checks in {report['guard_check_seconds']:.1f} s, "
+                   f"from {report['started_from']})")
+        if report["samples"]["held_out"]:
+            click.echo(f"  new data (held out, {report['samples']['held_out']}): {fmt(b['new_data'])} -> {fmt(a['new_data'])}")
         click.echo(f"  guard ({report['guard'] or 'none'}): {fmt(b['guard'])} -> {fmt(a['guard'])}")
+        for path in score_paths:
+            click.echo(f"  {path}: {fmt(b[path])} -> {fmt(a[path])}")
         click.echo(f"  rollbacks {report['rollbacks']}, factory resets {report['factory_resets']}")
         click.echo(f"  weights: {report['weights'] or 'not committed (the guard check failed; the previous weights stay)'}")
-    click.echo(json.dumps(report, indent=2))
+        for line in report["events"]:
+            click.echo(f"  {line}")
+    else:
+        click.echo(json.dumps(report, indent=2))
+
+
+@main.command("shift")
+@click.option("--task", type=click.Choice(["smnist", "psmnist", "nmnist", "npz"]), default="smnist", show_default=True, help="Where the data come from (as for train).")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="nmnist: split list beside the .bs2 files; npz: your .npz.")
+@data_options
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True, help="Built-in data sets: which split.")
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True, help="Skip the first N samples (keeps sets disjoint).")
+@click.option("--samples", type=click.IntRange(1), default=200, show_default=True, help="Samples to write.")
+@click.option("--shift", "spec", required=True, help="gain:G, columns:K, polarity-swap, dropout:P or hot-pixels:P.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help=".npz to write (x, y, lengths).")
+@_friendly
+def shift_cmd(task, data_path, mode, source, steps, binning, downsample, normalisation, split, offset, samples, spec, seed, output):
+    """Write a deterministically shifted copy of real data (a drifted sensor) as an .npz for adapt/run/eval."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from .data.tasks import load_task
+    from .io import write_bytes_atomic
+    from .shifts import apply, parse
+
+    parse(spec)
+    if data_path and Path(output).resolve() == Path(data_path).resolve():
+        raise UserError(f"-o {output} is the input data; choose another file")
+    ds = load_task(task, split, data_path, mode=mode, source=source, steps=steps, binning=binning, downsample=downsample,
+                   normalisation=normalisation, limit=offset + samples)
+    x, y = ds.x.numpy()[offset:offset + samples], ds.y.numpy()[offset:offset + samples]
+    if len(x) == 0:
+        raise UserError(f"no samples left after --offset {offset} ({len(ds)} in the data)")
+    lengths = np.full(len(x), x.shape[1]) if ds.lengths is None else ds.lengths.numpy()[offset:offset + samples]
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, x=apply(x, spec, seed), y=y.astype(np.int64), lengths=lengths.astype(np.int64))
+    write_bytes_atomic(output, buf.getvalue())
+    click.echo(json.dumps({"output": str(output), "shift": spec, "samples": len(x), "from": f"{task} {split}[{offset}:{offset + len(x)}]"}))
 
 
 class _null_bar:

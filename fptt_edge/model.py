@@ -1,13 +1,16 @@
 """The LTC spiking network: a stack of LTC layers and a leaky readout.
 
-``step(x_t, state) -> (logits_t, state')`` is one time step over explicit state;
-``forward(xs, state)`` runs a sequence ``[B, T, ...]`` and returns per-step logits.
-The state is a tuple with one :class:`LTCState` per layer and a final :class:`ReadoutState`;
-:func:`state_names` flattens it to ``l<i>.<var>`` / ``readout.m`` names.
+``step(x_t, state) -> (logits_t, state')`` is one time step over explicit state, the only
+one: training, evaluation, the exported graph, FP16 emulation (``affine_dtype``/``state_dtype``)
+and the rounding-tie checker (``margins``) all call it. ``forward(xs, state)`` runs a sequence
+``[B, T, ...]`` and returns per-step logits. The state is a :class:`NetState`;
+:meth:`LTCNetwork.state_names` names its flat tensors ``l<i>.<var>`` / ``readout.m``.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -16,7 +19,20 @@ from .config import ModelConfig
 from .layers import ConvLTC, DenseLTC, LeakyReadout, _initial_ltc_state
 from .neurons import LTCState, ReadoutState
 
-NetState = tuple  # tuple[LTCState, ..., ReadoutState]
+
+class NetState(NamedTuple):
+    """The network's state: one :class:`LTCState` per LTC layer and the readout's :class:`ReadoutState`."""
+
+    layers: tuple[LTCState, ...]
+    readout: ReadoutState
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Flat, in :meth:`LTCNetwork.state_names` order."""
+        return [t for st in (*self.layers, self.readout) for t in st]
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> NetState:
+        """The same structure with ``fn`` applied to every tensor."""
+        return NetState(tuple(LTCState(*map(fn, st)) for st in self.layers), ReadoutState(*map(fn, self.readout)))
 
 
 class LTCNetwork(nn.Module):
@@ -55,21 +71,27 @@ class LTCNetwork(nn.Module):
         """
         ref = next(self.parameters())
         device, dtype = device or ref.device, ref.dtype
-        states = [
+        states = tuple(
             _initial_ltc_state(layer.state_shape(batch), self.config.b_j0, self.config.initial_u, device, generator, dtype)
             for layer in self.layers
-        ]
-        return (*states, ReadoutState(torch.zeros(batch, self.config.num_classes, device=device, dtype=dtype)))
+        )
+        return NetState(states, ReadoutState(torch.zeros(batch, self.config.num_classes, device=device, dtype=dtype)))
 
-    def step(self, x: torch.Tensor, state: NetState) -> tuple[torch.Tensor, NetState]:
-        """One time step: ``x`` is ``[B, *input_shape]``."""
-        new_states = []
-        h = x
-        for layer, st in zip(self.layers, state[:-1]):
-            h, st = layer(h, st)
-            new_states.append(st)
-        logits, ro = self.readout(h, state[-1])
-        return logits, (*new_states, ro)
+    def step(self, x: torch.Tensor, state: NetState, *, affine_dtype: torch.dtype | None = None,
+             state_dtype: torch.dtype | None = None, margins: list | None = None) -> tuple[torch.Tensor, NetState]:
+        """One time step: ``x`` is ``[B, *input_shape]``; ``h_0 = x``, ``(h_l, state_l) = layer_l(h_{l-1}, state_l)``,
+        ``logits = m_t`` of the readout on ``h_L``.
+
+        ``affine_dtype``/``state_dtype``: the precision policy of :mod:`fptt_edge.layers` (FP16
+        emulation; ``None`` leaves every tensor as it is). ``margins``: a list that receives
+        ``v_t - theta_t`` of each LTC layer (the rounding-tie checker's distance to firing).
+        """
+        h, layers = x, []
+        for layer, st in zip(self.layers, state.layers, strict=True):
+            h, st = layer(h, st, affine_dtype=affine_dtype, state_dtype=state_dtype, margins=margins)
+            layers.append(st)
+        logits, ro = self.readout(h, state.readout, affine_dtype=affine_dtype, state_dtype=state_dtype)
+        return logits, NetState(tuple(layers), ro)
 
     def forward(self, xs: torch.Tensor, state: NetState | None = None) -> tuple[torch.Tensor, NetState]:
         """Run ``xs`` ``[B, T, *input_shape]``; returns logits ``[B, T, C]`` and the final state."""
@@ -83,14 +105,16 @@ class LTCNetwork(nn.Module):
 
 
 def flatten_state(state: NetState) -> list[torch.Tensor]:
-    return [t for st in state for t in st]
+    """The state's tensors in :meth:`LTCNetwork.state_names` order."""
+    return state.tensors()
 
 
 def unflatten_state(model: LTCNetwork, tensors: list[torch.Tensor]) -> NetState:
+    """Inverse of :func:`flatten_state` for ``model``."""
     n = len(LTCState._fields)
-    layers = [LTCState(*tensors[i * n : (i + 1) * n]) for i in range(len(model.layers))]
-    return (*layers, ReadoutState(tensors[-1]))
+    layers = tuple(LTCState(*tensors[i * n : (i + 1) * n]) for i in range(len(model.layers)))
+    return NetState(layers, ReadoutState(tensors[len(layers) * n]))
 
 
 def detach_state(state: NetState) -> NetState:
-    return tuple(type(st)(*(t.detach() for t in st)) for st in state)
+    return state.map(torch.Tensor.detach)

@@ -49,12 +49,16 @@ def ltc_update(
     b_j0: float,
     beta_adapt: float,
     surrogate: bool,
-) -> LTCState:
-    """One LTC neuron step (equations in the module docstring)."""
+) -> tuple[LTCState, torch.Tensor]:
+    """One LTC neuron step (equations in the module docstring).
+
+    Returns the new state and the margin ``v_t - theta_t`` (the distance to firing, ``s_t = H(margin)``).
+    """
     v, theta, b = ltc_membrane(state, current, z_m, z_a, a_m, a_a, b_j0, beta_adapt)
-    s = spike(v - theta, surrogate)
+    margin = v - theta
+    s = spike(margin, surrogate)
     u = (1.0 - s) * v
-    return LTCState(u, s, b)
+    return LTCState(u, s, b), margin
 
 
 def ltc_membrane(state: LTCState, current, z_m, z_a, a_m, a_a, b_j0: float, beta_adapt: float):

@@ -63,7 +63,7 @@ def load_labelled(contract: StepContract, data=None, events=None, labels=None) -
     recs = [r for r in recs if r.label is not None]
     if not recs:
         raise AdaptationError("no labelled recordings in the given data (an .npz needs 'y')")
-    bad = [r.label for r in recs if not 0 <= r.label < len(contract.class_names)]
+    bad = [r.label for r in recs if r.label is not None and not 0 <= r.label < len(contract.class_names)]
     if bad:
         raise AdaptationError(f"labels {sorted(set(bad))[:5]} are outside the model's {len(contract.class_names)} classes")
     return recs
@@ -98,9 +98,12 @@ def read_guard(path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def adapt(model, *, data=None, events=None, labels=None, guard=None, trainable: str = "all", lr: float | None = None, epochs: int = 1,
-          holdout: float = 0.3, seed: int = 0, factory: bool = False, max_drop: float = 0.02, check_every: int = 100,
-          progress=None, warn=None) -> dict:
-    """Adapt ``model`` (``.onnx`` with ``.train.onnx`` beside it); returns the report."""
+          holdout: float = 0.3, seed: int = 0, factory: bool = False, max_drop: float = 0.02, check_every: int = 500,
+          score=(), backend: str = "ort", progress=None, warn=None) -> dict:
+    """Adapt ``model`` (``.onnx`` with ``.train.onnx`` beside it); returns the report.
+
+    ``score``: more labelled files (``.npz`` / split lists) scored before and after, e.g. held-out
+    data of the new domain and of the original one (forgetting)."""
     from .learner import open_learner
 
     model = Path(model)
@@ -108,25 +111,28 @@ def adapt(model, *, data=None, events=None, labels=None, guard=None, trainable: 
     recs = load_labelled(contract, data, events, labels)
     x, y, lengths = pack(recs)
     train_idx, test_idx = split(len(recs), holdout, seed)
+    scored = {str(p): pack(load_labelled(contract, data=p))[:2] for p in score}
     guard_source = guard if guard is not None else (guard_path_for(model) if guard_path_for(model).is_file() else None)
     guard_data = read_guard(guard_source) if guard_source is not None else None
     learner = open_learner(model, trainable=trainable, lr=lr, guard=guard_data, resume=not factory, max_drop=max_drop,
-                           check_every=check_every, ring=max(int(lengths.max()), 1), warn=warn)
+                           check_every=check_every, ring=max(int(lengths.max()), 1), backend=backend, warn=warn)
     with learner:
         start = learner.generation.number if learner.generation is not None else 0
-        score = lambda: learner.evaluate(x[test_idx], y[test_idx]).accuracy if len(test_idx) else None  # noqa: E731
-        before = {"new_data": score(), "guard": None if learner.baseline is None else learner.baseline.accuracy}
+        held_out = lambda: learner.evaluate(x[test_idx], y[test_idx]).accuracy if len(test_idx) else None  # noqa: E731
+        extra = lambda: {p: learner.evaluate(*xy).accuracy for p, xy in scored.items()}  # noqa: E731
+        before = {"new_data": held_out(), "guard": None if learner.baseline is None else learner.baseline.accuracy, **extra()}
         t0 = time.perf_counter()
         updates = learner.train(x[train_idx], y[train_idx], lengths[train_idx], epochs=epochs, seed=seed, progress=progress)
         seconds = time.perf_counter() - t0
         gen = learner.commit({"data": str(data or events), "samples": int(len(train_idx)), "epochs": epochs})
         guard_after = learner.evaluate(*learner.guard).accuracy if learner.guard is not None else None
-        after = {"new_data": score(), "guard": guard_after}
+        after = {"new_data": held_out(), "guard": guard_after, **extra()}
         return {
             "model": str(model), "train_model": str(learner.train_path), "trainable": trainable, "lr": learner.lr, "epochs": epochs,
             "samples": {"train": int(len(train_idx)), "held_out": int(len(test_idx))}, "guard": None if guard_source is None else str(guard_source),
             "started_from": f"generation {start}" if start else "factory weights", "updates": updates,
-            "update_us": 1e6 * seconds / max(updates, 1), "accuracy_before": before, "accuracy_after": after,
+            "seconds": seconds, "update_us": 1e6 * learner.events.update_seconds / max(learner.events.updates, 1),
+            "guard_checks": learner.events.checks, "guard_check_seconds": learner.events.check_seconds, "accuracy_before": before, "accuracy_after": after,
             "rollbacks": learner.events.rollbacks, "factory_resets": learner.events.factory_resets, "events": learner.events.log,
             "committed": gen is not None, "weights": None if gen is None else str(gen.path),
             "push_us": 1e6 * learner.push_seconds[-1] if learner.push_seconds else None,

@@ -36,7 +36,7 @@ from .errors import AdaptationError
 try:  # POSIX (Linux / Jetson); elsewhere saves are not serialised between processes
     import fcntl
 except ImportError:  # pragma: no cover
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 KEYS = ("weights", "wbar", "lam", "m", "u", "step")
 FORMAT = "fptt-edge-adapted"

@@ -1,12 +1,19 @@
-"""Per-step latency of the backends, PyTorch eager and a numpy/BLAS lower bound, side by side."""
+"""Per-step latency of the backends and a numpy/BLAS lower bound, side by side (no torch here).
+
+``bench_matrix`` is what ``fptt-edge bench`` runs; reference engines such as PyTorch eager
+(:mod:`fptt_edge.torch_bench`) come in as callables.
+"""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from ..contract import read_contract
+from ..contract import read_contract, verify_checksum
+from .errors import BackendUnavailable
 
 
 def latency(step, steps: int, warmup: int = 50) -> dict:
@@ -29,37 +36,18 @@ def random_frames(shape, density: float = 0.05, n: int = 64, seed: int = 0) -> n
 
 
 def bench_session(model, backend: str, streams: int, steps: int, threads: int = 1, verify: bool = True) -> dict:
+    """:func:`latency` of one backend's session stepping random event frames."""
     from .session import open_session
 
-    sess = open_session(model, backend, streams=streams, threads=threads, verify=verify)
-    xs = random_frames((streams, *sess.frame_shape))
-    i = [0]
+    with open_session(model, backend, streams=streams, threads=threads, verify=verify) as sess:
+        xs = random_frames((streams, *sess.frame_shape))
+        i = [0]
 
-    def step():
-        sess.step(xs[i[0] % len(xs)])
-        i[0] += 1
+        def step():
+            sess.step(xs[i[0] % len(xs)])
+            i[0] += 1
 
-    return latency(step, steps)
-
-
-def bench_torch(checkpoint, streams: int, steps: int) -> dict:
-    """PyTorch eager stepping of the same checkpoint (one thread, no grad)."""
-    import torch
-
-    from ..checkpoint import load_model
-
-    torch.set_num_threads(1)
-    net, _ = load_model(checkpoint)
-    xs = torch.from_numpy(random_frames((streams, *net.config.input_shape)))
-    state = [net.initial_state(streams)]
-    i = [0]
-
-    @torch.no_grad()
-    def step():
-        _, state[0] = net.step(xs[i[0] % len(xs)], state[0])
-        i[0] += 1
-
-    return latency(step, steps)
+        return latency(step, steps)
 
 
 def bench_blas_floor(model_path, streams: int, steps: int) -> dict | None:
@@ -96,3 +84,47 @@ def find_checkpoint(model_path) -> Path | None:
         if file_sha256(cand) == want:
             return cand
     return None
+
+
+def bench_matrix(model_path, streams: Iterable[int], backends: Iterable[str], steps: int, *,
+                 references: Mapping[str, Callable[[int], dict]] | None = None, verify: bool = True,
+                 log: Callable[[str], None] | None = None) -> list[dict]:
+    """One row per (stream count, engine): each backend, each reference engine, the BLAS floor.
+
+    ``references``: engine name -> ``fn(streams)`` returning :func:`latency`'s dict (e.g. PyTorch
+    eager). A backend or reference that raises :class:`BackendUnavailable` gets a row with
+    ``unavailable`` (the reason) instead of timings. A model with a static batch is timed at that
+    batch only (``log`` says so). ``verify``: check the model's checksum once, first."""
+    contract = read_contract(model_path)
+    if verify:
+        verify_checksum(model_path)
+    counts = list(streams)
+    if isinstance(contract.batch, int) and counts != [contract.batch]:
+        if log is not None:
+            log(f"{model_path} has a static batch of {contract.batch}: timing {contract.batch} stream(s) only "
+                "(export with --batch dynamic for more)")
+        counts = [contract.batch]
+    engines: list[tuple[str, Callable[[int], dict]]] = [(b, partial(bench_session, model_path, b, steps=steps, verify=False)) for b in backends]
+    engines += (references or {}).items()
+    rows = []
+    for n in counts:
+        for name, run in engines:
+            try:
+                rows.append({"engine": name, "streams": n, **run(n)})
+            except BackendUnavailable as exc:
+                rows.append({"engine": name, "streams": n, "unavailable": str(exc).splitlines()[0]})
+        floor = bench_blas_floor(model_path, n, steps)
+        if floor:
+            rows.append({"engine": "numpy-blas-floor", "streams": n, **floor})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """``bench_matrix``'s rows as a fixed-width table."""
+    lines = [f"{'engine':18} {'streams':>7} {'p50 us':>9} {'p99 us':>9} {'steps/s':>10}"]
+    for r in rows:
+        if "unavailable" in r:
+            lines.append(f"{r['engine']:18} {r['streams']:>7}  unavailable: {r['unavailable']}")
+        else:
+            lines.append(f"{r['engine']:18} {r['streams']:>7} {r['p50_us']:9.1f} {r['p99_us']:9.1f} {r['steps_per_s']:10.0f}")
+    return "\n".join(lines)

@@ -57,22 +57,33 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
     return [Recording(f"{Path(path).name}[{i}]", x[i], None if y is None else int(y[i])) for i in range(len(x))]
 
 
-def from_contract_source(contract: StepContract, limit: int = 20) -> list[Recording]:
-    """Real recordings of the data the model was trained on, when its metadata points at an
-    N-MNIST split list that exists on this machine; else an empty list."""
-    src = contract.input.source
-    split = src.get("test_path") or src.get("path")
-    if src.get("task") != "nmnist" or not split or not Path(split).is_file():
-        return []
-    out = []
-    for line in Path(split).read_text().splitlines():
+def from_contract_source(contract: StepContract, path, limit: int = 20) -> list[Recording]:
+    """Labelled recordings from the N-MNIST split list ``path`` (``<recording> <label>`` lines,
+    ``.bs2`` files beside it), binned as the model's metadata records for its training data.
+
+    ``path`` is the list the user names: a data path recorded in the metadata is never opened
+    (a model file must not make a command read files nobody named). Errors give the line
+    number and what was expected, never the line itself."""
+    path = Path(path)
+    if not path.is_file():
+        raise RuntimeInputError(f"{path}: not found or not a regular file (expected an N-MNIST split list)")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuntimeInputError(f"{path}: cannot read the split list ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+    out: list[Recording] = []
+    for n, line in enumerate(lines, 1):
         parts = line.split()
-        if len(parts) != 2 or line.startswith("#"):
+        if not parts or line.lstrip().startswith("#"):
             continue
-        rec = Path(split).parent / f"{parts[0]}.bs2"
-        if rec.is_file():
-            out.extend(from_events(rec, contract))
-            out[-1].label = int(parts[1])
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise RuntimeInputError(f"{path}:{n}: expected '<recording> <label>' (a name and a whole-number class)")
+        if "/" in parts[0] or "\\" in parts[0] or parts[0] in (".", ".."):
+            raise RuntimeInputError(f"{path}:{n}: recording names must not leave the list's folder")
         if len(out) >= limit:
             break
+        recs = from_events(path.parent / f"{parts[0]}.bs2", contract)
+        for r in recs:
+            r.label = int(parts[1])
+        out.extend(recs)
     return out

@@ -53,6 +53,8 @@ class LearnerEvents:
     checks: int = 0
     rollbacks: int = 0
     factory_resets: int = 0
+    update_seconds: float = 0.0  # in the train-step graph
+    check_seconds: float = 0.0  # scoring the guard set
     log: list[str] = field(default_factory=list)
 
 
@@ -99,8 +101,8 @@ class Learner:
     """FPTT fine-tuning beside a live session; see the module docstring."""
 
     def __init__(self, model, train_model=None, *, streams: int = 1, ring: int = 512, threads: int = 1, lr: float | None = None,
-                 trainable: str = "all", guard=None, check_every: int = 100, max_drop: float = 0.02, rate_band: float = 4.0,
-                 max_failures: int = 3, store: bool = True, resume: bool = True, backend: str = "ort", warn=None):
+                 trainable: str = "all", guard=None, check_every: int = 500, max_drop: float = 0.02, rate_band: float = 4.0,
+                 max_failures: int = 3, store: bool = True, resume: bool = True, backend: str = "ort", session=None, warn=None):
         from .ort_backend import OrtBackend
 
         self.model_path = Path(model)
@@ -114,6 +116,7 @@ class Learner:
             raise AdaptationError(f"{self.train_path} was exported with another {self.model_path.name} "
                                   f"({self.train_contract.inference_sha256[:12]}..., this one is {base_sha[:12]}...); export both together")
         self._warn = warn or (lambda m: None)
+        self.push_seconds: list[float] = []
         self.streams = check_count(streams, "streams")
         self.ring_capacity = check_count(ring, "ring")
         self.check_every, self.max_drop, self.rate_band = check_count(check_every, "check_every"), float(max_drop), float(rate_band)
@@ -149,14 +152,18 @@ class Learner:
                 self.backend.load(self.generation.buffers)
                 self._snapshot_good()
         wbar = self.backend.views(self.backend.buffers()["wbar"])
-        live = OrtBackend(str(self.model_path), self.contract, self.streams, "ort", threads, initializers=wbar)
-        self.session = StreamSession(live, self.contract)
+        if session is None:
+            session = StreamSession(OrtBackend(str(self.model_path), self.contract, self.streams, "ort", threads, initializers=wbar), self.contract)
+        elif not hasattr(session.backend, "set_initializers") or session.streams != self.streams:
+            raise AdaptationError("the live session must be a StreamSession over ONNX Runtime or TensorRT with the learner's streams")
+        self.session = session  # a TensorRT session (open_session(..., backend="tensorrt")) is refitted on push
+        if self.generation is not None:
+            self.push()
         inf_batch = self.contract.batch if isinstance(self.contract.batch, int) else 1
         self._eval = OrtBackend(str(self.model_path), self.contract, inf_batch, "ort", threads, initializers=wbar)
         self.guard = None if guard is None else self._guard_arrays(*guard)
         self.events = LearnerEvents()
         self.baseline = self._score(self._factory["wbar"]) if self.guard is not None else None
-        self.push_seconds: list[float] = []
 
     # --- configuration -------------------------------------------------------------------------
     def set_trainable(self, choice: str) -> None:
@@ -247,7 +254,9 @@ class Learner:
                 else:
                     be.x[b] = 0.0
                     be.w[b] = 0.0
+            t0 = time.perf_counter()
             be.step()
+            self.events.update_seconds += time.perf_counter() - t0
             updates += 1
             self.events.updates += 1
             if self.events.updates % self.check_every == 0:
@@ -297,7 +306,11 @@ class Learner:
         return self._score(self.backend.buffers()["wbar"] if wbar is None else wbar, (x, y))
 
     def _score(self, wbar: np.ndarray, data=None) -> GuardResult:
-        x, y = data if data is not None else self.guard
+        if data is None:
+            if self.guard is None:
+                raise AdaptationError("no guard set to score")
+            data = self.guard
+        x, y = data
         ev = self._eval
         ev.set_initializers(self.backend.views(wbar))
         spikes = [s.name for s in self.contract.states if s.name.endswith(".s")]
@@ -324,6 +337,7 @@ class Learner:
     def check(self) -> GuardResult:
         """Score the current ``Wbar`` on the guard set; roll back if it fails; else it is the last good."""
         self.events.checks += 1
+        t0 = time.perf_counter()
         buffers = self.backend.buffers()
         if not all(np.isfinite(v).all() for v in buffers.values()):
             result = GuardResult(None, {}, False, False, "non-finite weights")
@@ -337,13 +351,16 @@ class Learner:
             self._snapshot_good()
         else:
             self._rollback(result.reason)
+        self.events.check_seconds += time.perf_counter() - t0
         return result
 
     def _judge(self, r: GuardResult) -> str:
         base = self.baseline
+        if base is None:
+            return ""
         if not r.finite:
             return "non-finite logits on the guard set"
-        if base.accuracy is not None and r.accuracy < base.accuracy - self.max_drop:
+        if base.accuracy is not None and r.accuracy is not None and r.accuracy < base.accuracy - self.max_drop:
             return f"guard accuracy {r.accuracy:.3f} < shipped {base.accuracy:.3f} - {self.max_drop:.3f}"
         for layer, rate in r.spike_rate.items():
             ref = base.spike_rate.get(layer, 0.0)
@@ -370,7 +387,6 @@ class Learner:
             self.backend.load(self._good)
             self.backend.lr[:] = self.lr * 0.5
             self.events.log.append(f"update {self.events.updates}: {reason}; rolled back, lr -> {self.lr:.2e}")
-        self._warn(self.events.log[-1])
 
     def reset_to_factory(self) -> None:
         """The shipped weights, fresh traces and moments (the live session too)."""
@@ -414,7 +430,9 @@ class Learner:
                 "generation": None if self.generation is None else self.generation.number}
 
     def close(self) -> None:
+        """Free the live session, the guard evaluator and the train step."""
         self.session.close()
+        self._eval.close()
         self.backend.close()
 
     def __enter__(self) -> "Learner":

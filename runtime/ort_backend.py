@@ -136,6 +136,13 @@ class OrtBackend:
             full = value if stream is None else _with_row(cur[name].numpy(), stream, value)
             cur[name].update_inplace(np.ascontiguousarray(full, dtype=np.float32))
 
+    def close(self) -> None:
+        """Drop the session, its bindings and device buffers (ONNX Runtime frees them with the last reference)."""
+        self._bindings = []
+        self._sets = []
+        self._init_values = {}
+        self.session = None
+
 
 def _with_row(full: np.ndarray, row: int, value: np.ndarray) -> np.ndarray:
     full[row] = value

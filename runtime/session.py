@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import ContractError, StepContract, read_contract, verify_checksum
+from .backend import StepBackend
 from .errors import BackendUnavailable, RuntimeInputError
 
 BACKENDS = ("ort", "ort-cuda", "ort-trt", "tensorrt")
@@ -72,9 +73,9 @@ def _undo_step(backend) -> None:
 
 
 class StreamSession:
-    """``streams`` independent streams stepped together as one batch."""
+    """``streams`` independent streams stepped together as one batch, on any :class:`StepBackend`."""
 
-    def __init__(self, backend, contract: StepContract):
+    def __init__(self, backend: StepBackend, contract: StepContract):
         self.backend, self.contract = backend, contract
         self.streams = backend.streams
         self.frame_shape = contract.input.frame_shape
@@ -168,7 +169,7 @@ class StreamSession:
             close = getattr(self.backend, "close", None)
             if close is not None:
                 close()
-            self.backend = None  # the runtime's session and buffers go with it
+            del self.backend  # the runtime's session and buffers go with it
         finally:
             self._lock.release()
 

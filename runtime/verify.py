@@ -10,13 +10,13 @@ from .session import open_session
 def verify_engine(onnx_path, engine_path, npz=None, steps: int = 200) -> dict:
     ref = open_session(onnx_path, "ort")
     trt = open_session(engine_path, "tensorrt", contract=ref.contract)
-    from .inputs import from_contract_source, from_npz
+    from .inputs import from_npz
 
-    recordings = from_npz(npz, ref.contract) if npz else from_contract_source(ref.contract)
-    if recordings:
-        xs, source = np.concatenate([r.frames for r in recordings])[:steps], npz or "the model's recorded test data"
+    # Only data the user names: a data path recorded in the model's metadata is never opened.
+    if npz:
+        xs, source = np.concatenate([r.frames for r in from_npz(npz, ref.contract)])[:steps], npz
     else:
-        xs, source = random_frames(ref.frame_shape, density=0.05, n=steps), "random event frames (5 % active; no real data found: pass --verify-npz)"
+        xs, source = random_frames(ref.frame_shape, density=0.05, n=steps), "random event frames (5 % active; pass --verify-npz for real data)"
     spikes = [s.name for s in ref.contract.states if s.name.endswith(".s")]
     max_logits, flips, total = 0.0, 0, 0
     for x in xs:

@@ -1,9 +1,14 @@
-"""Checkpoints on real data for the export tests (N-MNIST from ../shared, else shipped S-MNIST)."""
+"""Checkpoints on real data for the export tests (N-MNIST from ../shared, else shipped S-MNIST).
+
+A checkpoint records where its data came from (``test_path``), but no command opens a recorded
+path: tests pass the data as a user would, with :func:`check_data`. Tests about N-MNIST itself
+use :func:`nmnist_spec`, which skips when ../shared is absent instead of passing on other data."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from fptt_edge.checkpoint import save_checkpoint
@@ -15,12 +20,26 @@ NMNIST_DIR = ROOT.parent / "shared" / "data" / "nmnist-small"
 
 
 def real_spec() -> tuple[dict, tuple[int, ...]]:
-    """The input spec of the real test data, and its frame shape."""
+    """The input spec of the real test data (N-MNIST when ../shared has it, else S-MNIST), and its frame shape."""
     if (NMNIST_DIR / "test100.txt").is_file():
         path = str((NMNIST_DIR / "test100.txt").resolve())
-        spec = {"task": "nmnist", "sensor_size": [34, 34, 2], "binning": {"by": "time", "steps": 20}, "downsample": 2, "normalisation": "binary", "test_path": path}
+        spec = {"task": "nmnist", "sensor_size": [34, 34, 2], "binning": {"by": "time", "steps": 20}, "downsample": 2, "normalisation": "binary",
+                "test_path": path}
         return spec, (2, 17, 17)
     return {"task": "smnist", "mode": "row", "source": "mnist"}, (28,)
+
+
+def nmnist_spec() -> tuple[dict, tuple[int, ...]]:
+    """The real N-MNIST spec, or a skip when ../shared/data/nmnist-small is absent."""
+    spec, shape = real_spec()
+    if spec["task"] != "nmnist":
+        pytest.skip("../shared/data/nmnist-small is not present")
+    return spec, shape
+
+
+def check_data(spec: dict) -> str | None:
+    """The data file a user passes (``--data``) for a checkpoint of ``spec``: None for built-in data sets."""
+    return spec.get("test_path")
 
 
 def frame_spec(tmp: Path) -> tuple[dict, tuple[int, ...]]:
@@ -45,7 +64,7 @@ def make_checkpoint(path: Path, config: ModelConfig, spec: dict, seed: int = 0, 
     net = LTCNetwork(config)
     with torch.no_grad():
         for layer in net.layers:
-            first = getattr(layer, "fc_x", None) or getattr(layer, "conv")
+            first = getattr(layer, "fc_x", None) or layer.conv
             first.weight.mul_(input_gain)
             bn = getattr(layer, "bn", None)
             if isinstance(bn, torch.nn.BatchNorm2d):

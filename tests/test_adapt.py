@@ -151,7 +151,7 @@ def test_train_graph_passes_the_tensorrt_8_lint():
 
 def test_export_adapt_writes_a_checked_train_graph(exported):
     folder, report = exported
-    ts = report["train_step"]
+    ts = report.train_step
     assert ts["passed"] and ts["parity"]["updates"] >= 24 and ts["eps_survives"]
     assert (folder / "model.train.onnx").is_file() and (folder / "model.guard.npz").is_file()
     meta = {p.key: p.value for p in onnx.load(str(folder / "model.train.onnx")).metadata_props}

@@ -113,11 +113,13 @@ def test_npz_and_nmnist_tasks(tmp_path, nmnist_fixture):
     result = run("train", "--task", "npz", "--train", tmp_path / "train.npz", "--test", tmp_path / "test.npz", "--epochs", "1",
                  "--hidden", "8", "--batch-size", "16", "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
-    assert json.loads(run("eval", out / "model.pt").output)["samples"] == 32
+    refused = run("eval", out / "model.pt")  # a recorded data path is never opened: the user names the data
+    assert refused.exit_code == 2 and "pass --data" in refused.output and str(tmp_path / "test.npz") in refused.output
+    assert json.loads(run("eval", out / "model.pt", "--data", tmp_path / "test.npz").output)["samples"] == 32
     out = tmp_path / "nm"
     result = run("train", "--task", "nmnist", "--train", nmnist_fixture / "train.txt", "--test", nmnist_fixture / "test.txt",
                  "--steps", "5", "--downsample", "2", "--conv", "4", "--hidden", "8", "--batch-size", "4", "--epochs", "1",
                  "--method", "bptt", "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
     assert json.loads(run("info", out / "model.pt").output)["model_config"]["conv_channels"] == [4]
-    assert json.loads(run("eval", out / "model.pt").output)["samples"] == 6
+    assert json.loads(run("eval", out / "model.pt", "--data", nmnist_fixture / "test.txt").output)["samples"] == 6

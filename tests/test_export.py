@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from export_helpers import frame_spec, make_checkpoint, real_spec
+from export_helpers import check_data, frame_spec, make_checkpoint, real_spec
 
 from fptt_edge.cli import main
 from fptt_edge.config import ModelConfig
@@ -24,6 +24,7 @@ from fptt_edge.export.errors import ExportError
 from fptt_edge.export.parity import check_parity, ort_session
 from fptt_edge.export.pipeline import export_checkpoint
 from fptt_edge.export.precision import run_scheme
+from fptt_edge.export.report import summary
 from fptt_edge.export.streams import make_streams
 from fptt_edge.model import flatten_state
 
@@ -38,7 +39,8 @@ def exported(tmp_path_factory):
     for name, cfg, sp in [("dense", ModelConfig(input_shape=shape, num_classes=10, hidden=(64,)), spec),
                           ("conv", ModelConfig(input_shape=fshape, num_classes=10, hidden=(32,), conv_channels=(8,)), fspec)]:
         net = make_checkpoint(tmp / f"{name}.pt", cfg, sp)
-        report = export_checkpoint(tmp / f"{name}.pt", tmp / f"{name}.onnx", streams=2, steps=500, precision_samples=40, log=lambda m: None)
+        report = export_checkpoint(tmp / f"{name}.pt", tmp / f"{name}.onnx", streams=2, steps=500, precision_samples=40, data=check_data(sp),
+                                   log=lambda m: None)
         models[name] = (net, tmp / f"{name}.onnx", report, sp)
     return models
 
@@ -46,13 +48,13 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 def test_parity_over_500_real_steps(exported, kind):
     net, path, report, spec = exported[kind]
-    par = report["parity"]
-    assert par["passed"] and par["exact"] and not par["ties"] and par["steps"] >= 500 and par["streams"] == 2
-    assert all(v == 1.0 for v in par["spike_agreement"].values())
-    assert all(0.01 < v < 0.9 for v in par["spike_rate"].values()), "a vacuous check: the layers barely spike"
-    assert par["max_abs_logits"] < 1e-4 and par["prediction_agreement"] == 1.0
+    par = report.parity
+    assert par.passed and par.exact and not par.ties and par.steps >= 500 and par.streams == 2
+    assert all(v == 1.0 for v in par.spike_agreement.values())
+    assert all(0.01 < v < 0.9 for v in par.spike_rate.values()), "a vacuous check: the layers barely spike"
+    assert par.max_abs_logits < 1e-4 and par.prediction_agreement == 1.0
     # independent of the pipeline's checker: the written file, stepped with state built from metadata alone
-    ds = load_check_set(spec, num_classes=10)
+    ds = load_check_set(spec, check_data(spec), num_classes=10)
     xs = make_streams(ds, 1, 500)
     contract = read_contract(path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -80,7 +82,7 @@ def test_metadata_round_trip(exported):
     for name, tensor in zip(net.state_names(), flatten_state(net.initial_state(3))):
         np.testing.assert_array_equal(init[name], tensor.numpy())
     assert init["l0.b"].min() == pytest.approx(net.config.b_j0) and net.config.b_j0 != 0
-    assert contract.checkpoint_sha256 == report["checkpoint_sha256"] and contract.opset == report["opset"]
+    assert contract.checkpoint_sha256 == report.checkpoint_sha256 and contract.opset == report.opset
     model = onnx.load(str(path))
     graph_io = [i.name for i in model.graph.input], [o.name for o in model.graph.output]
     assert graph_io == (["x", *net.state_names()], ["logits", *[n + "_out" for n in net.state_names()]])
@@ -112,7 +114,7 @@ def test_parity_check_detects_a_changed_spike_path(exported):
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.05, dtype=np.float32), "nudge"))
     greater.input[0] = "nudged"
     model.graph.node.insert(list(model.graph.node).index(greater), shifted)
-    xs = make_streams(load_check_set(spec, num_classes=10), 1, 100)
+    xs = make_streams(load_check_set(spec, check_data(spec), num_classes=10), 1, 100)
     result = check_parity(net, ort_session(model.SerializeToString()), xs, batch=1)
     assert not result.passed and result.first_mismatch["state"] == "l0.s" and result.first_mismatch["max_margin"] > 1e-5
 
@@ -120,27 +122,29 @@ def test_parity_check_detects_a_changed_spike_path(exported):
 def test_opset17_for_jetpack5_and_dynamic_batch(tmp_path):
     spec, shape = real_spec()
     make_checkpoint(tmp_path / "m.pt", ModelConfig(input_shape=shape, num_classes=10, hidden=(32, 32)), spec, seed=1)
-    report = export_checkpoint(tmp_path / "m.pt", tmp_path / "m17.onnx", device="xavier-nx", streams=1, steps=100, precision_samples=10, log=lambda m: None)
-    assert onnx.load(str(tmp_path / "m17.onnx")).opset_import[0].version == 17 == report["opset"]
-    assert report["parity"]["passed"] and report["lint"]["verdict"] != "fail"
-    report = export_checkpoint(tmp_path / "m.pt", tmp_path / "dyn.onnx", batch=None, streams=3, steps=60, precision_samples=10, log=lambda m: None)
-    assert report["parity"]["passed"] and report["parity"]["streams"] == 3
-    assert any(f["check"] == "static-shapes" for f in report["lint"]["findings"])
+    report = export_checkpoint(tmp_path / "m.pt", tmp_path / "m17.onnx", device="xavier-nx", streams=1, steps=100, precision_samples=10,
+                               data=check_data(spec), log=lambda m: None)
+    assert onnx.load(str(tmp_path / "m17.onnx")).opset_import[0].version == 17 == report.opset
+    assert report.parity.passed and report.lint.verdict != "fail"
+    report = export_checkpoint(tmp_path / "m.pt", tmp_path / "dyn.onnx", batch=None, streams=3, steps=60, precision_samples=10,
+                               data=check_data(spec), log=lambda m: None)
+    assert report.parity.passed and report.parity.streams == 3
+    assert any(f.check == "static-shapes" for f in report.lint.findings)
     assert read_contract(tmp_path / "dyn.onnx").batch == "batch"
 
 
 def test_fp16_emulation_reference_and_variant(exported, tmp_path):
     net, path, report, spec = exported["conv"]
-    ds = load_check_set(spec, num_classes=10).take(8)
+    ds = load_check_set(spec, check_data(spec), num_classes=10).take(8)
     with torch.no_grad():
         ref, _ = net(ds.x)
     logits32, _ = run_scheme(net, ds.x, torch.float32, torch.float32)
     torch.testing.assert_close(logits32, ref, rtol=0, atol=0)  # the emulator's FP32 scheme is the model itself
     logits16, _ = run_scheme(net, ds.x, torch.float16, torch.float16)
     assert 0 < (logits16 - ref).abs().max() < 1.0
-    prec = report["precision"]
-    assert set(prec["flip_rate"]) == {"fp16", "fp16_state_fp32"} and all(0 <= r < 0.5 for v in prec["flip_rate"].values() for r in v.values())
-    assert "Greater" in {n.split("_")[1] if "_" in n else n for n in prec["fp32_nodes"]} or any("gt" in n.lower() for n in prec["fp32_nodes"])
+    prec = report.precision
+    assert set(prec.flip_rate) == {"fp16", "fp16_state_fp32"} and all(0 <= r < 0.5 for v in prec.flip_rate.values() for r in v.values())
+    assert "Greater" in {n.split("_")[1] if "_" in n else n for n in prec.fp32_nodes} or any("gt" in n.lower() for n in prec.fp32_nodes)
     runner = CliRunner()
     res = runner.invoke(main, ["export", str(path.with_suffix(".pt")), "-o", str(tmp_path / "v.onnx"), "--no-check", "--fp16-variant"])
     assert res.exit_code == 0, res.output
@@ -162,7 +166,8 @@ def test_cli_export_info_and_devices(exported, tmp_path):
     net, path, report, spec = exported["dense"]
     runner = CliRunner()
     res = runner.invoke(main, ["export", str(path.with_suffix(".pt")), "-o", str(tmp_path / "c.onnx"), "--parity-steps", "50",
-                               "--parity-streams", "1", "--precision-samples", "5", "--device", "orin-nx-16gb"])
+                               "--parity-streams", "1", "--precision-samples", "5", "--device", "orin-nx-16gb",
+                               *(["--data", check_data(spec)] if check_data(spec) else [])])
     assert res.exit_code == 0, res.output
     assert "PASS" in res.output and "dla" in res.output
     saved = json.loads((tmp_path / "c.report.json").read_text())
@@ -225,7 +230,7 @@ def test_bad_input_clear_error_nothing_written(exported, tmp_path, case):
 
 
 def test_parity_failure_fails_export_and_writes_no_model(exported, tmp_path, monkeypatch):
-    _, path, _, _ = exported["dense"]
+    _, path, _, spec = exported["dense"]
     import fptt_edge.export.onnx_build as build
 
     original = build.trace_step
@@ -240,13 +245,28 @@ def test_parity_failure_fails_export_and_writes_no_model(exported, tmp_path, mon
 
     monkeypatch.setattr("fptt_edge.export.pipeline.trace_step", sabotaged)
     with pytest.raises(ExportError, match="disagree on spikes"):
-        export_checkpoint(path.with_suffix(".pt"), tmp_path / "s.onnx", streams=1, steps=200, precision_samples=5, log=lambda m: None)
+        export_checkpoint(path.with_suffix(".pt"), tmp_path / "s.onnx", streams=1, steps=200, precision_samples=5, data=check_data(spec),
+                          log=lambda m: None)
     assert not (tmp_path / "s.onnx").exists() and json.loads((tmp_path / "s.report.json").read_text())["parity"]["passed"] is False
+
+
+def test_report_json_is_the_typed_report(exported):
+    """``MODEL.report.json`` is ``ExportReport.to_dict()``, in the layout it always had."""
+    net, path, report, spec = exported["dense"]
+    saved, as_dict = json.loads(path.with_suffix(".report.json").read_text()), report.to_dict()
+    assert saved == json.loads(json.dumps(as_dict))
+    assert list(as_dict) == ["checkpoint", "model", "report", "model_bytes", "export_seconds", "opset", "batch", "io", "checkpoint_sha256",
+                             "exporter", "parity", "precision", "check_data", "lint"]  # the order --json prints
+    assert list(as_dict["io"]) == ["input", "logits", "state"] and saved["io"]["state"] == net.state_names()
+    assert saved["parity"]["passed"] is True and saved["parity"]["exact"] is True and saved["lint"]["note"].startswith("no --device")
+    assert list(as_dict["lint"]) == ["device", "tensorrt", "verdict", "findings", "note"]
+    text = summary(report)
+    assert "parity vs PyTorch" in text and "PASS" in text and "FP16 emulation" in text and report.report in text
 
 
 def test_check_streams_are_real_and_distinct():
     spec, _ = real_spec()
-    ds = load_check_set(spec, num_classes=10).take(10)
+    ds = load_check_set(spec, check_data(spec), num_classes=10).take(10)
     xs = make_streams(ds, 3, ds.steps * 25)  # longer than the data: every stream wraps around
     assert xs.shape[:2] == (3, ds.steps * 25)
     np.testing.assert_array_equal(xs[0, : ds.steps], ds.x[0].numpy())

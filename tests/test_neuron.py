@@ -1,10 +1,12 @@
 """One LTC step against a hand-written numpy step."""
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from fptt_edge.config import ModelConfig
-from fptt_edge.model import LTCNetwork, flatten_state, unflatten_state
+from fptt_edge.model import LTCNetwork, NetState, detach_state, flatten_state, unflatten_state
 
 
 def sigmoid(z):
@@ -69,9 +71,10 @@ def test_initial_state_follows_spec():
 def test_uniform_initial_u_only_with_a_generator():
     model = LTCNetwork(ModelConfig(input_shape=(3,), num_classes=2, hidden=(50,), initial_u="uniform"))
     det = model.initial_state(4, torch.device("cpu"))
-    assert torch.all(det[0].u == 0)  # evaluation and export: deterministic
+    assert torch.all(det.layers[0].u == 0)  # evaluation and export: deterministic
     rnd = model.initial_state(4, torch.device("cpu"), torch.Generator().manual_seed(0))
-    assert rnd[0].u.min() >= 0 and rnd[0].u.max() < 1 and rnd[0].u.std() > 0.1
+    u = rnd.layers[0].u
+    assert u.min() >= 0 and u.max() < 1 and u.std() > 0.1
 
 
 def test_conv_step_runs_and_sequence_equals_repeated_steps():
@@ -85,6 +88,38 @@ def test_conv_step_runs_and_sequence_equals_repeated_steps():
         torch.testing.assert_close(step_logits, logits[:, t], rtol=0, atol=0)
     for a, b in zip(flatten_state(state), flatten_state(final)):
         assert torch.equal(a, b)
+
+
+def test_state_is_a_named_structure_that_round_trips():
+    model = LTCNetwork(ModelConfig(input_shape=(2, 8, 8), num_classes=4, hidden=(5,), conv_channels=(3,)))
+    state = model.initial_state(2)
+    assert isinstance(state, NetState) and len(state.layers) == 2 and state.readout.m.shape == (2, 4)
+    flat = flatten_state(state)
+    assert [tuple(t.shape) for t in flat] == model.state_shapes(2) and len(flat) == len(model.state_names())
+    again = unflatten_state(model, flat)
+    assert isinstance(again, NetState) and all(a is b for a, b in zip(flatten_state(again), flat))
+    _, new = model.step(torch.rand(2, 2, 8, 8), state)
+    assert all(not t.requires_grad for t in flatten_state(detach_state(new))) and any(t.requires_grad for t in flatten_state(new))
+
+
+def test_one_step_serves_fp16_emulation_and_the_tie_checker():
+    """The precision policy and the margins are options of the same step, not other copies of it."""
+    torch.manual_seed(0)
+    model = LTCNetwork(ModelConfig(input_shape=(2, 8, 8), num_classes=4, hidden=(6,), conv_channels=(3,))).eval()
+    state = model.initial_state(3)
+    x = torch.rand(3, 2, 8, 8) * 3
+    margins: list[torch.Tensor] = []
+    with torch.no_grad():
+        logits, new = model.step(x, state, margins=margins)
+        plain, _ = model.step(x, state)
+        assert torch.equal(logits, plain) and len(margins) == len(model.layers)
+        for m, st in zip(margins, new.layers):
+            assert torch.equal((m > 0).to(m.dtype), st.s)  # s_t = H(v_t - theta_t)
+        assert any(st.s.any() for st in new.layers)
+        half = copy.deepcopy(model).half()
+        lg, st16 = half.step(x, state, affine_dtype=torch.float16, state_dtype=torch.float32)
+        assert lg.dtype == torch.float32 and all(t.dtype == torch.float32 for t in flatten_state(st16))
+        assert 0 < (lg - logits).abs().max() < 0.1  # FP16 affine maps: close, not equal
 
 
 def test_config_json_round_trip_and_validation():

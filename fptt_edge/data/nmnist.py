@@ -69,7 +69,7 @@ def read_split_list(path) -> list[tuple[str, int]]:
             continue
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit():
-            raise DataError(f"{path}:{n}: expected 'sample<TAB>class', got {line!r}")
+            raise DataError(f"{path}:{n}: expected 'sample<TAB>class' (a recording name and a whole-number class)")
         rows.append((parts[0], int(parts[1])))
     return rows
 

@@ -2,6 +2,7 @@
 ``y`` integer labels ``[N]`` and optional ``lengths`` ``[N]`` (1 <= length <= T)."""
 from __future__ import annotations
 
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -21,8 +22,9 @@ def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({str(exc)[:200]})") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, zlib.error, TypeError, SyntaxError,
+            OverflowError, KeyError, RecursionError, tokenize.TokenError) as exc:  # what numpy raises on corrupt archives and headers
+        raise DataError(f"{path}: not a readable .npz file ({_why(exc)})") from None
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{path}: missing field '{key}' (have {sorted(arrays)})")
@@ -53,3 +55,15 @@ def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
     classes = int(num_classes or y.max() + 1)
     spec = {"task": "npz", "file": path.name, "steps": int(x.shape[1]), "shape": list(x.shape[2:]), "normalisation": "as provided"}
     return SequenceDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), [str(i) for i in range(max(classes, 2))], spec, lengths)
+
+
+def _why(exc: Exception) -> str:
+    """Why numpy refused a file, in words that never quote the file (numpy's own messages can
+    echo an array header, i.e. the file's bytes)."""
+    if isinstance(exc, TypeError):  # np.load gave a single array: a .npy, not an .npz archive
+        return "a single .npy array, not an .npz archive"
+    if isinstance(exc, ValueError) and "pickle" in str(exc):
+        return "not an .npz archive, or one holding Python objects (pickle), which are refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"corrupt or truncated: {type(exc).__name__}"

@@ -36,16 +36,85 @@ def load_task(task: str, split: str, path=None, *, mode: str = "pixel", source: 
     return ds.take(limit)
 
 
+BUILT_IN = ("smnist", "psmnist")
+
+
 def test_set_from_spec(spec: dict, path=None, limit: int | None = None, num_classes: int | None = None) -> SequenceDataset:
-    """Rebuild the evaluation data a checkpoint was trained for (``path`` overrides the recorded file)."""
+    """The evaluation data for a checkpoint trained on ``spec``: the built-in data sets load as
+    they did in training; otherwise ``path``, the file the user names, is read (an ``.npz`` of
+    frames, or for N-MNIST a split list binned as the checkpoint records).
+
+    A data path recorded in the checkpoint is never opened (a checkpoint must not make a command
+    read a file nobody named); it only appears, as a hint, in the error when ``path`` is missing."""
     task = spec.get("task")
-    if task in ("smnist", "psmnist"):
+    if path is not None:
+        if task == "nmnist" and Path(path).suffix.lower() != ".npz":
+            return load_task("nmnist", "test", path, steps=spec["binning"]["steps"], binning=spec["binning"]["by"],
+                             downsample=spec["downsample"], normalisation=spec["normalisation"], limit=limit)
+        if task == "npz" or Path(path).suffix.lower() == ".npz":
+            return load_task("npz", "test", path, num_classes=num_classes, limit=limit)
+        raise DataError(f"{path}: expected an .npz file (x [N, T, ...], y [N]) for a model trained on {_task_name(task)} data")
+    if task in BUILT_IN:
         return load_task(task, "test", mode=spec["mode"], source=spec["source"], limit=limit)
-    if task == "nmnist":
-        test_path = path or spec.get("test_path")
-        return load_task("nmnist", "test", test_path, steps=spec["binning"]["steps"], binning=spec["binning"]["by"],
-                         downsample=spec["downsample"], normalisation=spec["normalisation"], limit=limit)
-    if task == "npz":
-        test_path = path or spec.get("test_path")
-        return load_task("npz", "test", test_path, num_classes=num_classes, limit=limit)
-    raise DataError(f"the checkpoint's input spec names no known task ({task!r}); pass --data")
+    raise DataNotGiven(_missing_data_message(spec))
+
+
+class DataNotGiven(DataError):
+    """File-based data a command needs and the user did not name."""
+
+
+def _task_name(task) -> str:
+    return repr(task) if not isinstance(task, str) else repr(task[:20])
+
+
+def _missing_data_message(spec: dict) -> str:
+    task = spec.get("task")
+    recorded = spec.get("test_path") or spec.get("path")
+    if isinstance(recorded, str) and recorded:
+        where = f"this checkpoint was trained on {_task_name(task)} data from {recorded[:300]!r}"
+    else:
+        where = f"this checkpoint was trained on {_task_name(task)} data, which are not built in"
+    return f"{where}; pass --data FILE to evaluate on it (a path recorded in a checkpoint is never opened)"
+
+
+def data_identity(ds: SequenceDataset) -> dict:
+    """What a resumed run must find again: the input spec (task and the options that turned raw
+    data into steps), the sample count, the SHA-256 of the data file (for N-MNIST: of the split
+    list, and of the listed recordings' names and sizes) and a SHA-256 of the loaded samples.
+    Plain data (strings, numbers, lists, dicts), saved in resume checkpoints."""
+    import hashlib
+
+    from ..io import file_sha256
+
+    spec = {k: v for k, v in ds.input_spec.items() if k not in _PATH_KEYS}
+    h = hashlib.sha256()
+    for name, t in (("x", ds.x), ("y", ds.y), ("lengths", ds.lengths)):
+        if t is None:
+            continue
+        arr = t.detach().cpu().contiguous().numpy()
+        h.update(f"{name} {arr.dtype.str} {list(arr.shape)}\n".encode())
+        h.update(memoryview(arr).cast("B"))
+    ident = {"spec": spec, "samples": len(ds), "samples_sha256": h.hexdigest()}
+    path = ds.input_spec.get("path")
+    if isinstance(path, str):
+        ident["file"] = path
+        ident["file_sha256"] = file_sha256(path)
+        if ds.input_spec.get("task") == "nmnist":
+            ident["recordings_sha256"] = _recordings_sha256(Path(path), len(ds))
+    return ident
+
+
+_PATH_KEYS = ("path", "test_path", "split", "file")  # where the data lie, not what they are: compared by content
+
+
+def _recordings_sha256(split_list: Path, n: int) -> str:
+    """SHA-256 over the names and sizes of the first ``n`` recordings a split list names."""
+    import hashlib
+
+    from .nmnist import read_split_list
+
+    h = hashlib.sha256()
+    for name, label in read_split_list(split_list)[:n]:
+        rec = split_list.parent / f"{name}.bs2"
+        h.update(f"{name}\t{label}\t{rec.stat().st_size if rec.is_file() else -1}\n".encode())
+    return h.hexdigest()

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_checkpoint, model_from_payload, save_checkpoint
 from ..config import ModelConfig
 from ..data.dataset import SequenceDataset
+from ..data.tasks import data_identity
 from ..errors import FpttEdgeError
 from ..io import write_json_atomic
 from ..model import LTCNetwork
@@ -98,14 +99,14 @@ def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress
     if resume_path.exists() and not resume:
         raise TrainingError(f"{out} already holds a run ({RESUME_FILE}); pass --resume to continue it or choose another --out")
     torch.manual_seed(cfg.seed)
+    data = {"train": data_identity(train), "test": data_identity(test)}
     if resume and resume_path.exists():
         payload = load_checkpoint(resume_path, kind="resume")
-        saved = _saved_config(payload, resume_path)
-        if payload["model_config"] != model_config.to_dict():
-            raise TrainingError(f"{resume_path}: the saved model config differs from this command's: {payload['model_config']}")
-        differs = {k for k, v in saved.to_dict().items() if k not in ("epochs", "checkpoint_interval") and cfg.to_dict()[k] != v}
+        _saved_config(payload, resume_path)  # refuses a malformed training_config
+        differs = _resume_differences(payload, model_config, cfg, data, resume_path)
         if differs:
-            raise TrainingError(f"{resume_path}: resume with the same settings; these differ: {sorted(differs)}")
+            raise TrainingError(f"{resume_path}: --resume continues a run on the same data with the same settings; "
+                                f"these differ: {'; '.join(differs)}. Start a new run (another --out) to train on these")
         model = model_from_payload(payload, resume_path)
         saved_progress, history = _saved_progress(payload, resume_path)
         start_epoch, start_batch = saved_progress["epoch"], saved_progress["batch"]
@@ -129,7 +130,7 @@ def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress
         prog = {"epoch": epoch, "batch": batch, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": int(sums[2]),
                 "generator": draws.get_state(), "elapsed": elapsed}
         save_checkpoint(resume_path, {"kind": "resume", **meta, "training_config": cfg.to_dict(), "state_dict": _own_tensors(model),
-                                      "trainer": trainer.state_dict(), "progress": prog, "history": history})
+                                      "trainer": trainer.state_dict(), "progress": prog, "history": history, "data": data})
 
     for epoch in range(start_epoch, cfg.epochs):
         order, draws = _epoch_generators(cfg.seed, epoch)
@@ -193,6 +194,83 @@ def _saved_config(payload: dict, path) -> TrainConfig:
         return TrainConfig(**payload["training_config"])
     except (TypeError, ValueError) as exc:
         raise TrainingError(f"{path}: invalid training_config ({str(exc)[:200]})") from None
+
+
+def _resume_differences(payload: dict, model_config: ModelConfig, cfg: TrainConfig, data: dict, path) -> list[str]:
+    """What this command would change against the interrupted run: the model, the training
+    settings (``epochs`` may grow; ``checkpoint_interval`` may change) and the data (task and
+    options, file contents, sample counts, the loaded samples), one readable item each."""
+    out = [f"model {k}: {_show(a)} then, {_show(b)} now" for k, a, b in _dict_diff(payload["model_config"], model_config.to_dict())]
+    saved_cfg, now_cfg = payload["training_config"], cfg.to_dict()
+    out += [f"{k}: {_show(saved_cfg[k])} then, {_show(now_cfg[k])} now" for k in now_cfg
+            if k not in ("epochs", "checkpoint_interval") and not _same(saved_cfg.get(k), now_cfg[k])]
+    saved_data = payload.get("data")
+    if not (_plain(saved_data) and isinstance(saved_data, dict) and all(isinstance(saved_data.get(s), dict) for s in ("train", "test"))):
+        raise TrainingError(f"{path}: records no usable identity of its training data (written by an older fptt-edge, or edited); "
+                            f"--resume cannot check the data are the same. Start a new run (another --out)")
+    for split in ("train", "test"):
+        out += _data_differences(split, saved_data[split], data[split])
+    return out
+
+
+def _data_differences(split: str, old: dict, new: dict) -> list[str]:
+    out = [f"{split} data {k}: {_show(a)} then, {_show(b)} now"
+           for k, a, b in _dict_diff(old.get("spec") if isinstance(old.get("spec"), dict) else {}, new["spec"])]
+    if not _same(old.get("samples"), new["samples"]):
+        out.append(f"{split} samples: {_show(old.get('samples'))} then, {new['samples']} now (--max-{split}-samples or the data file)")
+    if not _same(old.get("file_sha256"), new.get("file_sha256")):
+        out.append(f"{split} data file: {_file(old)} then, {_file(new)} now")
+    elif not _same(old.get("recordings_sha256"), new.get("recordings_sha256")):
+        out.append(f"{split} recordings listed in {_show(new.get('file'))}: their names, labels or sizes changed")
+    if not out and not _same(old.get("samples_sha256"), new["samples_sha256"]):
+        out.append(f"{split} samples: the loaded data differ (SHA-256 {_short(old.get('samples_sha256'))} then, "
+                   f"{_short(new['samples_sha256'])} now)")
+    return out
+
+
+def _file(ident: dict) -> str:
+    sha = ident.get("file_sha256")
+    if not isinstance(sha, str):
+        return "none (built-in data)"
+    return f"{_show(ident.get('file'))} (SHA-256 {_short(sha)})"
+
+
+def _short(sha) -> str:
+    return sha[:12] + "..." if isinstance(sha, str) else _show(sha)
+
+
+def _dict_diff(old, new: dict) -> list[tuple]:
+    old = old if isinstance(old, dict) else {}
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new), key=str) if not _same(old.get(k), new.get(k))]
+
+
+def _plain(v) -> bool:
+    """JSON-like data only (what fptt-edge writes), so comparing and showing it cannot fail."""
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _same(a, b) -> bool:
+    return _plain(a) and _plain(b) and _normal(a) == _normal(b)
+
+
+def _normal(v):
+    """Tuples and lists alike (a config's tuples come back from a checkpoint as either)."""
+    if isinstance(v, dict):
+        return {k: _normal(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_normal(x) for x in v]
+    return v
+
+
+def _show(v) -> str:
+    if not _plain(v):
+        return f"<{type(v).__name__}>"
+    text = repr(_normal(v))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _number(v, integer: bool = False) -> bool:

@@ -35,6 +35,8 @@ demo: $(BIN)/.installed
 
 ## Lint (ruff), types (mypy) and the test suite (about 3 minutes on 2 cores).
 test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed
@@ -44,6 +46,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/export_checks.py
 	$(BIN)/python benchmarks/runtime_latency.py
 	$(BIN)/python benchmarks/sparse_projection.py
+	$(BIN)/python benchmarks/sparse_conv.py
 	$(BIN)/python benchmarks/soak.py
 	$(BIN)/python benchmarks/adaptation.py
 

@@ -46,7 +46,8 @@ def main() -> None:
             par, prec = r["parity"], r["precision"]
             results[f"{name}@{device}"] = {
                 "opset": r["opset"], "model_kib": round(r["model_bytes"] / 1024, 1), "trace_seconds": round(r["export_seconds"], 2),
-                "command_seconds": round(wall, 1), "parity_steps": par["streams"] * par["steps"], "parity_passed": par["passed"], "parity_exact": par["exact"], "rounding_ties": len(par["ties"]),
+                "command_seconds": round(wall, 1), "parity_steps": par["streams"] * par["steps"], "parity_passed": par["passed"],
+                "parity_exact": par["exact"], "rounding_ties": len(par["ties"]),
                 "spike_agreement": par["spike_agreement"], "spike_rate": {k: round(v, 4) for k, v in par["spike_rate"].items()},
                 "max_abs_logits": par["max_abs_logits"], "prediction_agreement": par["prediction_agreement"],
                 "fp16_accuracy": prec["accuracy"], "fp16_flip_rate": prec["flip_rate"], "lint": r["lint"]["verdict"],

@@ -42,7 +42,8 @@ def main() -> None:
                        "speedup_ort_vs_torch_p50": torch_r["p50_us"] / ort_r["p50_us"], "ort_over_floor_p50": ort_r["p50_us"] / floor_r["p50_us"]}
     b1 = rows[1]
     print(json.dumps({"model": {"input": [2, 34, 34], "hidden": args.hidden}, "per_streams": rows,
-                      "batch1": {"ort_p50_us": b1["ort"]["p50_us"], "torch_p50_us": b1["torch_eager"]["p50_us"], "floor_p50_us": b1["numpy_blas_floor"]["p50_us"],
+                      "batch1": {"ort_p50_us": b1["ort"]["p50_us"], "torch_p50_us": b1["torch_eager"]["p50_us"],
+                                 "floor_p50_us": b1["numpy_blas_floor"]["p50_us"],
                                  "ort_vs_torch": b1["speedup_ort_vs_torch_p50"], "ort_over_floor": b1["ort_over_floor_p50"],
                                  "target_ort_3x_torch": b1["speedup_ort_vs_torch_p50"] >= 3, "target_ort_within_2x_floor": b1["ort_over_floor_p50"] <= 2}},
                      indent=2))

@@ -2,12 +2,13 @@
 
 A profile says what the exported graph must satisfy on that device (TensorRT version and so
 its ONNX opset range and op set, DLA cores) and what the device offers (GPU architecture,
-memory, JetPack, CUDA, Python). ``load_profile("orin-nano-8gb")`` or a path to a TOML file.
+memory, JetPack, CUDA, Python; peak FP32/FP16 compute and memory bandwidth, with their source,
+for the model card's latency estimate). ``load_profile("orin-nano-8gb")`` or a path to a TOML file.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -40,6 +41,9 @@ class DeviceProfile:
     min_opset: int
     max_opset: int
     memory_bandwidth_gbs: float | None = None
+    peak_fp32_gflops: float | None = None
+    peak_fp16_gflops: float | None = None
+    peak_source: str = ""
     unconfirmed: tuple[str, ...] = ()
 
     @property
@@ -73,7 +77,8 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     unknown = set(data) - known
     if unknown:
         raise DeviceProfileError(f"{path}: unknown fields {sorted(unknown)}")
-    missing = [f.name for f in fields(DeviceProfile) if f.name not in data and f.name not in ("memory_bandwidth_gbs", "unconfirmed")]
+    optional = {f.name for f in fields(DeviceProfile) if f.default is not MISSING}
+    missing = [f.name for f in fields(DeviceProfile) if f.name not in data and f.name not in optional]
     if missing:
         raise DeviceProfileError(f"{path}: missing fields {missing}")
     try:
@@ -81,6 +86,12 @@ def load_profile(name_or_path: str) -> DeviceProfile:
         profile.tensorrt_major, profile.python_tuple  # noqa: B018 - validate the version strings
         if not (1 <= profile.min_opset <= profile.max_opset):
             raise ValueError("need 1 <= min_opset <= max_opset")
+        for name in ("memory_bandwidth_gbs", "peak_fp32_gflops", "peak_fp16_gflops"):
+            value = getattr(profile, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9):
+                raise ValueError(f"{name} must be a positive number, got {str(value)[:20]!r}")
+        if not isinstance(profile.peak_source, str):
+            raise ValueError("peak_source must be text")
     except (TypeError, ValueError) as exc:
         raise DeviceProfileError(f"{path}: invalid profile ({exc})") from None
     return profile

@@ -23,9 +23,15 @@ TopK Transpose Unsqueeze Upsample Where Xor
 
 TRT10 = TRT8 | frozenset("LayerNormalization GroupNormalization GridSample NonZero OneHot Mod Reciprocal IsInf Trilu".split())
 
-# Element-wise work DLA runs natively (sum, prod, max, min, sub) plus the layers it accelerates;
-# anything else (notably Greater/Cast, the spike threshold) falls back to the GPU.
-DLA = frozenset("Conv ConvTranspose Gemm MatMul MaxPool AveragePool BatchNormalization Relu Sigmoid Tanh Concat Add Mul Sub Max Min Sum Identity Flatten Reshape".split())
+# What DLA runs (TensorRT's "DLA Supported Layers and Restrictions"), in FP16 or INT8 only (no FP32):
+# convolution / fully connected (Gemm, MatMul), pooling, batch norm, activations (ReLU, Sigmoid,
+# TanH, clipped and leaky ReLU), element-wise Sum, Sub, Product, Max, Min, Div, Pow, channel-axis
+# Concat, plus reshapes. Anything else falls back to the GPU (with --allowGPUFallback).
+DLA = frozenset("""Conv ConvTranspose Gemm MatMul MaxPool AveragePool BatchNormalization Relu Sigmoid Tanh Clip LeakyRelu PRelu
+Concat Add Mul Sub Max Min Sum Div Pow Identity Flatten Reshape""".split())
+# Comparisons (Equal, Greater, Less) run on DLA in INT8 only, their output cast to FP16/INT8 at
+# once: in an FP16 build the spike threshold compare runs on the GPU.
+DLA_INT8_ONLY = frozenset({"Equal", "Greater", "Less"})
 
 
 def supported_ops(tensorrt_major: int) -> frozenset[str]:

@@ -17,7 +17,7 @@ import onnx
 from ..devices import DeviceProfile
 from ..io import file_sha256, write_bytes_atomic
 from ..model import LTCNetwork
-from ..train_contract import TrainContract, Hyper
+from ..train_contract import Hyper, TrainContract
 from .errors import ExportError
 from .graph_passes import default_opset
 from .lint import lint

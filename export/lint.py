@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import onnx
 
 from ..devices import DeviceProfile
-from ..devices.tensorrt_ops import DLA, supported_ops
+from ..devices.tensorrt_ops import DLA, DLA_INT8_ONLY, supported_ops
 
 RUNTIME_MIN_PYTHON = (3, 10)
 
@@ -62,6 +62,30 @@ def _dynamic_dims(model: onnx.ModelProto) -> dict[str, list]:
     return out
 
 
+def _lint_dla(model: onnx.ModelProto, profile: DeviceProfile, dynamic: dict, add) -> None:
+    """What DLA (``build --dla``) would make of the graph: FP16/INT8 only, static shapes only, which ops fall back to the GPU."""
+    trt_version = tuple(int(p) for p in profile.tensorrt.split(".")[:2])
+    if trt_version in ((11, 0), (11, 1)):
+        add("warning", "dla", f"TensorRT {profile.tensorrt} has no DLA support (none in 11.0/11.1): {profile.name}'s "
+                              f"{profile.dla_cores} DLA core(s) cannot be used; build for the GPU")
+        return
+    ops = {n.op_type for n in model.graph.node}
+    off = sorted(o for o in ops if o not in DLA and o not in DLA_INT8_ONLY)
+    int8_only = sorted(ops & DLA_INT8_ONLY)
+    add("info", "dla", f"{profile.name} has {profile.dla_cores} DLA core(s); DLA runs FP16 and INT8 only (build --dla --precision "
+                       "fp16: an FP32 build would run nothing there) and static shapes only; the layers kept in FP32 run on the GPU")
+    parts = []
+    if int8_only:
+        parts.append(f"{', '.join(int8_only)} runs on DLA in INT8 only (output cast at once): in an FP16 build the spike threshold "
+                     "compare runs on the GPU")
+    if off:
+        parts.append(f"ops without DLA support fall back to the GPU: {', '.join(off)} (--allowGPUFallback)")
+    if parts:
+        add("warning", "dla", "; ".join(parts))
+    if dynamic:
+        add("warning", "dla", "DLA needs static shapes: with dynamic axes the graph cannot run on DLA (export with --batch N)")
+
+
 def lint(model: onnx.ModelProto, profile: DeviceProfile) -> LintResult:
     findings: list[Finding] = []
     add = lambda level, check, msg: findings.append(Finding(level, check, msg))  # noqa: E731
@@ -83,18 +107,15 @@ def lint(model: onnx.ModelProto, profile: DeviceProfile) -> LintResult:
         add("info", "ops", f"all {len({n.op_type for n in model.graph.node})} op types are supported by {trt}")
     int64 = _int64_tensors(model)
     if int64:
-        level = "error" if profile.tensorrt_major < 9 else "warning"
-        what = "casts INT64 down to INT32 (values may clamp)" if profile.tensorrt_major < 9 else "runs INT64 natively, but it is off the fast path"
-        add(level, "int64", f"INT64 tensors on the step path: {', '.join(int64[:8])}{' ...' if len(int64) > 8 else ''}; {trt} {what}")
+        what = ("casts INT64 down to INT32 with a warning (values beyond INT32 clamp)" if profile.tensorrt_major < 9
+                else "runs INT64 natively, but it is off the fast path")
+        add("warning", "int64", f"INT64 tensors on the step path: {', '.join(int64[:8])}{' ...' if len(int64) > 8 else ''}; {trt} {what}")
     dynamic = _dynamic_dims(model)
     if dynamic:
         add("warning", "static-shapes", f"dynamic axes {dynamic}: the engine needs an optimisation profile (--minShapes/--optShapes/--maxShapes); "
                                         "export with --batch 1 (or N) for a static engine")
     if profile.dla_cores:
-        off = sorted({n.op_type for n in model.graph.node if n.op_type not in DLA})
-        if off:
-            add("warning", "dla", f"{profile.name} has {profile.dla_cores} DLA core(s); ops without DLA support fall back to the GPU: "
-                                  f"{', '.join(off)} (the spike threshold compare runs on the GPU; build with --allowGPUFallback)")
+        _lint_dla(model, profile, dynamic, add)
     if profile.python_tuple < RUNTIME_MIN_PYTHON:
         add("warning", "python", f"JetPack {profile.jetpack} ships Python {profile.python}; the fptt-edge runtime needs >= "
                                  f"{'.'.join(map(str, RUNTIME_MIN_PYTHON))} (use trtexec or a newer Python there)")

@@ -42,7 +42,8 @@ def build_contract(net: LTCNetwork, payload: dict, sha256: str, batch: int | Non
         states.append(StateSpec(name, name + OUTPUT_SUFFIX, (b, *tensor.shape[1:]), float(values.item())))
     classes = payload.get("class_names") or [str(i) for i in range(net.config.num_classes)]
     return StepContract(
-        input=InputSpec(INPUT_NAME, (b, *net.config.input_shape), source=dict(payload.get("input_spec") or {})),
+        input=InputSpec(INPUT_NAME, (b, *net.config.input_shape), source=dict(payload.get("input_spec") or {}),
+                        encoding=dict((payload.get("input_spec") or {}).get("encoding") or {})),
         logits=LOGITS_NAME, states=tuple(states), class_names=tuple(classes), model_config=net.config.to_dict(),
         checkpoint_sha256=sha256,
         exporter={"name": "torch.onnx.export(dynamo=True)", "torch": torch.__version__, "onnx": onnx.__version__,

@@ -71,7 +71,8 @@ def emulate_fp16(net: LTCNetwork, xs: torch.Tensor, ys: torch.Tensor, lengths: t
         dlog[name] = float((lg - ref_logits).abs().max())
     mixed, full = np.mean(list(flips["fp16_state_fp32"].values())), np.mean(list(flips["fp16"].values()))
     rec = (f"build FP16 with the threshold/state path in FP32 (mean flip rate {mixed:.2e} vs {full:.2e} all-FP16)"
-           if mixed <= full else f"all-FP16 flips no more spikes than the mixed scheme here ({full:.2e} vs {mixed:.2e}); the state path in FP32 is still the safe choice")
+           if mixed <= full else
+           f"all-FP16 flips no more spikes than the mixed scheme here ({full:.2e} vs {mixed:.2e}); the state path in FP32 is still the safe choice")
     return PrecisionResult(sequences=len(ys), steps=int(xs.shape[1]), accuracy=acc, flip_rate=flips, prediction_agreement=agree,
                            max_abs_logits=dlog, fp32_nodes=fp32_nodes(model), recommendation=rec)
 

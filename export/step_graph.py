@@ -35,6 +35,7 @@ def fold_batch_norm(net: LTCNetwork) -> tuple[LTCNetwork, dict[str, dict]]:
         if not isinstance(layer, ConvLTC) or not isinstance(layer.bn, nn.BatchNorm2d):
             continue
         bn = layer.bn
+        assert bn.running_var is not None and bn.running_mean is not None  # track_running_stats (the default)
         with torch.no_grad():
             g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             shift = bn.bias - bn.running_mean * g

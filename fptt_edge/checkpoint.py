@@ -134,7 +134,7 @@ _SPEC_CHOICES = {"mode": ("pixel", "row"), "source": ("mnist", "digits8x8"), "no
 
 def _check_fields(payload: dict, path) -> None:
     """Types of the known fields (the CLI reads them), refused with the field's name."""
-    for key, kind in _FIELDS.items():
+    for key in _FIELDS:
         if key not in payload:
             raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
     for key, kind in {**_FIELDS, **_OPTIONAL}.items():
@@ -151,7 +151,7 @@ def _check_fields(payload: dict, path) -> None:
 
 def _check_input_spec(spec: dict, path) -> None:
     """The fields that rebuild the evaluation data (``eval``/``export``) must have the types and values training wrote."""
-    task = spec.get("task")
+    task = str(spec.get("task"))
     wanted = {"smnist": ("mode", "source"), "psmnist": ("mode", "source"), "nmnist": ("normalisation",)}.get(task, ())
     bad = [k for k in wanted if spec.get(k) not in _SPEC_CHOICES[k]]
     if task == "nmnist":

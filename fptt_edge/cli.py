@@ -88,10 +88,13 @@ def main():
 
 
 @main.command()
-@click.option("--task", type=click.Choice(["smnist", "psmnist", "nmnist", "npz"]), default="smnist", show_default=True,
-              help="smnist/psmnist: (permuted) sequential MNIST from shipped digits; nmnist: event recordings; npz: your own data.")
+@click.option("--task", type=click.Choice(["smnist", "psmnist", "nmnist", "npz", "dvsgesture"]), default="smnist", show_default=True,
+              help="smnist/psmnist: (permuted) sequential MNIST from shipped digits; nmnist: event recordings; npz: your own data; "
+                   "dvsgesture: DVS128 Gesture from --root.")
 @click.option("--train", "train_path", type=click.Path(dir_okay=False), help="nmnist: split list (train1K.txt) beside the .bs2 files; npz: training .npz.")
 @click.option("--test", "test_path", type=click.Path(dir_okay=False), help="nmnist: test split list; npz: test .npz.")
+@click.option("--root", type=click.Path(file_okay=False), help="dvsgesture: the data set folder, original release (trials_to_train.txt, "
+              "*.aedat, *_labels.csv) or tonic's layout (ibmGestureTrain/, ibmGestureTest/); default binning 32x32 (--downsample 4), T = 20.")
 @data_options
 @click.option("--method", type=click.Choice(["fptt", "bptt"]), default="fptt", show_default=True, help="FPTT (online, constant memory) or the BPTT baseline.")
 @click.option("--parts", "-K", type=click.IntRange(0), default=0, show_default=True,
@@ -108,10 +111,36 @@ def main():
 @click.option("--b-j0", type=float, default=0.1, show_default=True, help="Baseline threshold b_j0 (also the initial adaptation b_0).")
 @click.option("--initial-u", type=click.Choice(["zero", "uniform"]), default="zero", show_default=True,
               help="Initial membrane during training (evaluation and export always use u_0 = 0).")
-@click.option("--eval-weights", type=click.Choice(["wbar", "current"]), default="wbar", show_default=True,
-              help="FPTT: copy W <- Wbar before each evaluation (reference) or evaluate the current W.")
+@click.option("--eval-weights", type=click.Choice(["wbar", "wbar-restore", "current"]), default="wbar", show_default=True,
+              help="FPTT: evaluate and save Wbar, training on from it (W <- Wbar, the reference) or from the restored W "
+                   "(wbar-restore); or evaluate the current W.")
 @click.option("--bptt-loss", type=click.Choice(["weighted", "last"]), default="weighted", show_default=True,
               help="BPTT: mean of (t+1)/T-weighted per-step CE, or CE at the last step.")
+@click.option("--val", "val_path", type=click.Path(dir_okay=False),
+              help="Validation data for model selection (nmnist: a split list; otherwise an .npz); default: --val-fraction of --train.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of the training data held out (stratified, fixed by --seed) to select the epoch model.pt keeps; 0: keep the last.")
+@click.option("--schedule", type=click.Choice(["constant", "cosine", "step"]), default="cosine", show_default=True,
+              help="Learning-rate schedule over the run (per batch): cosine to 0, step (x --gamma after each of --milestones), or constant.")
+@click.option("--warmup", type=click.FloatRange(0), default=0.0, show_default=True, help="Epochs of linear learning-rate warm-up.")
+@click.option("--milestones", default="", help="--schedule step: epochs after which lr *= --gamma, comma separated (default: 50% and 75% of --epochs).")
+@click.option("--gamma", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True, help="--schedule step: decay factor.")
+@click.option("--patience", type=click.IntRange(0), default=0, show_default=True,
+              help="Stop after this many epochs without a better validation accuracy (0: run all --epochs).")
+@click.option("--train-eval-samples", type=click.IntRange(0), default=1000, show_default=True,
+              help="Training sequences re-scored like the test set after each epoch (the honest train accuracy; 0: all).")
+@click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="FPTT: run each update as one compiled graph (torch.compile; eager fall-back). auto: when the run is long enough "
+                   "to repay compiling.")
+@click.option("--no-compile", "compile_mode", flag_value="off", help="The same as --compile off.")
+@click.option("--encoding", type=click.Choice(["none", "standardize", "delta", "standardize+delta"]), default="none", show_default=True,
+              help="Analog channel data ([N, T, C]): per-channel standardisation and/or level-crossing ON/OFF spike channels, fitted on "
+                   "the training split, recorded in model.pt and the exported model, applied alike on the device.")
+@click.option("--delta-threshold", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="--encoding delta: level spacing in standard deviations of each channel.")
+@click.option("--tau-init", type=click.Choice(["default", "spread"]), default="default", show_default=True,
+              help="Gate time constants of the fresh model: zero biases (the reference, ~2 steps) or spread log-uniformly over "
+                   "the sequence length (long analog sequences).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-train-samples", type=click.IntRange(1), default=None, help="Use only the first N training samples.")
 @click.option("--max-test-samples", type=click.IntRange(1), default=None, help="Use only the first N test samples.")
@@ -119,14 +148,19 @@ def main():
               help="Seconds between mid-epoch resume checkpoints (0: only at epoch ends).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/latest", show_default=True,
               help="Folder for model.pt, checkpoint.pt, metrics.json and curves.png.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (same settings; --epochs may grow).")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --out (same data, model and settings, else refused saying what differs; --epochs may grow).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly
-def train(task, train_path, test_path, mode, source, steps, binning, downsample, normalisation, method, parts, hidden, layers, conv,
+def train(task, train_path, test_path, root, mode, source, steps, binning, downsample, normalisation, method, parts, hidden, layers, conv,
           epochs, batch_size, lr, alpha, beta, clip, b_j0, initial_u, eval_weights, bptt_loss, seed, max_train_samples,
-          max_test_samples, checkpoint_interval, out_dir, resume, device, quiet):
+          max_test_samples, checkpoint_interval, out_dir, resume, device, quiet, val_path, val_fraction, schedule, warmup, milestones, gamma,
+          patience, train_eval_samples, compile_mode, encoding, delta_threshold, tau_init):
     """Train an LTC spiking network with FPTT (or BPTT) and write DIR/model.pt and DIR/metrics.json.
+
+    model.pt holds the epoch with the best accuracy on the validation data (--val, or --val-fraction
+    of the training data); metrics.json says which epoch, and reports the last one too.
 
     Runs under torchrun for data-parallel training: torchrun --nproc-per-node 2 -m fptt_edge train ...
     """
@@ -140,21 +174,60 @@ def train(task, train_path, test_path, mode, source, steps, binning, downsample,
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {conv!r}", param_hint="--conv") from None
     opts = dict(mode=mode, source=source, steps=steps, binning=binning, downsample=downsample, normalisation=normalisation)
+    if task == "dvsgesture":  # both splits from --root; the training split gets augmented views (seeded)
+        if root is None or train_path or test_path:
+            raise UserError("--task dvsgesture reads both splits from --root DIR (the DVS128 Gesture folder), not --train/--test")
+        train_path, opts["seed"] = root, seed
+        if click.get_current_context().get_parameter_source("downsample") == click.core.ParameterSource.DEFAULT:
+            opts["downsample"] = 4  # 128x128 -> 32x32, as in the paper
+    elif root is not None:
+        raise UserError("--root is the DVS128 Gesture folder of --task dvsgesture")
     train_ds = load_task(task, "train", train_path, limit=max_train_samples, **opts)
-    test_ds = load_task(task, "test", test_path, limit=max_test_samples, num_classes=len(train_ds.class_names), **opts)
+    test_ds = load_task(task, "test", root if task == "dvsgesture" else test_path, limit=max_test_samples, num_classes=len(train_ds.class_names), **opts)
     if test_path:
         train_ds.input_spec["test_path"] = test_ds.input_spec.get("path")
+    train_ds, val_ds, test_ds = _validation_and_encoding(task, train_ds, test_ds, val_path, val_fraction, seed, encoding, delta_threshold, opts)
     try:
         model_config = ModelConfig(input_shape=train_ds.input_shape, num_classes=len(train_ds.class_names), hidden=(hidden,) * layers,
                                    conv_channels=channels, b_j0=b_j0, initial_u=initial_u)
         cfg = TrainConfig(method=method, parts=parts, epochs=epochs, batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, clip=clip,
-                          seed=seed, bptt_loss=bptt_loss, eval_weights=eval_weights, checkpoint_interval=checkpoint_interval)
+                          seed=seed, bptt_loss=bptt_loss, eval_weights=eval_weights, checkpoint_interval=checkpoint_interval,
+                          schedule=schedule, warmup=warmup, milestones=tuple(_positive_ints(milestones, "--milestones")) if milestones else (),
+                          gamma=gamma, val_fraction=val_fraction if val_path is None else 0.0, patience=patience,
+                          train_eval_samples=train_eval_samples, compile=compile_mode, tau_init=tau_init)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    metrics = fit(model_config, cfg, train_ds, test_ds, out_dir, resume=resume, device=device, progress=not quiet)
+    metrics = fit(model_config, cfg, train_ds, test_ds, out_dir, resume=resume, device=device, progress=not quiet, val=val_ds)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         click.echo(json.dumps({"test_accuracy": metrics["test_accuracy"], "train_accuracy": metrics["train_accuracy"],
-                               "model": f"{out_dir}/model.pt", "metrics": f"{out_dir}/metrics.json", "plot": f"{out_dir}/curves.png"}, indent=2))
+                               "val_accuracy": metrics["val_accuracy"], "selected_epoch": metrics["selected_epoch"],
+                               "last_epoch": metrics["last_epoch"], "model": f"{out_dir}/model.pt", "metrics": f"{out_dir}/metrics.json",
+                               "plot": f"{out_dir}/curves.png"}, indent=2))
+
+
+def _validation_and_encoding(task, train_ds, test_ds, val_path, val_fraction, seed, encoding, delta_threshold, opts):
+    """``(train, val, test)``: the validation data (``--val`` FILE, or a stratified ``--val-fraction`` of
+    the training data, fixed by the seed), and the input ``--encoding`` fitted on the training part
+    alone, applied to all three and recorded in their input spec."""
+    from pathlib import Path
+
+    from .data.dataset import split_validation
+    from .data.tasks import encode_dataset, fit_encoding, load_task
+
+    val_ds = None
+    if val_path is not None:
+        if task == "dvsgesture":
+            raise UserError("--val is not available for --task dvsgesture; use --val-fraction")
+        kind = "nmnist" if task == "nmnist" and Path(val_path).suffix.lower() != ".npz" else "npz"
+        val_ds = load_task(kind, "test", val_path, num_classes=len(train_ds.class_names), **(opts if kind == "nmnist" else {}))
+    elif val_fraction > 0 and task == "dvsgesture":  # hold out whole segments, never a view of a training segment
+        from .data.dvsgesture import split_validation_by_segment
+
+        train_ds, val_ds = split_validation_by_segment(train_ds, val_fraction, seed)
+    elif val_fraction > 0:
+        train_ds, val_ds = split_validation(train_ds, val_fraction, seed)
+    enc = fit_encoding(train_ds, encoding, delta_threshold)
+    return tuple(None if ds is None else encode_dataset(ds, enc) for ds in (train_ds, val_ds, test_ds))
 
 
 @main.command("eval")
@@ -201,13 +274,15 @@ def info(model_path):
 @click.option("--opset", type=click.IntRange(7, 25), help="ONNX opset (default: the highest the device's TensorRT parses, at least 18).")
 @click.option("--batch", default="1", show_default=True, help="Batch size baked into the graph (static shapes for TensorRT), or 'dynamic'.")
 @click.option("--check/--no-check", default=True, show_default=True, help="Run the parity and FP16 checks on real data.")
-@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Check data (nmnist split list or .npz) instead of the checkpoint's test set.")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False),
+              help="Check data (nmnist split list or .npz); needed for file-based tasks (a path recorded in the checkpoint is never opened).")
 @click.option("--parity-steps", type=click.IntRange(1), default=500, show_default=True, help="Steps per parity stream (real recordings back to back).")
 @click.option("--parity-streams", type=click.IntRange(1), default=4, show_default=True, help="Independent parity streams.")
 @click.option("--precision-samples", type=click.IntRange(1), default=200, show_default=True, help="Sequences for the FP16 emulation.")
 @click.option("--strict-parity", is_flag=True, help="Fail on rounding ties too (a spike within 1e-5 of its threshold that only one backend fires).")
 @click.option("--fp16-variant", is_flag=True, help="Also write MODEL.fp16.onnx: FP16 with FP32 I/O and the threshold/state path in FP32.")
-@click.option("--adapt", is_flag=True, help="Also write MODEL.train.onnx: one FPTT update per call, for on-device adaptation (checked against PyTorch's trainer).")
+@click.option("--adapt", is_flag=True,
+              help="Also write MODEL.train.onnx: one FPTT update per call, for on-device adaptation (checked against PyTorch's trainer).")
 @click.option("--trainable", type=click.Choice(["all", "readout", "last", "input"]), default="all", show_default=True,
               help="--adapt: the tensors the train-step graph can update (the rest stay constants in it).")
 @click.option("--adapt-batch", type=click.IntRange(1, 256), default=4, show_default=True, help="--adapt: labelled sequences per update (static batch).")
@@ -279,14 +354,25 @@ def backend_option(fn):
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="DVS128 Gesture labels CSV: stream each labelled segment.")
 @click.option("--npz", "npz_path", type=click.Path(dir_okay=False), help=".npz with x [N, T, *frame] (and optional y).")
 @backend_option
-@click.option("--sparse-input", is_flag=True, help="Event-driven input projection (dense first layer): gather-sum over active inputs.")
+@click.option("--sparse-input", is_flag=True,
+              help="Event-driven first layer: gather-sum over active inputs (dense first layer) or a scatter of changed pixels (conv first layer).")
 @click.option("--every", type=click.IntRange(1), default=5, show_default=True, help="Print the evolving prediction every N steps.")
 @click.option("--no-reset", is_flag=True, help="Carry the state across recordings instead of resetting at each one.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the final JSON summary.")
-@click.option("--verify/--no-verify", default=True, show_default=True, help="Check MODEL's graph and weights against the checksum written at export (--no-verify for graphs edited on purpose).")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check MODEL's graph and weights against the checksum written at export (--no-verify for graphs edited on purpose).")
 @click.option("--factory", is_flag=True, help="Run the shipped weights, ignoring adapted generations in MODEL.adapted/.")
+@click.option("--continuous", is_flag=True,
+              help="--events as one live stream: fixed frame windows, no resets, a decision rule emits gestures (start, class, confidence); "
+                   "with --labels, scored against the segments (accuracy, detection delay, false alarms per minute).")
+@click.option("--window-ms", type=click.FloatRange(min=0, min_open=True), help="--continuous: frame window (default: the step span the model trained with).")
+@click.option("--smooth", type=click.IntRange(1), default=3, show_default=True, help="--continuous: steps of probability smoothing.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="--continuous: smoothed class probability that starts a gesture (it ends below half of it).")
+@click.option("--hold", type=click.IntRange(1), default=2, show_default=True, help="--continuous: confident steps before a gesture is emitted.")
 @_friendly
-def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, every, no_reset, as_json, verify, factory):
+def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, every, no_reset, as_json, verify, factory, continuous, window_ms,
+        smooth, threshold, hold):
     """Stream recordings through MODEL (.onnx, or .engine with --backend tensorrt), step by step.
 
     Prints the prediction as it evolves and at the end of each recording, then latency percentiles.
@@ -299,9 +385,12 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
 
     if (events_path is None) == (npz_path is None):
         raise UserError("give exactly one of --events FILE or --npz FILE")
+    if continuous and events_path is None:
+        raise UserError("--continuous recognises gestures in an event recording: give --events FILE")
     contract = contract_for(Path(model_path))
-    recordings = from_events(events_path, contract, labels_path) if events_path else from_npz(npz_path, contract)
-    check_recordings(recordings)
+    if not continuous:
+        recordings = from_events(events_path, contract, labels_path) if events_path else from_npz(npz_path, contract)
+        check_recordings(recordings)
     from .runtime.adaptation import adapted_weights
 
     weights, weights_from = (None, "factory") if factory else adapted_weights(model_path, warn=lambda m: click.echo(f"warning: {m}", err=True))
@@ -310,12 +399,30 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
             raise UserError("--sparse-input runs on the ONNX Runtime CPU backend (--backend ort)")
         if weights is not None:
             raise UserError("--sparse-input runs the shipped weights only: add --factory (adapted weights need the dense session)")
-        from .runtime.sparse import SparseInputSession
+        if contract.model_config.get("conv_channels"):
+            from .runtime.sparse_conv import SparseConvSession
 
-        sess = SparseInputSession(model_path, streams=1, verify=verify)
+            sess = SparseConvSession(model_path, streams=1, verify=verify)
+        else:
+            from .runtime.sparse import SparseInputSession
+
+            sess = SparseInputSession(model_path, streams=1, verify=verify)
     else:
         sess = open_session(model_path, backend, streams=1, contract=contract, verify=verify, initializers=weights)
     classes = contract.class_names
+    if continuous:
+        from .runtime.recognition import DecisionRule, recognise_events
+
+        def emitted(g) -> None:
+            click.echo(f"{g.start_us / 1e6:9.3f} s  {g.name} (confidence {g.confidence:.2f}, detected at {g.detect_us / 1e6:.3f} s)")
+
+        rule = DecisionRule(window=smooth, threshold=threshold, hold=hold)
+        with sess:
+            result = recognise_events(sess, contract, events_path, labels_path, None if window_ms is None else max(1, round(window_ms * 1000)),
+                                      rule, None if as_json else emitted)
+        click.echo(json.dumps({"model": str(model_path), "weights": weights_from, "backend": "ort+sparse-input" if sparse_input else backend,
+                               **result}, indent=2))
+        return
 
     def progress(rec, t, logits) -> None:
         prediction = classes[int(logits[0].argmax())]
@@ -409,33 +516,56 @@ def lint_cmd(model_path, device, as_json):
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
 @click.option("--device", "device", metavar="PROFILE", required=True, help="Target device profile (see `fptt-edge devices`).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="fp16 keeps the threshold/state path in FP32 (per-layer constraints).")
+              help="fp16 keeps the threshold/state path in FP32 (TensorRT 10: per-layer constraints; TensorRT 11: MODEL.fp16.onnx, "
+                   "from export --fp16-variant).")
 @click.option("--refit", is_flag=True, help="Build a refittable engine (on-device adaptation pushes new weights).")
-@click.option("--dla", is_flag=True, help="Run on DLA core 0 with GPU fall-back (profiles with DLA only).")
+@click.option("--dla", is_flag=True, help="Run on DLA core 0 with GPU fall-back (profiles with DLA only; FP16, static batch, TensorRT 10).")
+@click.option("--tf32", is_flag=True, help="Allow TF32 in FP32 layers (faster on Ampere and newer, ~1e-3 off PyTorch; off by default).")
+@click.option("--here", is_flag=True, help="Build for this machine's GPU and TensorRT even where they are not the profile's "
+                                           "(the engine is labelled with this GPU, not the profile: engines are not portable).")
 @click.option("--verify-npz", type=click.Path(dir_okay=False), help="Frames to verify the engine against ONNX Runtime (default: random event frames).")
 @_friendly
-def build(model_path, device, precision, refit, dla, verify_npz):
+def build(model_path, device, precision, refit, dla, tf32, here, verify_npz):
     """Build a TensorRT engine for PROFILE, verified against ONNX Runtime.
 
-    Without TensorRT and a GPU here, says so and writes MODEL.build.sh with the exact trtexec
-    command (and the engine contract) to run on the device.
+    An engine runs only on the GPU and TensorRT version it was built with. Here, with TensorRT
+    and a GPU that are the profile's (compute capability and TensorRT major.minor), it builds;
+    with another GPU it refuses (unless --here) and, without TensorRT or a GPU, says so; both
+    write MODEL.build.sh with the exact trtexec command for the profile's TensorRT (and the
+    engine contract) to run on the device.
     """
     from .devices import load_profile
-    from .runtime.trt_build import build_engine, plan_build, tensorrt_status, trtexec_command, write_build_script
+    from .runtime.trt_build import build_engine, local_target, plan_build, tensorrt_status, trtexec_command, version_tuple, write_build_script
 
     profile = load_profile(device)
     if dla and not profile.dla_cores:
         raise UserError(f"{profile.name} has no DLA cores")
-    plan, contract = plan_build(model_path, precision, refit, dla=dla)
+    device_plan, contract = plan_build(model_path, precision, refit, dla=dla, tensorrt=profile.tensorrt, tf32=tf32)
     reason = tensorrt_status()
     if reason is not None:
-        script = write_build_script(plan, profile, contract)
+        script = write_build_script(device_plan, profile, contract)
         click.echo(f"TensorRT cannot build here: {reason}.")
         click.echo(f"Wrote {script}; on the {profile.module} (TensorRT {profile.tensorrt}) run it, or:")
-        click.echo("  " + " ".join(trtexec_command(plan)))
+        click.echo("  " + " ".join(trtexec_command(device_plan)))
         return
-    engine = build_engine(plan, contract, profile)
-    click.echo(f"built {engine} (precision {precision}, refit {refit}); verifying against ONNX Runtime ...")
+    local = local_target()
+    mismatch = []
+    if local["compute_capability"] != profile.compute_capability:
+        mismatch.append(f"this GPU is {local['name']} (compute capability {local['compute_capability']}), {profile.name} has "
+                        f"{profile.gpu_arch} {profile.compute_capability}")
+    if version_tuple(local["tensorrt"]) != version_tuple(profile.tensorrt):
+        mismatch.append(f"this TensorRT is {local['tensorrt']}, {profile.name} has {profile.tensorrt}")
+    if mismatch and not here:
+        script = write_build_script(device_plan, profile, contract)
+        raise UserError(f"this machine is not a {profile.name}: {'; '.join(mismatch)}. An engine runs only on the GPU and TensorRT "
+                        f"version it was built with, so one built here would not run there. Wrote {script}: run it on the device; "
+                        "or pass --here to build for this machine's GPU (labelled as such)")
+    plan, _ = plan_build(model_path, precision, refit, dla=dla, tensorrt=local["tensorrt"], tf32=tf32)
+    engine = build_engine(plan, contract, None if mismatch else profile, warn=lambda m: click.echo(f"warning: {m}", err=True))
+    target = f"this machine's {local['name']}, not for {profile.name}" if mismatch else profile.name
+    click.echo(f"built {engine} for {target} (TensorRT {local['tensorrt']}, compute capability {local['compute_capability']}, precision "
+               f"{precision}, TF32 {'on' if tf32 else 'off'}, refit {refit}); engines are not portable: it runs only with this GPU "
+               "and TensorRT version. Verifying against ONNX Runtime ...")
     from .runtime.verify import verify_engine
 
     result = verify_engine(model_path, engine, verify_npz)
@@ -445,15 +575,63 @@ def build(model_path, device, precision, refit, dla, verify_npz):
 
 
 @main.command()
+@click.option("--no-probe", is_flag=True, help="Do not open ONNX Runtime sessions to check that its GPU providers really load.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@_friendly
+def doctor(no_probe, as_json):
+    """Say what this machine has for the GPU backends and what each one still needs.
+
+    GPU, CUDA driver, cuda-python, TensorRT (supported? DLA cores?), the ONNX Runtime providers
+    a session really gets, a Jetson's JetPack release; per backend (ort, ort-cuda, ort-trt,
+    tensorrt, build, dla): ok, or what to install. No torch.
+    """
+    from .runtime.doctor import diagnose, format_report
+
+    report = diagnose(probe=not no_probe)
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else format_report(report))
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--compare", "compare", multiple=True, type=click.Path(),
+              help="Another run of the same model and task (folder, metrics.json or model.pt), e.g. the BPTT baseline (repeatable).")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Frames (.npz, x [N, T, *frame]) to measure the input event rate on.")
+@click.option("--device", "devices", multiple=True, metavar="PROFILE", help="Device profiles for the latency estimate (repeatable; default: all).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write OUTPUT.card.md and OUTPUT.card.json (default: beside MODEL).")
+@click.option("--json", "as_json", is_flag=True, help="Print the card as JSON instead of the Markdown.")
+@_friendly
+def card(model_path, compare, data_path, devices, output, as_json):
+    """Write a model card for MODEL (model.pt or model.onnx): Markdown + JSON.
+
+    \b
+    Task and data, accuracy (FPTT vs BPTT with --compare), parameters, state size, MACs per step
+    (dense and at the measured spike/event rates), memory for inference and adaptation, the
+    export report's parity and FP16 figures, and per device profile an estimated per-step
+    latency from its peak compute and memory bandwidth (an estimate, not a measurement).
+    """
+    from pathlib import Path
+
+    from .card import build_card, render_markdown, write_card
+
+    result = build_card(model_path, compare=compare, data=data_path, devices=devices or None)
+    base = Path(output) if output else Path(model_path).with_suffix("")
+    md, js = write_card(result, base)
+    click.echo(json.dumps(result, indent=2) if as_json else render_markdown(result) + f"\nwrote {md} and {js}")
+
+
+@main.command()
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Labelled data of the new domain: .npz (x, y[, lengths]) or an N-MNIST split list (.txt).")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False),
+              help="Labelled data of the new domain: .npz (x, y[, lengths]) or an N-MNIST split list (.txt).")
 @click.option("--events", "events_path", type=click.Path(dir_okay=False), help="An event recording of the new domain (with --labels).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="DVS128 Gesture labels CSV for --events.")
-@click.option("--guard", "guard_path", type=click.Path(dir_okay=False), help="Labelled original-domain data (.npz) checked against forgetting (default: MODEL.guard.npz).")
+@click.option("--guard", "guard_path", type=click.Path(dir_okay=False),
+              help="Labelled original-domain data (.npz) checked against forgetting (default: MODEL.guard.npz).")
 @click.option("--trainable", type=click.Choice(["all", "readout", "last", "input"]), default="all", show_default=True, help="Which tensors learn.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate (default: the one the model was trained with).")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=1, show_default=True, help="Passes over the training part of the data.")
-@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help="Fraction of the data held out to score before/after.")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True,
+              help="Fraction of the data held out to score before/after.")
 @click.option("--max-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True, help="Guard-accuracy drop that rolls the weights back.")
 @click.option("--check-every", type=click.IntRange(1), default=500, show_default=True, help="Updates between guard checks (and at the end).")
 @click.option("--backend", type=click.Choice(["ort", "ort-cuda"]), default="ort", show_default=True, help="ONNX Runtime provider for the train step.")
@@ -487,7 +665,8 @@ def adapt(model_path, data_path, events_path, labels_path, guard_path, trainable
         b, a = report["accuracy_before"], report["accuracy_after"]
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         click.echo(f"adapted {model_path} ({report['trainable']}, {report['samples']['train']} recordings x {epochs} epoch(s), "
-                   f"{report['updates']} updates at {report['update_us']:.0f} us, {report['guard_checks']} guard checks in {report['guard_check_seconds']:.1f} s, "
+                   f"{report['updates']} updates at {report['update_us']:.0f} us, "
+                   f"{report['guard_checks']} guard checks in {report['guard_check_seconds']:.1f} s, "
                    f"from {report['started_from']})")
         if report["samples"]["held_out"]:
             click.echo(f"  new data (held out, {report['samples']['held_out']}): {fmt(b['new_data'])} -> {fmt(a['new_data'])}")
@@ -503,7 +682,8 @@ def adapt(model_path, data_path, events_path, labels_path, guard_path, trainable
 
 
 @main.command("shift")
-@click.option("--task", type=click.Choice(["smnist", "psmnist", "nmnist", "npz"]), default="smnist", show_default=True, help="Where the data come from (as for train).")
+@click.option("--task", type=click.Choice(["smnist", "psmnist", "nmnist", "npz"]), default="smnist", show_default=True,
+              help="Where the data come from (as for train).")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), help="nmnist: split list beside the .bs2 files; npz: your .npz.")
 @data_options
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True, help="Built-in data sets: which split.")

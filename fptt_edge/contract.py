@@ -55,6 +55,7 @@ class InputSpec:
     shape: tuple
     dtype: str = "float32"
     source: dict = field(default_factory=dict)  # task, layout, binning, downsample, normalisation ...
+    encoding: dict = field(default_factory=dict)  # fptt_edge.encoding: applied to raw steps before the graph ({}: none)
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
@@ -107,7 +108,7 @@ class StepContract:
         return {f"fptt_edge.{k}": v for k, v in d.items()}
 
     @classmethod
-    def from_metadata(cls, props: dict[str, str], source: str = "model") -> "StepContract":
+    def from_metadata(cls, props: dict[str, str], source: str = "model") -> StepContract:
         props = {k[len("fptt_edge."):]: v for k, v in props.items() if k.startswith("fptt_edge.")}
         if props.get("model_type") != MODEL_TYPE:
             raise ContractError(f"{source}: not an fptt-edge step model (metadata 'fptt_edge.model_type' is {props.get('model_type')!r})")
@@ -176,6 +177,20 @@ def _check_shape(shape: tuple, what: str, source: str) -> None:
         _fail(source, f"{what} shape {list(shape)} must be [batch, positive sizes] (batch: a positive int or a dynamic axis name)")
 
 
+def _check_encoding(c: StepContract, source: str) -> None:
+    """The input encoding must be one fptt-edge knows and must produce the graph's input frames."""
+    from .encoding import Encoding, EncodingError
+
+    if not isinstance(c.input.encoding, dict):
+        _fail(source, "input encoding must be an object")
+    try:
+        enc = Encoding.from_dict(c.input.encoding)
+        if enc.kind != "none" and enc.output_shape((enc.channels,)) != c.input.frame_shape:
+            raise EncodingError(f"it gives steps of {enc.channels * enc.factor} values, the graph takes {list(c.input.frame_shape)}")
+    except EncodingError as exc:
+        _fail(source, f"input encoding: {exc}")
+
+
 def _check_fields(c: StepContract, source: str) -> None:
     """Types, ranges and finite values of every field: metadata is untrusted input."""
     if not all(isinstance(v, str) for v in (c.checkpoint_sha256, c.producer)):
@@ -190,6 +205,7 @@ def _check_fields(c: StepContract, source: str) -> None:
     if c.opset < 1:
         _fail(source, f"opset {c.opset}")
     _check_shape(c.input.shape, "input", source)
+    _check_encoding(c, source)
     if not c.states:
         _fail(source, "no state tensors")
     names = [c.input.name, c.logits]

@@ -54,13 +54,18 @@ class LTCNetwork(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.readout = LeakyReadout(features, config.num_classes)
 
+    @property
+    def ltc_layers(self) -> list[DenseLTC | ConvLTC]:
+        """The LTC layers, typed (``nn.ModuleList`` items are plain modules to a type checker)."""
+        return list(self.layers)  # type: ignore[arg-type]
+
     def state_names(self) -> list[str]:
         """Flat names of the state tensors, in :meth:`flatten_state` order."""
         names = [f"l{i}.{var}" for i in range(len(self.layers)) for var in LTCState._fields]
         return names + ["readout.m"]
 
     def state_shapes(self, batch: int) -> list[tuple[int, ...]]:
-        shapes = [layer.state_shape(batch) for layer in self.layers for _ in LTCState._fields]
+        shapes = [layer.state_shape(batch) for layer in self.ltc_layers for _ in LTCState._fields]
         return shapes + [(batch, self.config.num_classes)]
 
     def initial_state(self, batch: int, device=None, generator: torch.Generator | None = None) -> NetState:
@@ -73,7 +78,7 @@ class LTCNetwork(nn.Module):
         device, dtype = device or ref.device, ref.dtype
         states = tuple(
             _initial_ltc_state(layer.state_shape(batch), self.config.b_j0, self.config.initial_u, device, generator, dtype)
-            for layer in self.layers
+            for layer in self.ltc_layers
         )
         return NetState(states, ReadoutState(torch.zeros(batch, self.config.num_classes, device=device, dtype=dtype)))
 

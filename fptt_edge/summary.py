@@ -11,8 +11,28 @@ EXPORTED_SUFFIXES = (".onnx", ".engine")
 
 
 def summarize(path) -> dict:
-    """:func:`contract_summary` for ``.onnx``/``.engine`` files, else :func:`checkpoint_summary`."""
-    return contract_summary(path) if str(path).lower().endswith(EXPORTED_SUFFIXES) else checkpoint_summary(path)
+    """:func:`train_summary` for ``.train.onnx``, :func:`contract_summary` for ``.onnx``/``.engine``
+    files, else :func:`checkpoint_summary`."""
+    name = str(path).lower()
+    if name.endswith(".train.onnx"):
+        return train_summary(path)
+    return contract_summary(path) if name.endswith(EXPORTED_SUFFIXES) else checkpoint_summary(path)
+
+
+def train_summary(path) -> dict:
+    """An FPTT train-step graph's contract: batch, trainable tensors, hyper-parameters, pairing. No torch."""
+    from dataclasses import asdict
+
+    from .train_contract import read_train_contract
+
+    c = read_train_contract(path)
+    return {
+        "file": str(path), "model_type": c.model_type, "contract_version": c.contract_version, "batch": c.batch,
+        "frame_shape": list(c.frame_shape), "classes": c.num_classes, "trainable": c.trainable, "weights": c.size,
+        "tensors": {t.name: {"shape": list(t.shape), "offset": t.offset} for t in c.tensors}, "hyper": asdict(c.hyper),
+        "state": {n: list(s) for n, s in c.states}, "opset": c.opset, "checkpoint_sha256": c.checkpoint_sha256,
+        "inference_model_sha256": c.inference_sha256,
+    }
 
 
 def contract_summary(path, contract: StepContract | None = None) -> dict:

@@ -100,7 +100,7 @@ class TrainContract:
         return {f"fptt_edge.train.{k}": v for k, v in d.items()}
 
     @classmethod
-    def from_metadata(cls, props: dict[str, str], source: str = "model") -> "TrainContract":
+    def from_metadata(cls, props: dict[str, str], source: str = "model") -> TrainContract:
         p = {k[len("fptt_edge.train."):]: v for k, v in props.items() if k.startswith("fptt_edge.train.")}
         if p.get("model_type") != TRAIN_MODEL_TYPE:
             raise ContractError(f"{source}: not an fptt-edge train-step model (fptt_edge.train.model_type is {p.get('model_type')!r})")

@@ -36,7 +36,8 @@ def random_frames(shape, density: float = 0.05, n: int = 64, seed: int = 0) -> n
 
 
 def bench_session(model, backend: str, streams: int, steps: int, threads: int = 1, verify: bool = True) -> dict:
-    """:func:`latency` of one backend's session stepping random event frames."""
+    """:func:`latency` of one backend's session stepping random event frames, with the ONNX Runtime
+    providers the session really got (a GPU backend that fell back to the CPU is refused, not timed)."""
     from .session import open_session
 
     with open_session(model, backend, streams=streams, threads=threads, verify=verify) as sess:
@@ -47,7 +48,8 @@ def bench_session(model, backend: str, streams: int, steps: int, threads: int = 
             sess.step(xs[i[0] % len(xs)])
             i[0] += 1
 
-        return latency(step, steps)
+        providers = getattr(sess.backend, "providers", None)
+        return {**latency(step, steps), **({"providers": list(providers)} if providers else {})}
 
 
 def bench_blas_floor(model_path, streams: int, steps: int) -> dict | None:

@@ -25,7 +25,7 @@ class FrameBinner:
     normalisation: str = "binary"  # "binary" | "counts" | "log1p"
 
     @classmethod
-    def from_contract(cls, contract: StepContract) -> "FrameBinner":
+    def from_contract(cls, contract: StepContract) -> FrameBinner:
         src = contract.input.source
         try:
             binner = cls(tuple(src["sensor_size"]), int(src["binning"]["steps"]), src["binning"]["by"], int(src.get("downsample", 1)),

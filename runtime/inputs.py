@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import StepContract
+from ..encoding import Encoding
 from .errors import EventFileError, RuntimeInputError
 from .events import read_events, read_gesture_labels
 from .frames import FrameBinner
@@ -29,22 +30,36 @@ def from_events(path, contract: StepContract, labels=None) -> list[Recording]:
         raise EventFileError(f"{path}: no events")
     if labels is None:
         return [Recording(Path(path).name, binner(events))]
+    offset = csv_class_offset(contract)
     out = []
     for label, start, end in read_gesture_labels(labels):
         seg = events[(events["t"] >= start) & (events["t"] < end)]
-        out.append(Recording(f"{Path(path).name}[{start}:{end}]", binner(seg), label))
+        out.append(Recording(f"{Path(path).name}[{start}:{end}]", binner(seg), label - offset))
     return out
 
 
+def csv_class_offset(contract: StepContract) -> int:
+    """What to subtract from a labels-CSV class to get the model's class: 1 for a model trained on
+    DVS128 Gesture by ``--task dvsgesture`` (the CSV numbers classes 1..11, the model 0..10), else 0."""
+    offset = contract.input.source.get("csv_class_offset", 0)
+    if offset not in (0, 1) or isinstance(offset, bool):
+        raise RuntimeInputError(f"the model's metadata has csv_class_offset {str(offset)[:20]!r}; expected 0 or 1")
+    return int(offset)
+
+
 def from_npz(path, contract: StepContract) -> list[Recording]:
-    """``x`` float32 ``[N, T, *frame]`` (or ``[T, *frame]``), optional ``y`` ``[N]`` integer labels."""
+    """``x`` float32 ``[N, T, *frame]`` (or ``[T, *frame]``), optional ``y`` ``[N]`` integer labels.
+
+    For a model that records an input encoding (``contract.input.encoding``), ``x`` holds the raw
+    steps ``[.., T, C]`` and the encoding is applied here, with the code training used."""
     try:
         with np.load(path, allow_pickle=False) as f:
             x, y = f["x"], (f["y"] if "y" in f.files else None)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise RuntimeInputError(f"{path}: not a usable .npz with an 'x' array ({detail})") from None
-    frame = contract.input.frame_shape
+    encoding = Encoding.from_dict(contract.input.encoding)  # validated with the contract
+    frame = contract.input.frame_shape if encoding.kind == "none" else (encoding.channels,)
     if x.dtype.kind not in "fiub":
         raise RuntimeInputError(f"{path}: x must hold real numbers (float32), got {x.dtype}")
     if x.shape[-len(frame):] != frame or x.ndim not in (len(frame) + 1, len(frame) + 2) or 0 in x.shape:
@@ -52,6 +67,7 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
     x = x.astype(np.float32) if x.ndim == len(frame) + 2 else x[None].astype(np.float32)
     if not np.isfinite(x).all():
         raise RuntimeInputError(f"{path}: x holds NaN or Inf")
+    x = encoding.encode(x)
     if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu"):
         raise RuntimeInputError(f"{path}: y must be [N = {len(x)}] integer labels, got {y.dtype} {list(y.shape)}")
     return [Recording(f"{Path(path).name}[{i}]", x[i], None if y is None else int(y[i])) for i in range(len(x))]

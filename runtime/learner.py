@@ -435,7 +435,7 @@ class Learner:
         self._eval.close()
         self.backend.close()
 
-    def __enter__(self) -> "Learner":
+    def __enter__(self) -> Learner:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -4,8 +4,18 @@ Step ``k`` binds state set ``A`` as inputs and ``B`` as outputs, step ``k+1`` th
 nothing is allocated or copied per step beyond writing ``x`` into its bound buffer. On the CPU
 provider the buffers are numpy arrays bound by pointer; on the CUDA and TensorRT providers they
 are device OrtValues and only ``x`` and the logits cross the bus.
+
+GPU providers are checked on the session itself: ONNX Runtime lists CUDA and TensorRT among its
+available providers whenever onnxruntime-gpu is installed, but falls back to the CPU, with only
+a logged warning, when their libraries (CUDA, cuDNN, TensorRT) fail to load; such a session is
+refused here (:class:`BackendUnavailable`), so a ``ort-cuda`` row never measures the CPU.
+TF32 is off unless asked for (``tf32=True``): FP32 results then match PyTorch and the CPU to
+~1e-6 instead of ~1e-3 on Ampere and newer GPUs.
 """
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import numpy as np
 
@@ -17,26 +27,65 @@ PROVIDERS = {
     "ort-cuda": "CUDAExecutionProvider",
     "ort-trt": "TensorrtExecutionProvider",
 }
+TF32_ENV = "NVIDIA_TF32_OVERRIDE"
 
 
-def provider_options(backend: str, cache_dir: str | None, fp16: bool) -> list:
+def _ort_version() -> tuple[int, int]:
+    try:
+        import onnxruntime as ort
+
+        return tuple(int(p) for p in ort.__version__.split(".")[:2])  # type: ignore[return-value]
+    except (ImportError, ValueError):
+        return (0, 0)
+
+
+def cuda_options(tf32: bool = False) -> dict[str, str]:
+    """CUDA provider options: ``use_tf32`` (ONNX Runtime >= 1.18) explicit, off unless asked for."""
+    opts = {"cudnn_conv_algo_search": "HEURISTIC"}
+    if _ort_version() >= (1, 18):
+        opts["use_tf32"] = "1" if tf32 else "0"
+    return opts
+
+
+def provider_options(backend: str, cache_dir: str | None, fp16: bool, tf32: bool = False) -> list:
     """The provider list for ``backend`` (with the CPU provider as the fall-back for unsupported nodes)."""
     if backend == "ort-trt":
-        opts = {"trt_fp16_enable": fp16, "trt_cuda_graph_enable": False}
+        opts: dict[str, object] = {"trt_fp16_enable": fp16, "trt_cuda_graph_enable": False}
         if cache_dir:
             opts |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir,
                      "trt_timing_cache_enable": True, "trt_timing_cache_path": cache_dir}
-        return [("TensorrtExecutionProvider", opts), "CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [("TensorrtExecutionProvider", opts), ("CUDAExecutionProvider", cuda_options(tf32)), "CPUExecutionProvider"]
     if backend == "ort-cuda":
-        return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", cuda_options(tf32)), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def tf32_in_effect(backend: str, tf32: bool) -> bool | None:
+    """Whether FP32 math on ``backend`` may use TF32 (None: cannot say). The TensorRT provider has no
+    TF32 option: only ``NVIDIA_TF32_OVERRIDE=0``, read when the CUDA libraries start, turns it off."""
+    if backend == "ort":
+        return False
+    if backend == "ort-trt":
+        return os.environ.get(TF32_ENV) != "0"
+    return tf32 if _ort_version() >= (1, 18) else (None if os.environ.get(TF32_ENV) != "0" else False)
+
+
+def session_providers(session, backend: str) -> list[str]:
+    """The providers ``session`` really got; :class:`BackendUnavailable` where ONNX Runtime fell back from ``backend``'s."""
+    got = list(session.get_providers())
+    wanted = PROVIDERS[backend]
+    if wanted not in got:
+        raise BackendUnavailable(f"{backend}: ONNX Runtime could not start {wanted} and fell back to {got} (its CUDA, cuDNN or "
+                                 "TensorRT libraries failed to load: see ONNX Runtime's warnings; `fptt-edge doctor` checks the install)")
+    return got
 
 
 class OrtBackend:
     """Steps an exported model with ONNX Runtime; ``streams`` is the batch size bound."""
 
     def __init__(self, model, contract: StepContract, streams: int, backend: str = "ort", threads: int = 1,
-                 cache_dir: str | None = None, fp16: bool = False, initializers: dict[str, np.ndarray] | None = None):
+                 cache_dir: str | None = None, fp16: bool = False, initializers: dict[str, np.ndarray] | None = None, *,
+                 tf32: bool = False):
         import onnxruntime as ort
 
         wanted = PROVIDERS.get(backend)
@@ -44,7 +93,9 @@ class OrtBackend:
             raise BackendUnavailable(f"unknown ONNX Runtime backend {backend!r}; choose from {sorted(PROVIDERS)}")
         if wanted not in ort.get_available_providers():
             raise BackendUnavailable(f"{backend}: ONNX Runtime here has no {wanted} (available: {ort.get_available_providers()}); "
-                                     "install onnxruntime-gpu on a CUDA machine")
+                                     "install onnxruntime-gpu on a CUDA machine (on a Jetson: NVIDIA's wheel, see the README)")
+        if backend == "ort-trt" and not tf32:
+            os.environ.setdefault(TF32_ENV, "0")  # the TensorRT provider's only TF32 switch; a user's own setting wins
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -57,15 +108,17 @@ class OrtBackend:
             opts.add_session_config_entry("session.disable_prepacking", "1")
             for n, v in self._init_values.items():
                 opts.add_initializer(n, v)
-        self._opts, self._providers, self._model = opts, provider_options(backend, cache_dir, fp16), model
+        self._opts, self._providers, self._model = opts, provider_options(backend, cache_dir, fp16, tf32), model
         self.session = ort.InferenceSession(model, opts, providers=self._providers)
+        self.providers = session_providers(self.session, backend)
+        self.tf32 = tf32_in_effect(backend, tf32)
         self.name, self.contract, self.streams = backend, contract, streams
         self.device = "cpu" if backend == "ort" else "cuda"
         shapes = {s.name: (streams, *[int(d) for d in s.shape[1:]]) for s in contract.states}
         self.x = np.zeros((streams, *contract.input.frame_shape), np.float32)
         self.logits = np.zeros((streams, len(contract.class_names)), np.float32)
         if self.device == "cpu":
-            self._sets = [{n: np.zeros(shp, np.float32) for n, shp in shapes.items()} for _ in range(2)]
+            self._sets: list[dict[str, Any]] = [{n: np.zeros(shp, np.float32) for n, shp in shapes.items()} for _ in range(2)]
         else:
             self._sets = [{n: ort.OrtValue.ortvalue_from_numpy(np.zeros(shp, np.float32), "cuda", 0) for n, shp in shapes.items()}
                           for _ in range(2)]
@@ -102,6 +155,7 @@ class OrtBackend:
 
         state = self.read_state()
         self.session = ort.InferenceSession(self._model, self._opts, providers=self._providers)
+        self.providers = session_providers(self.session, self.name)
         self._bindings = [self._bind(i) for i in range(2)]
         for n, v in state.items():
             self.write_state(n, v)

@@ -238,7 +238,11 @@ def open_session(model, backend: str = "ort", streams: int | None = None, contra
         engine = model if model.suffix == ".engine" else model.with_suffix(".engine")
         trt = TensorRTBackend(engine, contract, streams, cuda_graph=cuda_graph)
         if initializers:
-            trt.refit_initializers(initializers)
+            try:
+                trt.refit_initializers(initializers)
+            except BaseException:
+                trt.close()
+                raise
         return StreamSession(trt, contract)
     if verify:
         verify_checksum(model)

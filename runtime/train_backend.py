@@ -23,7 +23,7 @@ class TrainStepBackend:
     def __init__(self, path, contract: TrainContract, threads: int = 1, backend: str = "ort"):
         import onnxruntime as ort
 
-        from .ort_backend import PROVIDERS, provider_options
+        from .ort_backend import PROVIDERS, provider_options, session_providers
 
         if backend not in ("ort", "ort-cuda"):
             raise BackendUnavailable(f"the train step runs on 'ort' or 'ort-cuda', not {backend!r}")
@@ -34,6 +34,7 @@ class TrainStepBackend:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(str(path), opts, providers=provider_options(backend, None, False))
+        session_providers(self.session, backend)  # refuse a silent fall-back to the CPU
         self.contract = contract
         b, n = contract.batch, contract.size
         self.x = np.zeros((b, *contract.frame_shape), np.float32)

@@ -16,6 +16,7 @@ from fptt_edge.checkpoint import save_checkpoint
 from fptt_edge.cli import main
 from fptt_edge.config import ModelConfig
 from fptt_edge.data.digits import load_smnist
+from fptt_edge.devices import load_profile
 from fptt_edge.export.adapt_export import eps_survives
 from fptt_edge.export.lint import lint
 from fptt_edge.export.parity import ort_session
@@ -23,7 +24,6 @@ from fptt_edge.export.pipeline import export_checkpoint
 from fptt_edge.export.train_check import check_train_parity
 from fptt_edge.export.train_graph import _decompositions, example_inputs, make_train_step, select_trainable, trace_train_step
 from fptt_edge.model import LTCNetwork
-from fptt_edge.devices import load_profile
 from fptt_edge.runtime.errors import AdaptationError, RuntimeInputError
 from fptt_edge.runtime.learner import open_learner
 from fptt_edge.train_contract import Hyper, TrainContract
@@ -265,3 +265,13 @@ def test_learner_refuses_a_train_graph_of_another_model(exported, tmp_path):
     onnx.save(m, str(other))
     with pytest.raises(AdaptationError, match="another model.onnx"):
         open_learner(other)
+
+
+def test_info_describes_the_train_graph(exported):
+    folder, _ = exported
+    out = CliRunner().invoke(main, ["info", str(folder / "model.train.onnx")])
+    assert out.exit_code == 0, out.output
+    info = json.loads(out.output)
+    net = tiny_net()
+    assert info["weights"] == sum(p.numel() for p in net.parameters()) and info["batch"] == 4
+    assert set(info["tensors"]) == {n for n, _ in net.named_parameters()}

@@ -321,10 +321,10 @@ def test_non_regular_files_refused_before_open(tmp_path):
     for path, kind in targets:
         for reader in readers:
             with pytest.raises(EventFileError) as err:
-                run_guarded(lambda: reader(path), unblock=unblock)
+                run_guarded(lambda reader=reader, path=path: reader(path), unblock=unblock)
             assert str(err.value) == f"{path}: is {kind}, not a regular file: refused (event files are read whole, from regular files only)"
         with pytest.raises(DataError, match="not a regular file"):
-            run_guarded(lambda: training_read_nmnist(path), unblock=unblock)
+            run_guarded(lambda path=path: training_read_nmnist(path), unblock=unblock)
     for reader in readers:
         with pytest.raises(EventFileError, match="cannot read"):
             reader(tmp_path / "missing.bs2")

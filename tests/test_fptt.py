@@ -100,7 +100,7 @@ def test_fused_trainer_matches_plain_reference(parts):
     assert len(ours) == len(wbar + lam)
     for a, b in zip(ours, wbar + lam):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
-    assert any(l.abs().max() > 0 for l in lam)
+    assert any(t.abs().max() > 0 for t in lam)
 
 
 def test_variable_lengths_use_each_sequence_final_step():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from onnx import TensorProto, helper
 
-from fptt_edge.devices import DeviceProfileError, all_profiles, load_profile, profile_names
+from fptt_edge.devices import DeviceProfile, DeviceProfileError, all_profiles, load_profile, profile_names
 from fptt_edge.export.lint import lint
 
 
@@ -44,10 +44,12 @@ def test_unsupported_op_is_an_error():
     assert result.verdict == "fail" and "Hardmax" in _errors(result, "ops")[0].message
 
 
-def test_int64_is_flagged_error_on_trt8_warning_on_trt10():
+def test_int64_is_a_warning_on_trt8_and_trt10():
     r8 = lint(_graph(int64=True), load_profile("xavier-nx"))
     r10 = lint(_graph(int64=True), load_profile("orin-nano-8gb"))
-    assert _errors(r8, "int64")[0].level == "error" and "shape" in _errors(r8, "int64")[0].message
+    # TensorRT 8.x casts INT64 down to INT32 with a warning (it builds); 9+ runs INT64 natively
+    assert _errors(r8, "int64")[0].level == "warning" and "shape" in _errors(r8, "int64")[0].message
+    assert "casts INT64 down" in _errors(r8, "int64")[0].message and r8.verdict != "fail"
     assert _errors(r10, "int64")[0].level == "warning"
 
 
@@ -60,6 +62,26 @@ def test_opset_dynamic_shapes_dla_and_python():
     assert not _errors(dla, "dla")
     dla = lint(_graph(("Sigmoid", "Abs")), load_profile("agx-orin-64gb"))
     assert "Abs" in _errors(dla, "dla")[0].message
+
+
+def test_dla_facts():
+    """DLA: FP16/INT8 only, static shapes only, Greater in INT8 only (not 'no comparisons'), none in TensorRT 11.0/11.1."""
+    orin = load_profile("agx-orin-64gb")
+    r = lint(_graph(("Sigmoid", "Greater")), orin)
+    info = next(f.message for f in r.findings if f.check == "dla" and f.level == "info")
+    assert "FP16 and INT8 only" in info and "static shapes" in info
+    warn = _errors(r, "dla")[0].message
+    assert "Greater runs on DLA in INT8 only" in warn and "no comparisons" not in warn
+    assert any("static shapes" in f.message for f in _errors(lint(_graph(("Sigmoid",), dynamic=True), orin), "dla"))
+    trt11 = DeviceProfile(**{**orin.to_dict(), "tensorrt": "11.1", "unconfirmed": ()})
+    assert "no DLA support" in _errors(lint(_graph(("Sigmoid",)), trt11), "dla")[0].message
+
+
+def test_thor_parses_opset_21():
+    thor = load_profile("agx-thor")
+    assert thor.max_opset == 21 and thor.tensorrt_major == 10  # TensorRT 10.9+ parses opset 21
+    assert lint(_graph(("Sigmoid",), opset=21), thor).verdict == "pass"
+    assert _errors(lint(_graph(("Sigmoid",), opset=21), load_profile("orin-nano-8gb")), "opset")  # TensorRT 10.3: up to 20
 
 
 def test_bad_profiles(tmp_path):

@@ -174,7 +174,8 @@ def test_cli_run_bench_build(models, tmp_path):
         assert res.exit_code == 0, res.output
         assert "TensorRT cannot build here" in res.output and "trtexec --onnx=m.onnx" in res.output
         script = models["static"].with_suffix(".build.sh").read_text()
-        assert "--fp16 --precisionConstraints=obey --layerPrecisions=" in script and "node_gt:fp32" in script and "--refit" in script
+        assert "--noTF32 --fp16 --precisionConstraints=obey --layerPrecisions=" in script and "--refit" in script
+        assert "node_gt:fp32" not in script and "node_sigmoid:fp32" in script  # the BOOL compare takes no constraint
         contract = json.loads(script.split("<<'CONTRACT'\n")[1].split("\nCONTRACT")[0])
         assert contract["build"]["precision"] == "fp16" and "fptt_edge.state" in contract["metadata"]
     res = runner.invoke(main, ["build", str(models["static"]), "--device", "orin-nano-8gb", "--dla"])

@@ -83,7 +83,7 @@ def _expected_fptt(ref: LTCNetwork, x, y, parts: int, lengths):
             loss = loss + (t + 1) / lens[i] * F.cross_entropy(logits[i, t - t0][None], y[i][None])
         loss = loss / B
         loss.backward()
-        out.append((float(loss), flat_grad(ref)))
+        out.append((float(loss.detach()), flat_grad(ref)))
         state = detach_state(state)
     with torch.no_grad():
         full, _ = ref(x, ref.initial_state(B))

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from ..encoding import Encoding, EncodingError, encoding_of
 from .dataset import DataError, SequenceDataset
 
-TASKS = ("smnist", "psmnist", "nmnist", "npz")
+TASKS = ("smnist", "psmnist", "nmnist", "npz", "dvsgesture")
 
 
 def load_task(task: str, split: str, path=None, *, mode: str = "pixel", source: str = "mnist", steps: int = 20,
               binning: str = "time", downsample: int = 1, normalisation: str = "binary", num_classes: int | None = None,
-              limit: int | None = None) -> SequenceDataset:
-    """The ``split`` ("train"/"test") of ``task``; ``path`` is the split list (nmnist) or .npz file (npz)."""
+              limit: int | None = None, augment: bool = True, seed: int = 0) -> SequenceDataset:
+    """The ``split`` ("train"/"test") of ``task``; ``path`` is the split list (nmnist), .npz file (npz) or the
+    data set folder (dvsgesture; ``augment``: its training split's augmented views, drawn with ``seed``)."""
     if task in ("smnist", "psmnist"):
         from .digits import load_smnist
 
@@ -31,6 +35,14 @@ def load_task(task: str, split: str, path=None, *, mode: str = "pixel", source: 
             raise DataError(f"--task npz needs --{split} FILE.npz")
         ds = load_npz(path, num_classes=num_classes)
         ds.input_spec["path"] = str(Path(path).resolve())
+    elif task == "dvsgesture":
+        from .dvsgesture import DEFAULT_AUGMENT, load_dvsgesture
+
+        if path is None:
+            raise DataError("--task dvsgesture needs --root DIR: the DVS128 Gesture folder (original release or tonic's layout)")
+        # the loader applies the limit to segments, before the training split's augmented views are added
+        return load_dvsgesture(path, split, steps=steps, binning=binning, downsample=downsample, normalisation=normalisation,
+                               augmentation=DEFAULT_AUGMENT if augment else None, seed=seed, limit=limit)
     else:
         raise DataError(f"unknown task {task!r}; choose from {TASKS}")
     return ds.take(limit)
@@ -42,15 +54,36 @@ BUILT_IN = ("smnist", "psmnist")
 def test_set_from_spec(spec: dict, path=None, limit: int | None = None, num_classes: int | None = None) -> SequenceDataset:
     """The evaluation data for a checkpoint trained on ``spec``: the built-in data sets load as
     they did in training; otherwise ``path``, the file the user names, is read (an ``.npz`` of
-    frames, or for N-MNIST a split list binned as the checkpoint records).
+    frames, or for N-MNIST a split list binned as the checkpoint records). The input encoding the
+    checkpoint records (``spec["encoding"]``, fitted on its training data) is applied, so files hold
+    raw data as training read them.
 
     A data path recorded in the checkpoint is never opened (a checkpoint must not make a command
     read a file nobody named); it only appears, as a hint, in the error when ``path`` is missing."""
+    ds = _raw_test_set(spec, path, limit, num_classes)
+    try:
+        enc = encoding_of(spec)
+    except EncodingError as exc:
+        raise DataError(f"the checkpoint's input encoding is unusable: {exc}") from None
+    return encode_dataset(ds, enc)
+
+
+def _raw_test_set(spec: dict, path=None, limit: int | None = None, num_classes: int | None = None) -> SequenceDataset:
     task = spec.get("task")
     if path is not None:
         if task == "nmnist" and Path(path).suffix.lower() != ".npz":
             return load_task("nmnist", "test", path, steps=spec["binning"]["steps"], binning=spec["binning"]["by"],
                              downsample=spec["downsample"], normalisation=spec["normalisation"], limit=limit)
+        if task == "dvsgesture" and Path(path).suffix.lower() != ".npz":  # the folder, or a file in it (trials_to_test.txt)
+            from .dvsgesture import find_root
+
+            root = find_root(path)
+            try:
+                opts = {"steps": int(spec["binning"]["steps"]), "binning": spec["binning"]["by"], "downsample": int(spec["downsample"]),
+                        "normalisation": spec["normalisation"]}
+            except (KeyError, TypeError, ValueError):
+                raise DataError("the checkpoint's input_spec lacks the DVS128 Gesture binning (binning, downsample, normalisation)") from None
+            return load_task("dvsgesture", "test", root, limit=limit, augment=False, **opts)
         if task == "npz" or Path(path).suffix.lower() == ".npz":
             return load_task("npz", "test", path, num_classes=num_classes, limit=limit)
         raise DataError(f"{path}: expected an .npz file (x [N, T, ...], y [N]) for a model trained on {_task_name(task)} data")
@@ -93,7 +126,7 @@ def data_identity(ds: SequenceDataset) -> dict:
             continue
         arr = t.detach().cpu().contiguous().numpy()
         h.update(f"{name} {arr.dtype.str} {list(arr.shape)}\n".encode())
-        h.update(memoryview(arr).cast("B"))
+        h.update(arr.data)  # C-contiguous: the raw bytes
     ident = {"spec": spec, "samples": len(ds), "samples_sha256": h.hexdigest()}
     path = ds.input_spec.get("path")
     if isinstance(path, str):
@@ -118,3 +151,24 @@ def _recordings_sha256(split_list: Path, n: int) -> str:
         rec = split_list.parent / f"{name}.bs2"
         h.update(f"{name}\t{label}\t{rec.stat().st_size if rec.is_file() else -1}\n".encode())
     return h.hexdigest()
+
+
+def fit_encoding(train: SequenceDataset, kind: str, threshold: float = 0.1) -> Encoding:
+    """The input encoding ``kind`` fitted on ``train`` (channel data ``[N, T, C]`` only)."""
+    if kind == "none":
+        return Encoding()
+    if len(train.input_shape) != 1:
+        raise DataError(f"--encoding {kind} is for channel data [N, T, C]; these steps have shape {list(train.input_shape)}")
+    return Encoding.fit(kind, train.x.numpy(), None if train.lengths is None else train.lengths.numpy(), threshold)
+
+
+def encode_dataset(ds: SequenceDataset, enc: Encoding) -> SequenceDataset:
+    """``ds`` with ``enc`` applied to its steps and recorded in its input spec (``ds`` itself for ``none``)."""
+    if enc.kind == "none":
+        return ds
+    try:
+        x = torch.from_numpy(enc.encode(ds.x.numpy()))
+    except EncodingError as exc:
+        raise DataError(f"{exc} (the data were recorded with {list(ds.input_shape)} channels per step)") from None
+    spec = {**ds.input_spec, "encoding": enc.to_dict(), "raw_shape": list(ds.input_shape)}
+    return SequenceDataset(x, ds.y, ds.class_names, spec, ds.lengths)

@@ -29,7 +29,7 @@ class DistContext:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, device: str = "cpu") -> "DistContext":
+    def from_env(cls, device: str = "cpu") -> DistContext:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda asked for, but CUDA is not available")

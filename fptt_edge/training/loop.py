@@ -25,13 +25,14 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, model_from_payload, save_checkpoint
 from ..config import ModelConfig
-from ..data.dataset import SequenceDataset
+from ..data.dataset import SequenceDataset, split_validation
 from ..data.tasks import data_identity
 from ..errors import FpttEdgeError
 from ..io import write_json_atomic
 from ..model import LTCNetwork
 from ..reporting import plot_curves
 from .distributed import DistContext
+from .init import init_time_constants
 from .trainers import TrainConfig, evaluate, make_trainer
 
 MODEL_FILE, RESUME_FILE, METRICS_FILE, PLOT_FILE = "model.pt", "checkpoint.pt", "metrics.json", "curves.png"
@@ -48,25 +49,33 @@ def _epoch_generators(seed: int, epoch: int) -> tuple[torch.Generator, torch.Gen
     return order, draws
 
 
-def _metadata(train: SequenceDataset, model: LTCNetwork, cfg: TrainConfig) -> dict:
+def _metadata(train: SequenceDataset, model: LTCNetwork, cfg: TrainConfig, val: SequenceDataset | None) -> dict:
+    spec = dict(train.input_spec)
+    if val is not None and "validation" not in spec:
+        spec["validation"] = {"split": "given", "samples": len(val)}
     return {
         "model_config": model.config.to_dict(),
         "training": {"method": cfg.method, **cfg.to_dict()},
         "class_names": list(train.class_names),
-        "input_spec": dict(train.input_spec),
+        "input_spec": spec,
     }
 
 
 def fit(model_config: ModelConfig, cfg: TrainConfig, train: SequenceDataset, test: SequenceDataset, out_dir,
-        resume: bool = False, device: str = "cpu", progress: bool = True) -> dict:
-    """Train, evaluate after every epoch, write artefacts; returns the metrics dict."""
+        resume: bool = False, device: str = "cpu", progress: bool = True, val: SequenceDataset | None = None) -> dict:
+    """Train, evaluate after every epoch, select the best epoch on validation data, write artefacts; returns the metrics dict.
+
+    ``val``: the validation data; without it, ``cfg.val_fraction`` of ``train`` is held out
+    (stratified, fixed by ``cfg.seed``; :func:`~fptt_edge.data.dataset.split_validation`). With no
+    validation data at all (``val_fraction`` 0) the last epoch is kept. The test set is never used
+    to select anything."""
     out = Path(out_dir)
     if device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda asked for, but this PyTorch sees no usable CUDA device; use --device cpu")
     ctx = DistContext.from_env(device)
     try:
         with _run_lock(out, ctx.is_main):
-            return _fit(model_config, cfg, train, test, out, resume, ctx, progress)
+            return _fit(model_config, cfg, train, test, val, out, resume, ctx, progress)
     finally:
         ctx.close()
 
@@ -91,15 +100,24 @@ def _run_lock(out: Path, take: bool):
         yield
 
 
-def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress) -> dict:
+def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, progress) -> dict:
     if tuple(train.input_shape) != model_config.input_shape:
         raise TrainingError(f"data steps have shape {train.input_shape}, the model expects {model_config.input_shape}")
+    for name, ds in (("test", test), ("validation", val)):
+        if ds is not None and tuple(ds.input_shape) != model_config.input_shape:
+            raise TrainingError(f"{name} data steps have shape {ds.input_shape}, the model expects {model_config.input_shape}")
     resume_path = out / RESUME_FILE
-    start_epoch, start_batch, history, saved_progress = 0, 0, [], None
+    start_epoch, start_batch = 0, 0
+    history: list[dict] = []
+    saved_progress: dict | None = None
     if resume_path.exists() and not resume:
         raise TrainingError(f"{out} already holds a run ({RESUME_FILE}); pass --resume to continue it or choose another --out")
     torch.manual_seed(cfg.seed)
-    data = {"train": data_identity(train), "test": data_identity(test)}
+    data = {"train": data_identity(train), "test": data_identity(test)}  # the training data as given (before any split)
+    if val is not None:
+        data["val"] = data_identity(val)
+    elif cfg.val_fraction > 0:  # fixed by the data, the fraction and the seed, all of which --resume compares
+        train, val = split_validation(train, cfg.val_fraction, cfg.seed)
     if resume and resume_path.exists():
         payload = load_checkpoint(resume_path, kind="resume")
         _saved_config(payload, resume_path)  # refuses a malformed training_config
@@ -108,23 +126,26 @@ def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress
             raise TrainingError(f"{resume_path}: --resume continues a run on the same data with the same settings; "
                                 f"these differ: {'; '.join(differs)}. Start a new run (another --out) to train on these")
         model = model_from_payload(payload, resume_path)
-        saved_progress, history = _saved_progress(payload, resume_path)
+        saved_progress, history = _saved_progress(payload, resume_path, val is not None)
         start_epoch, start_batch = saved_progress["epoch"], saved_progress["batch"]
     else:
         model = LTCNetwork(model_config)
+        init_time_constants(model, train.steps, cfg.tau_init, cfg.seed)
     model.to(ctx.device)
     net = ctx.wrap(model)
-    trainer = make_trainer(model, cfg, net)
-    if saved_progress is not None:
-        _load_trainer(trainer, payload["trainer"], resume_path)
-    meta = _metadata(train, model, cfg)
     n, bs = len(train), cfg.batch_size
     n_batches = n // bs if ctx.enabled else (n + bs - 1) // bs  # ranks need equal shards: drop the remainder
     if n_batches == 0:
         raise TrainingError(f"batch size {bs} is larger than the {n} training samples")
     if start_batch >= n_batches:
         raise TrainingError(f"{resume_path}: saved at batch {start_batch}, but an epoch of this data has {n_batches} batches")
+    trainer = make_trainer(model, cfg, net, updates_planned=(cfg.epochs - start_epoch) * n_batches * train.steps)
+    if saved_progress is not None:
+        _load_trainer(trainer, payload["trainer"], resume_path)
+    meta = _metadata(train, model, cfg, val)
     interval = cfg.checkpoint_interval if not ctx.enabled else 0.0
+    scored = train.subset(_train_eval_indices(n, cfg.train_eval_samples, cfg.seed))
+    best_state = _best_state_on_resume(history, out / MODEL_FILE, val is not None) if history else None
 
     def save_resume(epoch, batch, sums, draws, elapsed):
         prog = {"epoch": epoch, "batch": batch, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": int(sums[2]),
@@ -133,6 +154,8 @@ def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress
                                       "trainer": trainer.state_dict(), "progress": prog, "history": history, "data": data})
 
     for epoch in range(start_epoch, cfg.epochs):
+        if _stop_early(history, cfg.patience, val is not None):
+            break
         order, draws = _epoch_generators(cfg.seed, epoch)
         perm = torch.randperm(n, generator=order)
         sums = torch.zeros(3, dtype=torch.float64)
@@ -144,7 +167,10 @@ def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress
         t_start, t_saved = time.perf_counter() - elapsed, time.perf_counter()
         bar = tqdm(range(first, n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs} [{cfg.method}]", initial=first, total=n_batches,
                    disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True)
+        lr = cfg.lr
         for b in bar:
+            lr = cfg.lr_at(epoch, b, n_batches)
+            trainer.set_lr(lr)
             idx = ctx.shard(perm[b * bs : (b + 1) * bs])
             x = train.x[idx].to(ctx.device, torch.float32, non_blocking=True)
             y = train.y[idx].to(ctx.device)
@@ -155,7 +181,7 @@ def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress
                 raise TrainingError(f"training diverged (loss is {loss_value}) at epoch {epoch + 1}, batch {b + 1}; "
                                     f"the last good state is in {resume_path}. Try a lower --lr.")
             sums += torch.tensor([loss_value, float(correct), float(len(y))], dtype=torch.float64)
-            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}")
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", online_acc=f"{sums[1] / sums[2]:.3f}")
             if interval > 0 and time.perf_counter() - t_saved > interval and b + 1 < n_batches and ctx.is_main:
                 save_resume(epoch, b + 1, sums, draws, time.perf_counter() - t_start)
                 t_saved = time.perf_counter()
@@ -165,25 +191,70 @@ def _fit(model_config, cfg, train, test, out, resume, ctx: DistContext, progress
         trainer.before_eval()
         traces = trainer.traces.wbar + trainer.traces.lam if cfg.method == "fptt" else []
         divergence = ctx.divergence(list(model.parameters()) + traces)
-        test_metrics = evaluate(model, test.x, test.y, test.lengths, device=ctx.device)
-        record = {"epoch": epoch + 1, "train_loss": float(sums[0] / sums[2]), "train_accuracy": float(sums[1] / sums[2]),
-                  "test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"], "train_time_s": round(train_time, 3),
-                  "rank_divergence": divergence}
+        record = {"epoch": epoch + 1, "lr": lr, "online_loss": float(sums[0] / sums[2]), "online_accuracy": float(sums[1] / sums[2])}
+        for name, ds in (("train", scored), ("val", val), ("test", test)):
+            if ds is not None:
+                m = evaluate(model, ds.x, ds.y, ds.lengths, device=ctx.device)
+                record[f"{name}_loss"], record[f"{name}_accuracy"] = m["loss"], m["accuracy"]
+        record.update({"train_time_s": round(train_time, 3), "rank_divergence": divergence})
         history.append(record)
+        if _best_index(history, val is not None) == len(history) - 1:
+            best_state = _own_tensors(model)
         if ctx.is_main:
-            metrics = _metrics_summary(history, cfg, model, train, test, ctx)
-            save_checkpoint(out / MODEL_FILE, {"kind": "model", **meta, "state_dict": _own_tensors(model), "metrics": metrics})
+            metrics = _metrics_summary(history, cfg, model, train, test, val, ctx)
+            save_checkpoint(out / MODEL_FILE, {"kind": "model", **meta, "state_dict": best_state, "metrics": metrics})
+        trainer.after_eval()
+        if ctx.is_main:
             save_resume(epoch + 1, 0, torch.zeros(3), draws, 0.0)
             write_json_atomic(out / METRICS_FILE, metrics)
             plot_curves(history, out / PLOT_FILE, title=f"{train.input_spec.get('task', '')} - {cfg.method.upper()}")
             if progress:
-                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
-                           f"test acc {record['test_accuracy']:.4f} | {train_time:.1f}s")
+                shown = f" | val acc {record['val_accuracy']:.4f}" if val is not None else ""
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: online loss {record['online_loss']:.4f} acc {record['online_accuracy']:.4f} | "
+                           f"train acc {record['train_accuracy']:.4f}{shown} | test acc {record['test_accuracy']:.4f} | lr {lr:.2e} | "
+                           f"{train_time:.1f}s")
         ctx.barrier()
-    return _metrics_summary(history, cfg, model, train, test, ctx)
+    return _metrics_summary(history, cfg, model, train, test, val, ctx)
 
 
-HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+SELECTION = "best validation accuracy (ties: lower validation loss, then the earlier epoch)"
+
+
+def _best_index(history: list[dict], has_val: bool) -> int:
+    """The selected epoch's index in ``history``: the best on validation, or the last without validation data."""
+    if not has_val:
+        return len(history) - 1
+    return min(range(len(history)), key=lambda i: (-history[i]["val_accuracy"], history[i]["val_loss"], i))
+
+
+def _stop_early(history: list[dict], patience: int, has_val: bool) -> bool:
+    """``patience`` epochs have passed since the best validation epoch."""
+    return bool(patience and has_val and history and len(history) - 1 - _best_index(history, True) >= patience)
+
+
+def _train_eval_indices(n: int, samples: int, seed: int) -> torch.Tensor:
+    """A fixed random subset (sorted) of the training data, re-scored like the test set after each epoch."""
+    if samples == 0 or samples >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + 99_991)
+    return torch.sort(torch.randperm(n, generator=g)[:samples]).values
+
+
+def _best_state_on_resume(history: list[dict], model_path: Path, has_val: bool) -> dict:
+    """The selected weights of an interrupted run: ``model.pt`` holds them (written at every epoch end)."""
+    want = history[_best_index(history, has_val)]["epoch"]
+    try:
+        payload = load_checkpoint(model_path, kind="model")
+    except FpttEdgeError as exc:
+        raise TrainingError(f"{model_path}: the selected weights of the interrupted run are unreadable ({exc}); start a new run") from None
+    got = (payload.get("metrics") or {}).get("selected_epoch")
+    if got != want:
+        raise TrainingError(f"{model_path}: holds epoch {got!r}, the interrupted run selected epoch {want}; start a new run")
+    return payload["state_dict"]
+
+
+HISTORY_KEYS = ("epoch", "online_loss", "online_accuracy", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+VAL_KEYS = ("val_loss", "val_accuracy")
 
 
 def _saved_config(payload: dict, path) -> TrainConfig:
@@ -196,20 +267,33 @@ def _saved_config(payload: dict, path) -> TrainConfig:
         raise TrainingError(f"{path}: invalid training_config ({str(exc)[:200]})") from None
 
 
+# Settings a resumed run may change: how long it runs and what is only reported or how fast it runs
+# (the compiled update agrees with the eager one within float rounding).
+RESUME_MAY_CHANGE = ("epochs", "checkpoint_interval", "patience", "train_eval_samples", "compile")
+
+
 def _resume_differences(payload: dict, model_config: ModelConfig, cfg: TrainConfig, data: dict, path) -> list[str]:
     """What this command would change against the interrupted run: the model, the training
-    settings (``epochs`` may grow; ``checkpoint_interval`` may change) and the data (task and
+    settings (but :data:`RESUME_MAY_CHANGE`; ``epochs`` may grow) and the data (task and
     options, file contents, sample counts, the loaded samples), one readable item each."""
     out = [f"model {k}: {_show(a)} then, {_show(b)} now" for k, a, b in _dict_diff(payload["model_config"], model_config.to_dict())]
     saved_cfg, now_cfg = payload["training_config"], cfg.to_dict()
     out += [f"{k}: {_show(saved_cfg[k])} then, {_show(now_cfg[k])} now" for k in now_cfg
-            if k not in ("epochs", "checkpoint_interval") and not _same(saved_cfg.get(k), now_cfg[k])]
+            if k not in RESUME_MAY_CHANGE and not _same(saved_cfg.get(k), now_cfg[k])]
+    if saved_cfg.get("epochs") != cfg.epochs and (cfg.schedule == "cosine" or (cfg.schedule == "step" and not cfg.milestones)):
+        out.append(f"epochs: {_show(saved_cfg.get('epochs'))} then, {cfg.epochs} now (the {cfg.schedule} learning-rate schedule spans "
+                   f"the run's epochs, so other --epochs would change the rates; --epochs may grow with --schedule constant or "
+                   f"step with --milestones)")
     saved_data = payload.get("data")
     if not (_plain(saved_data) and isinstance(saved_data, dict) and all(isinstance(saved_data.get(s), dict) for s in ("train", "test"))):
         raise TrainingError(f"{path}: records no usable identity of its training data (written by an older fptt-edge, or edited); "
                             f"--resume cannot check the data are the same. Start a new run (another --out)")
     for split in ("train", "test"):
         out += _data_differences(split, saved_data[split], data[split])
+    if isinstance(saved_data.get("val"), dict) and "val" in data:
+        out += _data_differences("val", saved_data["val"], data["val"])
+    elif "val" in saved_data or "val" in data:
+        out.append(f"validation data (--val): {'a file' if 'val' in saved_data else 'none'} then, {'a file' if 'val' in data else 'none'} now")
     return out
 
 
@@ -279,7 +363,7 @@ def _number(v, integer: bool = False) -> bool:
     return isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
-def _saved_progress(payload: dict, path) -> tuple[dict, list]:
+def _saved_progress(payload: dict, path, has_val: bool) -> tuple[dict, list]:
     """The saved progress and history, refused with the reason unless sound and consistent."""
     progress, history = payload["progress"], payload["history"]
     bad = [k for k in ("epoch", "batch", "correct", "seen") if not _number(progress.get(k), integer=True)]
@@ -289,8 +373,9 @@ def _saved_progress(payload: dict, path) -> tuple[dict, list]:
         bad.append("generator")
     if bad:
         raise TrainingError(f"{path}: invalid progress fields {bad}")
-    if not all(isinstance(r, dict) and all(_number(r.get(k)) for k in HISTORY_KEYS) for r in history):
-        raise TrainingError(f"{path}: history entries must hold finite {', '.join(HISTORY_KEYS)}")
+    keys = HISTORY_KEYS + (VAL_KEYS if has_val else ())
+    if not all(isinstance(r, dict) and all(_number(r.get(k)) for k in keys) for r in history):
+        raise TrainingError(f"{path}: history entries must hold finite {', '.join(keys)}")
     if progress["epoch"] != len(history):
         raise TrainingError(f"{path}: progress is at epoch {progress['epoch']}, but the history holds {len(history)} epochs")
     return progress, list(history)
@@ -325,18 +410,31 @@ def _own_tensors(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _metrics_summary(history, cfg, model, train, test, ctx) -> dict:
+def _metrics_summary(history, cfg, model, train, test, val, ctx) -> dict:
+    best = history[_best_index(history, val is not None)]
     last = history[-1]
+    keys = ("epoch", "online_accuracy", "train_accuracy", "val_accuracy", "test_accuracy", "test_loss")
     return {
-        "test_accuracy": last["test_accuracy"],
-        "train_accuracy": last["train_accuracy"],
+        "test_accuracy": best["test_accuracy"],
+        "train_accuracy": best["train_accuracy"],
+        "val_accuracy": best.get("val_accuracy"),
+        "online_accuracy": best["online_accuracy"],
+        "selected_epoch": best["epoch"],
+        "selection": SELECTION if val is not None else "last epoch (no validation data)",
+        "last_epoch": {k: last.get(k) for k in keys},
+        "stopped_early": _stop_early(history, cfg.patience, val is not None) and len(history) < cfg.epochs,
         "epochs": history,
         "method": cfg.method,
         "training_config": cfg.to_dict(),
         "model_config": model.config.to_dict(),
         "input_spec": dict(train.input_spec),
         "train_samples": len(train),
+        "val_samples": 0 if val is None else len(val),
         "test_samples": len(test),
+        "train_scored_samples": min(len(train), cfg.train_eval_samples or len(train)),
         "world_size": ctx.world,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "notes": {"online_accuracy": "FPTT/BPTT figure read during training (FPTT: after the weights were updated at every step of "
+                                     "the very sequence with its label); not comparable with the others",
+                  "train_accuracy": "the training data (a fixed subset of train_scored_samples) scored like the test set"},
     }

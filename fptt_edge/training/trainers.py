@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
@@ -17,7 +18,18 @@ from ..model import LTCNetwork, detach_state
 from .flat import FlatParameters
 from .fptt import FPTTTraces
 
+if TYPE_CHECKING:
+    from .compiled import CompiledFPTTUpdate
+from .init import TAU_INITS
+from .schedule import SCHEDULES, lr_at
+
 METHODS = ("fptt", "bptt")
+# Which weights FPTT evaluates (and saves in model.pt) after each epoch:
+#   "wbar": W <- Wbar, and training continues from Wbar (the authors' code);
+#   "wbar-restore": Wbar is evaluated and saved, then W is restored (evaluation does not change training);
+#   "current": W itself.
+EVAL_WEIGHTS = ("wbar", "wbar-restore", "current")
+COMPILE_MODES = ("off", "on", "auto")
 
 
 @dataclass
@@ -34,21 +46,48 @@ class TrainConfig:
     clip: float = 1.0
     seed: int = 0
     bptt_loss: str = "weighted"  # "weighted": mean_t w_t CE(m_t); "last": CE(m_T)
-    eval_weights: str = "wbar"  # "wbar": W <- Wbar before evaluation (reference); "current": keep W
+    eval_weights: str = "wbar"  # see EVAL_WEIGHTS
     checkpoint_interval: float = 300.0  # seconds between mid-epoch checkpoints (0 = epoch ends only)
+    schedule: str = "constant"  # learning-rate schedule (fptt_edge.training.schedule): constant, cosine, step
+    warmup: float = 0.0  # epochs of linear warm-up
+    milestones: tuple[int, ...] = ()  # step schedule: 1-based epochs after which lr *= gamma (empty: 50 % and 75 % of the run)
+    gamma: float = 0.1
+    val_fraction: float = 0.1  # stratified share of the training data held out for model selection (0: none)
+    patience: int = 0  # stop after this many epochs without a better validation accuracy (0: never)
+    train_eval_samples: int = 1000  # training sequences re-scored like the test set after each epoch (0: all)
+    compile: str = "off"  # FPTT update as one compiled graph: "on", "off", "auto" (on when the run is long enough to repay compiling)
+    tau_init: str = "default"  # gate time constants of a fresh model: "default" (zero biases, the reference) or "spread" (training/init.py)
 
     def __post_init__(self):
+        self.milestones = tuple(int(m) for m in self.milestones)
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}")
         if self.parts < 0 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.clip <= 0:
             raise ValueError("parts >= 0, epochs >= 1, batch_size >= 1, lr > 0 and clip > 0 are required")
         if self.bptt_loss not in ("weighted", "last"):
             raise ValueError("bptt_loss must be 'weighted' or 'last'")
-        if self.eval_weights not in ("wbar", "current"):
-            raise ValueError("eval_weights must be 'wbar' or 'current'")
+        if self.eval_weights not in EVAL_WEIGHTS:
+            raise ValueError(f"eval_weights must be one of {EVAL_WEIGHTS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}")
+        if not (0 <= self.warmup < self.epochs) or not 0 < self.gamma <= 1 or any(m < 1 for m in self.milestones):
+            raise ValueError("0 <= warmup < epochs, 0 < gamma <= 1 and milestones >= 1 are required")
+        if not 0 <= self.val_fraction < 1 or self.patience < 0 or self.train_eval_samples < 0:
+            raise ValueError("0 <= val_fraction < 1, patience >= 0 and train_eval_samples >= 0 are required")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}")
+        if self.tau_init not in TAU_INITS:
+            raise ValueError(f"tau_init must be one of {TAU_INITS}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    def lr_at(self, epoch: int, batch: int, batches: int) -> float:
+        """The scheduled learning rate of batch ``batch`` of epoch ``epoch`` (both 0-based)."""
+        return lr_at(self.lr, self.schedule, self.epochs, epoch, batch, batches, warmup=self.warmup, milestones=self.milestones,
+                     gamma=self.gamma)
 
 
 def final_logits(logits: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -59,9 +98,15 @@ def final_logits(logits: torch.Tensor, lengths: torch.Tensor | None) -> torch.Te
 
 
 class FPTTTrainer:
-    """Online FPTT updates over a batch of sequences."""
+    """Online FPTT updates over a batch of sequences.
 
-    def __init__(self, model: LTCNetwork, cfg: TrainConfig, net=None):
+    ``compile``: run each per-step update as one compiled graph (:mod:`~fptt_edge.training.compiled`)
+    for batches of ``cfg.batch_size`` sequences when ``parts`` gives one step per update; every
+    other case, and any platform where it cannot be built, takes the eager path, which
+    :meth:`apply_update` (the on-device learner's reference) always is.
+    """
+
+    def __init__(self, model: LTCNetwork, cfg: TrainConfig, net=None, compile: bool | None = None):
         self.model, self.cfg = model, cfg
         self.net = net if net is not None else model  # a DistributedDataParallel wrapper, when distributed
         # One flat buffer for all weights and one for all grads: every per-step update below is
@@ -70,12 +115,52 @@ class FPTTTrainer:
         self.params = [self.flat.flat]
         self.optimizer = torch.optim.Adamax(self.params, lr=cfg.lr, foreach=True)
         self.traces = FPTTTraces(self.params, cfg.alpha, cfg.beta)
+        self.compile = cfg.compile == "on" if compile is None else compile
+        self.compiled: CompiledFPTTUpdate | None = None
+        self.compile_note: str | None = None  # why the update is not compiled, when asked for and refused
+
+    def _compiled_update(self, x, chunk: int):
+        """The compiled update for this batch, built on first use; ``None`` for the eager path."""
+        if not self.compile or x.shape[0] != self.cfg.batch_size:
+            return None
+        if self.compiled is None and self.compile_note is None:
+            from .compiled import try_compile, why_not_compiled
+
+            self.compile_note = why_not_compiled(self.model, x.device, chunk, self.net is not self.model)
+            if self.compile_note is None:
+                self.compiled = try_compile(self, x.shape[0])
+                if self.compiled is None:
+                    self.compile_note = "torch.compile failed"
+        return self.compiled
+
+    def _train_batch_compiled(self, update, x, y, lengths, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, steps = x.shape[:2]
+        state = self.model.initial_state(batch, x.device, generator)
+        t = torch.arange(1, steps + 1, device=x.device, dtype=torch.float32).unsqueeze(1)  # [T, 1]
+        if lengths is None:
+            weights = (t / steps).expand(steps, batch).contiguous()
+        else:
+            lens = lengths.to(torch.float32).unsqueeze(0)
+            weights = torch.where(t <= lens, t / lens, torch.zeros((), device=x.device))
+        xs = x.transpose(0, 1).contiguous()
+        final = None
+        for i in range(steps):
+            logits, state = update(xs[i], y, weights[i], state)
+            if lengths is None or final is None:
+                final = logits
+            else:
+                final = torch.where((lengths - 1 == i).unsqueeze(1), logits, final)
+        assert final is not None  # steps >= 1
+        return F.cross_entropy(final, y, reduction="sum"), (final.argmax(1) == y).sum()
 
     def train_batch(self, x, y, lengths=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (summed CE at each sequence's last step, number correct there), as :class:`BPTTTrainer` does."""
         self.model.train()
         batch, steps = x.shape[:2]
         chunk = 1 if self.cfg.parts == 0 else max(1, math.ceil(steps / self.cfg.parts))
+        update = self._compiled_update(x, chunk)
+        if update is not None:
+            return self._train_batch_compiled(update, x, y, lengths, generator)
         state = self.model.initial_state(batch, x.device, generator)
         final = None
         for t0 in range(0, steps, chunk):
@@ -96,6 +181,7 @@ class FPTTTrainer:
                 final = picked.detach() if final is None else torch.where(ends_here, picked.detach(), final)
             self.apply_update(loss)
             state = detach_state(state)
+        assert final is not None  # steps >= 1: the loop ran
         return F.cross_entropy(final, y, reduction="sum"), (final.argmax(1) == y).sum()
 
     def apply_update(self, loss: torch.Tensor) -> None:
@@ -107,9 +193,24 @@ class FPTTTrainer:
         self.optimizer.step()
         self.traces.update()
 
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def before_eval(self) -> None:
-        if self.cfg.eval_weights == "wbar":
+        """Put the weights to evaluate (and save) in place: ``Wbar`` unless ``eval_weights == "current"``."""
+        if self.cfg.eval_weights == "wbar-restore":
+            self._kept = self.flat.flat.detach().clone()
+        if self.cfg.eval_weights in ("wbar", "wbar-restore"):
             self.traces.copy_wbar_to_params()
+
+    def after_eval(self) -> None:
+        """Back to the training weights (``eval_weights == "wbar-restore"``; the other choices keep what is there)."""
+        kept = getattr(self, "_kept", None)
+        if kept is not None:
+            with torch.no_grad():
+                self.flat.flat.copy_(kept)
+            self._kept = None
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "traces": self.traces.state_dict()}
@@ -151,7 +252,14 @@ class BPTTTrainer:
         self.optimizer.step()
         return F.cross_entropy(last.detach(), y, reduction="sum"), (last.detach().argmax(1) == y).sum()
 
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def before_eval(self) -> None:
+        pass
+
+    def after_eval(self) -> None:
         pass
 
     def state_dict(self) -> dict:
@@ -161,8 +269,17 @@ class BPTTTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def make_trainer(model: LTCNetwork, cfg: TrainConfig, net=None):
-    return (FPTTTrainer if cfg.method == "fptt" else BPTTTrainer)(model, cfg, net)
+def make_trainer(model: LTCNetwork, cfg: TrainConfig, net=None, updates_planned: int | None = None):
+    """The trainer for ``cfg.method``; with ``cfg.compile == "auto"`` FPTT's update is compiled when
+    ``updates_planned`` (FPTT updates left in the run) repays the compile time."""
+    if cfg.method != "fptt":
+        return BPTTTrainer(model, cfg, net)
+    compile = cfg.compile == "on"
+    if cfg.compile == "auto":
+        from .compiled import AUTO_MIN_UPDATES
+
+        compile = updates_planned is not None and updates_planned >= AUTO_MIN_UPDATES
+    return FPTTTrainer(model, cfg, net, compile=compile)
 
 
 @torch.no_grad()

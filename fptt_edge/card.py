@@ -1,0 +1,378 @@
+"""The model card (``fptt-edge card MODEL``): what a model is, what it costs, how it was checked.
+
+``build_card(path)`` gathers, for a checkpoint (``model.pt``) or an exported model
+(``model.onnx``):
+
+- task and data (the input spec: sensor, binning, downsampling, normalisation, classes);
+- accuracy (the run's ``metrics.json`` or the checkpoint's metrics; other runs given with
+  ``compare`` give the other method's figure, e.g. FPTT vs BPTT);
+- parameters, state size, multiply-accumulates per step: dense, and at the measured rates
+  (spike rates per layer from the export report's parity run; the input event rate from
+  ``data``, an ``.npz`` of frames), since a spike or an event is what makes a weight work;
+- memory for inference and for on-device adaptation (formulas below, stated in the card);
+- parity and FP16 figures from ``MODEL.report.json``;
+- per device profile, a per-step latency *estimate* from the profile's peak compute and memory
+  bandwidth (a roofline bound, not a measurement).
+
+:func:`render_markdown` writes it as Markdown. Exported models are read without torch; a
+checkpoint needs it (only to read the file).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import FpttEdgeError
+
+FLOAT_BYTES = 4
+ESTIMATE_NOTE = ("Estimate, not a measurement: max(2 x dense MACs / peak compute, bytes moved / memory bandwidth) from the profile's "
+                 "peak figures (a roofline bound). A batch-1 step is a few dozen small kernels, so on the device it is usually bound by "
+                 "kernel-launch overhead (tens of µs) well above this figure: measure with `fptt-edge bench` there.")
+
+
+class CardError(FpttEdgeError, ValueError):
+    """A model card that cannot be built, with the reason."""
+
+
+# --- the model's own figures (from its config alone) ------------------------------------------
+
+def layer_table(config: ModelConfig) -> list[dict]:
+    """Per layer: name, kind, shapes, parameters, state floats and MACs per step (dense), split into
+    the part driven by the layer's input (``input_macs``: scales with the input's event/spike
+    rate), by its own previous spikes (``recurrent_macs``) and the dense rest (``gate_macs``)."""
+    layers, shape = [], config.input_shape
+    for i, co in enumerate(config.conv_channels):
+        ci, h, w = shape
+        k = config.conv_kernel
+        ho, wo = h // 2, w // 2
+        params = co * ci * k * k + co + 2 * (co * co * k * k + co) + 2 + (2 * co if config.conv_batch_norm else 0)
+        layers.append({"name": f"l{i}", "kind": "conv", "input": [ci, h, w], "output": [co, ho, wo], "parameters": params,
+                       "state": 3 * co * ho * wo, "input_macs": co * ci * k * k * h * w, "recurrent_macs": 0,
+                       "gate_macs": 2 * co * co * k * k * ho * wo})
+        shape = (co, ho, wo)
+    features = math.prod(shape)
+    for j, hid in enumerate(config.hidden):
+        i = len(config.conv_channels) + j
+        layers.append({"name": f"l{i}", "kind": "dense", "input": [features], "output": [hid], "parameters": features * hid + hid + hid * hid + hid
+                       + 2 * (2 * hid * hid + hid) + 2, "state": 3 * hid, "input_macs": features * hid, "recurrent_macs": hid * hid,
+                       "gate_macs": 2 * 2 * hid * hid})
+        features = hid
+    c = config.num_classes
+    layers.append({"name": "readout", "kind": "readout", "input": [features], "output": [c], "parameters": features * c + c + 2 * c * c + c + 1,
+                   "state": c, "input_macs": features * c, "recurrent_macs": 0, "gate_macs": 2 * c * c})
+    return layers
+
+
+def macs(layers: list[dict], rates: dict[str, float | None], input_rate: float | None) -> dict:
+    """Dense MACs per step and MACs at the given rates: a layer's input part scales with the rate of
+    what feeds it (the input's event rate for the first layer, the previous layer's spike rate
+    after), its recurrent part with its own spike rate; gates stay dense. An unknown rate counts as 1."""
+    dense = {ly["name"]: ly["input_macs"] + ly["recurrent_macs"] + ly["gate_macs"] for ly in layers}
+    at_rates, feed = {}, input_rate
+    for ly in layers:
+        own = rates.get(ly["name"])
+        at_rates[ly["name"]] = (ly["input_macs"] * (1.0 if feed is None else feed) + ly["recurrent_macs"] * (1.0 if own is None else own)
+                                + ly["gate_macs"])
+        feed = own
+    return {"dense": dense, "dense_total": sum(dense.values()), "at_rates": {k: round(v) for k, v in at_rates.items()},
+            "at_rates_total": round(sum(at_rates.values())),
+            "rates": {"input": input_rate, **{ly["name"]: rates.get(ly["name"]) for ly in layers if ly["kind"] != "readout"}}}
+
+
+def memory(config: ModelConfig, layers: list[dict], trainable: int | None, adapt_batch: int, steps: int) -> dict:
+    """Inference and adaptation memory in bytes (FP32), with the formulas used."""
+    params = sum(ly["parameters"] for ly in layers)
+    folded = params - sum(2 * ly["output"][0] for ly in layers if ly["kind"] == "conv" and config.conv_batch_norm)  # BN folded at export
+    state = sum(ly["state"] for ly in layers)
+    frame = math.prod(config.input_shape)
+    # the largest activation: a conv output before pooling, or a dense layer's gate input [I; u]
+    largest = max(ly["output"][0] * ly["input"][1] * ly["input"][2] if ly["kind"] == "conv" else 2 * ly["output"][0] for ly in layers)
+    inference = {"weights": folded * FLOAT_BYTES, "state_two_sets": 2 * state * FLOAT_BYTES, "input_frame": frame * FLOAT_BYTES,
+                 "largest_activation": largest * FLOAT_BYTES}
+    inference["total"] = sum(inference.values())
+    n = params if trainable is None else trainable
+    adaptation = {"trainable_parameters": n, "optimizer_buffers": 5 * n * FLOAT_BYTES, "snapshots": 2 * 5 * n * FLOAT_BYTES,
+                  "gradients": n * FLOAT_BYTES, "train_step_state": 2 * adapt_batch * state * FLOAT_BYTES,
+                  "replay_frames": adapt_batch * steps * frame * FLOAT_BYTES}
+    adaptation["total"] = sum(v for k, v in adaptation.items() if k != "trainable_parameters")
+    return {"inference_bytes": inference, "adaptation_bytes": adaptation,
+            "formulas": {"inference": "weights (BN folded) + 2 state sets (double-buffered) + one input frame + the largest activation",
+                         "adaptation": "FPTT per trainable float: W, Wbar, lambda, Adamax m and u (5), kept again as the last-good and factory "
+                                       "snapshots (10), and a gradient (1); plus the train step's state (2 sets x batch) and a batch of "
+                                       "replayed sequences (batch x T frames). Constant in T apart from the replay buffer (FPTT keeps no "
+                                       "per-step activations)."}}
+
+
+def device_estimates(layers: list[dict], mem: dict, profiles) -> list[dict]:
+    """Per profile with peak figures: the roofline per-step latency (µs) in FP32 and FP16."""
+    flops = 2 * sum(ly["input_macs"] + ly["recurrent_macs"] + ly["gate_macs"] for ly in layers)
+    inf = mem["inference_bytes"]
+    out = []
+    for p in profiles:
+        row = {"profile": p.name, "module": p.module, "peak_fp32_gflops": p.peak_fp32_gflops, "peak_fp16_gflops": p.peak_fp16_gflops,
+               "memory_bandwidth_gbs": p.memory_bandwidth_gbs, "source": p.peak_source,
+               "unconfirmed": [f for f in p.unconfirmed if f in ("peak_fp32_gflops", "peak_fp16_gflops", "memory_bandwidth_gbs")]}
+        for precision, peak, weight_bytes in (("fp32", p.peak_fp32_gflops, inf["weights"]), ("fp16", p.peak_fp16_gflops, inf["weights"] / 2)):
+            if peak is None or p.memory_bandwidth_gbs is None:
+                row[f"estimate_{precision}_us"] = None
+                continue
+            moved = weight_bytes + inf["state_two_sets"] + inf["input_frame"]  # state stays FP32
+            compute_us, memory_us = flops / (peak * 1e9) * 1e6, moved / (p.memory_bandwidth_gbs * 1e9) * 1e6
+            row[f"estimate_{precision}_us"] = round(max(compute_us, memory_us), 3)
+            row[f"bound_{precision}"] = "compute" if compute_us >= memory_us else "memory"
+        out.append(row)
+    return out
+
+
+# --- gathering what is known about a model ------------------------------------------------------
+
+def _read_json(path: Path, what: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CardError(f"{path}: unreadable {what} ({type(exc).__name__})") from None
+    if not isinstance(value, dict):
+        raise CardError(f"{path}: {what} is not a JSON object")
+    return value
+
+
+def _source(path: Path) -> dict:
+    """What a model file says about itself: config, classes, input spec, training, metrics, checkpoint hash."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from .contract import read_contract
+
+        c = read_contract(path)
+        out = {"kind": "onnx", "config": c.model_config, "classes": list(c.class_names), "input_spec": dict(c.input.source),
+               "checkpoint_sha256": c.checkpoint_sha256, "training": None, "metrics": None, "opset": c.opset, "batch": c.batch}
+        ckpt = _checkpoint_beside(path, c.checkpoint_sha256)
+        if ckpt is not None:
+            out["checkpoint"] = str(ckpt)
+            out["metrics"] = _read_json(ckpt.parent / "metrics.json", "metrics")
+        return out
+    if suffix == ".pt":
+        from .checkpoint import load_checkpoint
+        from .io import file_sha256
+
+        payload = load_checkpoint(path)
+        metrics = payload.get("metrics") or _read_json(path.parent / "metrics.json", "metrics")
+        return {"kind": "checkpoint", "config": payload["model_config"], "classes": list(payload.get("class_names") or []),
+                "input_spec": dict(payload.get("input_spec") or {}), "checkpoint_sha256": file_sha256(path), "checkpoint": str(path),
+                "training": payload.get("training"), "metrics": metrics}
+    raise CardError(f"{path}: expected a checkpoint (.pt) or an exported model (.onnx)")
+
+
+def _checkpoint_beside(model: Path, sha: str) -> Path | None:
+    from .io import file_sha256
+
+    for cand in sorted(model.parent.glob("*.pt")):
+        if cand.is_file() and file_sha256(cand) == sha:
+            return cand
+    return None
+
+
+def _report(path: Path, sha: str) -> dict | None:
+    """The export report beside the model, if it belongs to the same checkpoint."""
+    cand = path.with_suffix(".report.json")
+    report = _read_json(cand, "export report")
+    if report is not None and report.get("checkpoint_sha256") == sha:
+        return {**report, "_path": str(cand)}
+    return None
+
+
+def _accuracy(src: dict, compare: list) -> dict:
+    """Test accuracy per training method: this model's, and each compared run's (a metrics.json,
+    a run folder or a checkpoint) when it trained the same architecture on the same task."""
+    rows = []
+    entries = [(src.get("checkpoint") or "this model", src.get("metrics"), src.get("training"))]
+    for other in compare:
+        other = Path(other)
+        if other.is_dir():
+            other = other / "metrics.json"
+        if other.suffix == ".pt":
+            s = _source(other)
+            entries.append((str(other), s["metrics"], s["training"]))
+        else:
+            m = _read_json(other, "metrics")
+            if m is None:
+                raise CardError(f"{other}: no such metrics.json (give a run folder, its metrics.json or its model.pt)")
+            entries.append((str(other), m, None))
+    for where, metrics, training in entries:
+        if not metrics:
+            continue
+        method = metrics.get("method") or (training or {}).get("method")
+        same = metrics.get("model_config") in (None, src["config"]) and (metrics.get("input_spec") or {}).get("task") in (None, src["input_spec"].get("task"))
+        rows.append({"method": method, "test_accuracy": metrics.get("test_accuracy"), "train_accuracy": metrics.get("train_accuracy"),
+                     "epochs": len(metrics.get("epochs") or []), "from": where, "same_model_and_task": bool(same)})
+    by_method = {r["method"]: r["test_accuracy"] for r in rows if r["same_model_and_task"] and r["method"]}
+    return {"runs": rows, "by_method": by_method}
+
+
+def input_rate(data, frame_shape) -> float | None:
+    """The fraction of non-zero inputs per step in an ``.npz`` (``x`` ``[N, T, *frame]``)."""
+    if data is None:
+        return None
+    try:
+        with np.load(data, allow_pickle=False) as f:
+            x = f["x"]
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise CardError(f"{data}: not an .npz with frames 'x' ({type(exc).__name__})") from None
+    if tuple(x.shape[2:]) != tuple(frame_shape):
+        raise CardError(f"{data}: frames have shape {tuple(x.shape[2:])}; the model takes {tuple(frame_shape)}")
+    return float(np.count_nonzero(x) / max(x.size, 1))
+
+
+def build_card(path, *, compare=(), data=None, devices=None) -> dict:
+    """The card of ``path`` (``.pt`` or ``.onnx``) as a JSON-ready dict."""
+    from .devices import all_profiles, load_profile
+
+    path = Path(path)
+    if not path.is_file():
+        raise CardError(f"{path}: no such file")
+    src = _source(path)
+    try:
+        config = ModelConfig.from_dict(src["config"])
+    except (TypeError, ValueError) as exc:
+        raise CardError(f"{path}: unusable model config ({exc})") from None
+    report = _report(path, src["checkpoint_sha256"])
+    layers = layer_table(config)
+    parity = (report or {}).get("parity") or {}
+    rate_in = input_rate(data, config.input_shape)
+    spike_rates: dict[str, float | None] = {str(k): float(v) for k, v in (parity.get("spike_rate") or {}).items() if isinstance(v, (int, float))}
+    train_step = (report or {}).get("train_step") or {}
+    steps = int((src["input_spec"].get("binning") or {}).get("steps") or src["input_spec"].get("steps") or 1)
+    mem = memory(config, layers, train_step.get("parameters"), int(train_step.get("batch") or 4), steps)
+    profiles = [load_profile(d) for d in devices] if devices else all_profiles()
+    spec = src["input_spec"]
+    card = {
+        "model": str(path), "kind": src["kind"], "checkpoint": src.get("checkpoint"), "checkpoint_sha256": src["checkpoint_sha256"],
+        "task": {"task": spec.get("task"), "classes": src["classes"], "input_shape": list(config.input_shape),
+                 "data": {k: v for k, v in spec.items() if k not in ("path", "test_path", "split", "file")}},
+        "architecture": config.to_dict(),
+        "training": src.get("training") or ((src.get("metrics") or {}).get("training_config")),
+        "accuracy": _accuracy(src, list(compare)),
+        "parameters": sum(ly["parameters"] for ly in layers),
+        "layers": layers,
+        "state": {"floats_per_stream": sum(ly["state"] for ly in layers), "bytes_per_stream": FLOAT_BYTES * sum(ly["state"] for ly in layers)},
+        "macs_per_step": macs(layers, spike_rates, rate_in) | {
+            "rates_source": {"spikes": "the export report's parity run (ONNX Runtime on real data)" if spike_rates else "not measured (no export report)",
+                             "input": f"non-zero fraction of {data}" if rate_in is not None else "not measured (pass --data FRAMES.npz)"}},
+        "memory": mem,
+        "export": _export_figures(report),
+        "devices": device_estimates(layers, mem, profiles),
+        "notes": [ESTIMATE_NOTE],
+    }
+    if spec.get("task") == "dvsgesture":
+        card["notes"].append("DVS128 Gesture: accuracy here is what this run measured on the data it was given; the published figure for "
+                             "the conv LTC-SNN with FPTT at T = 20 is 97.2 % (authors' log), not reproduced by this card.")
+    return card
+
+
+def _export_figures(report: dict | None) -> dict | None:
+    if report is None:
+        return None
+    par, prec = report.get("parity") or {}, report.get("precision") or {}
+    return {
+        "report": report.get("_path"), "opset": report.get("opset"), "batch": report.get("batch"), "model_bytes": report.get("model_bytes"),
+        "parity": {k: par.get(k) for k in ("passed", "exact", "streams", "steps", "max_abs_logits", "spike_agreement", "prediction_agreement",
+                                           "spike_rate")} | {"ties": len(par.get("ties") or [])} if par else None,
+        "fp16": {k: prec.get(k) for k in ("sequences", "steps", "accuracy", "flip_rate", "prediction_agreement", "max_abs_logits",
+                                          "recommendation")} if prec else None,
+        "fp16_variant": report.get("fp16_variant"),
+        "lint": {k: (report.get("lint") or {}).get(k) for k in ("device", "tensorrt", "verdict")},
+        "train_step": {k: (report.get("train_step") or {}).get(k) for k in ("trainable", "parameters", "batch", "model")} if report.get("train_step") else None,
+    }
+
+
+# --- Markdown ----------------------------------------------------------------------------------
+
+def _fmt(v, digits=4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _mib(n) -> str:
+    return "-" if n is None else (f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB")
+
+
+def render_markdown(card: dict) -> str:
+    t, m = card["task"], card["macs_per_step"]
+    lines = [f"# Model card: {Path(card['model']).name}", "",
+             f"File `{card['model']}` ({card['kind']}); checkpoint SHA-256 `{card['checkpoint_sha256'][:16]}...`.", "",
+             "## Task and data", "",
+             f"- task: **{t['task'] or 'unknown'}**, {len(t['classes'])} classes: {', '.join(map(str, t['classes']))}",
+             f"- input per step: {t['input_shape']}; " + ", ".join(f"{k} {json.dumps(v)}" for k, v in t["data"].items() if k != "task"), "",
+             "## Accuracy", ""]
+    acc = card["accuracy"]
+    if acc["runs"]:
+        lines += ["| method | test accuracy | train accuracy | epochs | from | same model and task |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {_fmt(r['test_accuracy'])} | {_fmt(r['train_accuracy'])} | {r['epochs']} | `{r['from']}` | "
+                  f"{'yes' if r['same_model_and_task'] else 'no'} |" for r in acc["runs"]]
+    else:
+        lines.append("No training metrics found beside the model (pass --compare RUN for other runs).")
+    lines += ["", "## Size and compute", "",
+              f"- parameters: {card['parameters']:,}; state: {card['state']['floats_per_stream']:,} floats per stream "
+              f"({_mib(card['state']['bytes_per_stream'])})",
+              f"- MACs per step: dense {m['dense_total']:,}; at the measured rates {m['at_rates_total']:,} "
+              f"(rates: {', '.join(f'{k} {_fmt(v, 3)}' for k, v in m['rates'].items())}; spikes: {m['rates_source']['spikes']}; "
+              f"input: {m['rates_source']['input']})", "",
+              "| layer | kind | input | output | parameters | state floats | dense MACs | MACs at rates |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {ly['name']} | {ly['kind']} | {ly['input']} | {ly['output']} | {ly['parameters']:,} | {ly['state']:,} | "
+              f"{m['dense'][ly['name']]:,} | {m['at_rates'][ly['name']]:,} |" for ly in card["layers"]]
+    inf, ad = card["memory"]["inference_bytes"], card["memory"]["adaptation_bytes"]
+    lines += ["", "## Memory", "",
+              f"- inference: {_mib(inf['total'])} ({', '.join(f'{k} {_mib(v)}' for k, v in inf.items() if k != 'total')}): "
+              f"{card['memory']['formulas']['inference']}",
+              f"- on-device adaptation ({ad['trainable_parameters']:,} trainable): {_mib(ad['total'])} "
+              f"({', '.join(f'{k} {_mib(v)}' for k, v in ad.items() if k not in ('total', 'trainable_parameters'))}): "
+              f"{card['memory']['formulas']['adaptation']}", "", "## Export checks", ""]
+    ex = card["export"]
+    if ex is None:
+        lines.append("No export report beside the model (`fptt-edge export` writes MODEL.report.json).")
+    else:
+        par, fp16 = ex["parity"], ex["fp16"]
+        lines.append(f"- report `{ex['report']}`: opset {ex['opset']}, batch {ex['batch']}, lint {ex['lint']['verdict']} "
+                     f"({ex['lint']['device']}, TensorRT {ex['lint']['tensorrt']})")
+        if par:
+            lines.append(f"- parity vs PyTorch ({par['streams']} streams x {par['steps']} steps): {'PASS' if par['passed'] else 'FAIL'}, "
+                         f"exact {par['exact']}, max |d logits| {_fmt(par['max_abs_logits'], 3)}, spike agreement {par['spike_agreement']}, "
+                         f"{par['ties']} rounding ties")
+        else:
+            lines.append("- parity: not run (--no-check)")
+        if fp16:
+            lines.append(f"- FP16 emulation ({fp16['sequences']} sequences): accuracy {fp16['accuracy']}; flip rates {fp16['flip_rate']}; "
+                         f"{fp16['recommendation']}")
+        if ex["train_step"]:
+            lines.append(f"- train step for adaptation: {ex['train_step']}")
+    lines += ["", "## Per-step latency on device profiles (estimate)", "", card["notes"][0], "",
+              "| profile | peak FP32 GFLOPS | peak FP16 GFLOPS | bandwidth GB/s | FP32 est. µs | FP16 est. µs | bound |", "|---|---|---|---|---|---|---|"]
+    for d in card["devices"]:
+        flag = " (unconfirmed)" if d["unconfirmed"] else ""
+        lines.append(f"| {d['profile']}{flag} | {_fmt(d['peak_fp32_gflops'])} | {_fmt(d['peak_fp16_gflops'])} | {_fmt(d['memory_bandwidth_gbs'])} | "
+                     f"{_fmt(d.get('estimate_fp32_us'))} | {_fmt(d.get('estimate_fp16_us'))} | {d.get('bound_fp32', '-')} |")
+    sources = sorted({d["source"] for d in card["devices"] if d["source"]})
+    if sources:
+        lines += ["", "Peak figures: " + "; ".join(sources) + "."]
+    for note in card["notes"][1:]:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def write_card(card: dict, out_base) -> tuple[Path, Path]:
+    """``OUT.card.md`` and ``OUT.card.json``."""
+    from .io import write_bytes_atomic, write_json_atomic
+
+    base = Path(out_base)
+    md, js = base.with_name(base.name + ".card.md"), base.with_name(base.name + ".card.json")
+    write_bytes_atomic(md, render_markdown(card).encode())
+    write_json_atomic(js, card)
+    return md, js

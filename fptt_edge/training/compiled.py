@@ -1,0 +1,174 @@
+"""One FPTT update as one compiled program (``torch.compile``), with the eager trainer as the fallback.
+
+The graph holds the whole per-step update of :class:`~fptt_edge.training.trainers.FPTTTrainer`:
+one forward step through the model (``torch.func.functional_call`` on per-parameter views of
+the flat weight buffer), the weighted cross-entropy, its gradient (``torch.func.grad``; the
+views' gradients concatenated into one flat gradient), the FPTT regulariser's gradient
+``alpha W - (alpha Wbar + lam)``, clipping to ``clip`` over the flat gradient, Adamax (the
+same arithmetic as ``torch.optim.Adamax``; its state tensors are the optimiser's own, so
+checkpoints, resume and the eager path share them) and the ``lam``/``Wbar`` update. Every
+buffer is updated in place.
+
+What keeps it one graph that never recompiles (see ``../shared/spec/compiled-fptt-update.md``):
+values that change every step (the Adamax step size ``-lr / (1 - beta1^t)``, computed in double
+on the host as ``torch.optim.Adamax`` does, and the per-sequence loss weights) are tensors
+filled in place; shapes are static, so one graph serves one batch size (other batch sizes,
+e.g. an epoch's short last batch, take the eager path). On CPU inductor's C++ wrapper is used
+and, after the first calls, guard evaluation is skipped (shapes, dtypes and the module never
+change inside one trainer). glibc's malloc trim/mmap thresholds are raised (the graph's
+temporaries otherwise cost page faults on every update).
+
+Agreement with the eager update: within float32 rounding (the compiled backward rounds
+differently by about one ulp; Adamax amplifies that in near-zero gradients), spikes identical;
+``tests/test_compiled_fptt.py`` checks both.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import shutil
+import warnings
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+AUTO_MIN_UPDATES = 20_000  # "auto": compile only when the run has this many FPTT updates (compiling takes ~10-40 s)
+
+
+class CompileUnavailable(RuntimeError):
+    """Why the compiled update cannot be used here (the trainer then stays eager)."""
+
+
+def why_not_compiled(model: torch.nn.Module, device: torch.device, chunk: int, distributed: bool) -> str | None:
+    """``None`` when the compiled update applies, else the reason it does not."""
+    if chunk != 1:
+        return "FPTT-K (more than one step per update) runs eagerly"
+    if distributed:
+        return "data-parallel training runs eagerly"
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return "batch norm (running statistics updated in training) runs eagerly"
+    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        return "no C++ compiler found for inductor's CPU backend"
+    if device.type not in ("cpu", "cuda"):
+        return f"no compiled update for device {device.type}"
+    if not hasattr(torch, "compile") or not hasattr(torch, "func"):
+        return "this PyTorch has no torch.compile"
+    return None
+
+
+def _tune_malloc() -> None:
+    """Raise glibc's mmap/trim thresholds (the compiled graph's multi-MB temporaries otherwise page-fault every update)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+
+
+class CompiledFPTTUpdate:
+    """The per-step update of an :class:`~fptt_edge.training.trainers.FPTTTrainer` (``parts`` = 0) as one graph.
+
+    ``__call__(x_t, y, w, state) -> (logits_t, new_state)`` does one update from the step input
+    ``x_t`` ``[B, ...]``, labels ``y`` and per-sequence loss weights ``w`` ``[B]`` (the loss is
+    ``sum_i w_i CE_i / B``), starting from ``state`` (a :class:`~fptt_edge.model.NetState`).
+
+    ``fptt=False`` leaves out the regulariser, the clipping and the traces: a plain per-step
+    Adamax update, the yardstick ``benchmarks/time_per_sequence.py`` compares with.
+    """
+
+    def __init__(self, trainer: Any, batch: int, fptt: bool = True):
+        self.trainer, self.batch, self.fptt = trainer, batch, fptt
+        model = trainer.model
+        self.model = model
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if len(named) != len(list(model.parameters())):
+            raise CompileUnavailable("frozen parameters: the compiled update trains every tensor")
+        self.names = [n for n, _ in named]
+        self.shapes = [tuple(p.shape) for _, p in named]
+        self.sizes = [p.numel() for _, p in named]
+        flat = trainer.flat.flat
+        self.weights = flat.detach()  # shares storage with the parameters
+        group = trainer.optimizer.param_groups[0]
+        self.beta1, self.beta2 = (float(b) for b in group["betas"])
+        self.eps = float(group["eps"])
+        if group.get("weight_decay", 0) or group.get("maximize", False):
+            raise CompileUnavailable("Adamax with weight decay or maximize is not compiled")
+        self.step_size = torch.zeros((), dtype=flat.dtype, device=flat.device)
+        traces = trainer.traces
+        self.alpha, self.beta, self.clip = traces.alpha, traces.beta, float(trainer.cfg.clip)
+        device = flat.device
+        options: dict[str, Any] = {}
+        mode = None
+        if device.type == "cpu":
+            options["cpp_wrapper"] = True
+            _tune_malloc()
+        else:
+            mode = "reduce-overhead"  # CUDA graphs
+        self._fn = torch.compile(self._update, fullgraph=True, dynamic=False, options=options or None, mode=mode)
+        self.calls = 0
+        self.n_state = len(model.state_names())
+
+    # the traced function: no Python value in it may change between calls
+    def _update(self, weights, exp_avg, exp_inf, wbar, lam, anchor, step_size, x, y, w, *state):
+        from ..model import unflatten_state
+
+        model, names, shapes, sizes = self.model, self.names, self.shapes, self.sizes
+
+        def loss_fn(views):
+            params = dict(zip(names, views))
+            st = unflatten_state(model, list(state))
+            logits, new = torch.func.functional_call(model, params, (x.unsqueeze(1), st))
+            picked = logits[:, -1]
+            ce = F.cross_entropy(picked, y, reduction="none")
+            return (w * ce).sum() / x.shape[0], (picked.detach(), [t.detach() for t in new.tensors()])
+
+        views = [v.view(s) for v, s in zip(torch.split(weights, sizes), shapes)]
+        grads, (logits, new_state) = torch.func.grad(loss_fn, has_aux=True)(views)
+        g = torch.cat([t.reshape(-1) for t in grads])
+        if self.fptt:
+            g = g + self.alpha * weights - anchor  # + dR/dW
+            norm = torch.linalg.vector_norm(g, 2)
+            g = g * torch.clamp(self.clip / (norm + 1e-6), max=1.0)
+        exp_avg.lerp_(g, 1.0 - self.beta1)
+        exp_inf.copy_(torch.maximum(exp_inf * self.beta2, g.abs() + self.eps))
+        weights.add_(step_size * exp_avg / exp_inf)
+        if self.fptt:
+            lam.add_(weights - wbar, alpha=-self.alpha)
+            wbar.lerp_(weights, self.beta)
+            wbar.add_(lam, alpha=-self.beta / self.alpha)
+            anchor.copy_(lam + self.alpha * wbar)
+        return (logits, *new_state)
+
+    def __call__(self, x, y, w, state):
+        from ..model import unflatten_state
+
+        opt = self.trainer.optimizer
+        group = opt.param_groups[0]
+        st = opt.state[self.trainer.flat.flat]  # looked up each time: load_state_dict replaces the optimiser's state
+        if not st:  # what torch.optim.Adamax creates at its first step
+            st["step"] = torch.tensor(0.0, dtype=torch.float32)
+            st["exp_avg"] = torch.zeros_like(self.weights, memory_format=torch.preserve_format)
+            st["exp_inf"] = torch.zeros_like(self.weights, memory_format=torch.preserve_format)
+        step = st["step"]
+        step.add_(1.0)
+        t = float(step)
+        self.step_size.fill_(-(float(group["lr"]) / (1.0 - self.beta1 ** t)))
+        traces = self.trainer.traces
+        args = (self.weights, st["exp_avg"], st["exp_inf"], traces.wbar[0], traces.lam[0], traces._anchor[0],
+                self.step_size, x, y, w, *state.tensors())
+        if self.calls >= 2 and self.weights.device.type == "cpu":
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                out = self._fn(*args)
+        else:
+            out = self._fn(*args)
+        self.calls += 1
+        return out[0], unflatten_state(self.model, list(out[1:]))
+
+
+def try_compile(trainer: Any, batch: int) -> CompiledFPTTUpdate | None:
+    """The compiled update, or ``None`` (with a warning saying why) when it cannot be built."""
+    try:
+        return CompiledFPTTUpdate(trainer, batch)
+    except CompileUnavailable as exc:
+        warnings.warn(f"FPTT update not compiled: {exc}", stacklevel=2)
+        return None

@@ -1,0 +1,265 @@
+"""Continuous gesture recognition on a live stream: no segment boundaries, a decision rule instead.
+
+A model trained on labelled segments is stepped over a continuous event stream binned into
+frames of a fixed time window (the training bin width the model recorded, or one given). Each
+step's logits become class probabilities (softmax), smoothed over the last ``window`` steps;
+a gesture *starts* when one class's smoothed probability stays at or above ``threshold`` for
+``hold`` consecutive steps (it is emitted then, with the time its first confident step began),
+and *ends* when that probability falls below ``release`` or another class takes over. Each
+emitted :class:`GestureEvent` has a start time, the time it was detected, an end time, the
+class and its confidence (the smoothed probability when it was detected).
+
+With labelled segments (a DVS128 Gesture labels CSV), :func:`score` matches the emissions to
+them: segment accuracy (the first emission detected inside a segment has its class), detection
+delay (detection time minus segment start, for correct detections), missed segments, and false
+alarms per minute (emissions that match no segment of their class).
+
+numpy only, no torch.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import RuntimeInputError
+from .frames import FrameBinner
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """``window``: steps of probability smoothing (moving average); ``threshold``: smoothed
+    probability that makes a class a candidate; ``hold``: consecutive candidate steps before a
+    gesture is emitted; ``release``: smoothed probability below which the active gesture ends
+    (default ``threshold / 2``, hysteresis); ``refractory``: steps after a gesture ends before the
+    same class can start again; ``ignore``: class indices never emitted (e.g. a background class)."""
+
+    window: int = 3
+    threshold: float = 0.5
+    hold: int = 2
+    release: float | None = None
+    refractory: int = 0
+    ignore: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        for name in ("window", "hold"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise RuntimeInputError(f"{name} must be a positive whole number of steps, got {str(v)[:20]}")
+        if isinstance(self.refractory, bool) or not isinstance(self.refractory, (int, np.integer)) or self.refractory < 0:
+            raise RuntimeInputError(f"refractory must be a whole number of steps >= 0, got {str(self.refractory)[:20]}")
+        if not (isinstance(self.threshold, (int, float)) and 0 < self.threshold <= 1):
+            raise RuntimeInputError(f"threshold must be a probability in (0, 1], got {str(self.threshold)[:20]}")
+        if self.release is not None and not (isinstance(self.release, (int, float)) and 0 <= self.release <= self.threshold):
+            raise RuntimeInputError(f"release must be a probability in [0, threshold], got {str(self.release)[:20]}")
+
+    @property
+    def release_level(self) -> float:
+        return self.threshold / 2 if self.release is None else float(self.release)
+
+
+@dataclass
+class GestureEvent:
+    label: int
+    name: str
+    start_us: int  # start of the first confident step
+    detect_us: int  # end of the step at which it was emitted
+    confidence: float  # smoothed probability of the class at detection
+    end_us: int | None = None  # end of the last step it was active (None while active)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
+@dataclass
+class Recognizer:
+    """The decision rule for one stream: :meth:`update` once per step, :meth:`finish` at the end."""
+
+    class_names: Sequence[str]
+    rule: DecisionRule = field(default_factory=DecisionRule)
+
+    def __post_init__(self):
+        n = len(self.class_names)
+        if any(not 0 <= c < n for c in self.rule.ignore):
+            raise RuntimeInputError(f"ignored classes {list(self.rule.ignore)} are outside the model's {n} classes")
+        self._probs = np.zeros((self.rule.window, n))
+        self._filled = 0
+        self._candidate, self._count, self._candidate_start = None, 0, 0
+        self._active: GestureEvent | None = None
+        self._cooldown: dict[int, int] = {}
+        self.events: list[GestureEvent] = []
+        self.smoothed = np.zeros(n)
+
+    def update(self, logits: np.ndarray, start_us: int, end_us: int) -> GestureEvent | None:
+        """The step covering ``[start_us, end_us)`` gave ``logits``; returns the gesture emitted at this step, if any."""
+        logits = np.asarray(logits, np.float64).reshape(-1)
+        if logits.shape != (len(self.class_names),) or not np.isfinite(logits).all():
+            raise RuntimeInputError(f"logits must be {len(self.class_names)} finite values")
+        self._probs[self._filled % self.rule.window] = softmax(logits)
+        self._filled += 1
+        self.smoothed = self._probs[: min(self._filled, self.rule.window)].mean(0)
+        self._cooldown = {c: k - 1 for c, k in self._cooldown.items() if k > 1}
+        active = self._active
+        if active is not None and self.smoothed[active.label] < self.rule.release_level:
+            self._end(start_us)
+        order = np.argsort(-self.smoothed)
+        best = next((int(c) for c in order if int(c) not in self.rule.ignore), None)
+        if best is None or self.smoothed[best] < self.rule.threshold or best in self._cooldown or (
+                self._active is not None and self._active.label == best):
+            self._candidate, self._count = None, 0
+            return None
+        if best != self._candidate:
+            self._candidate, self._count, self._candidate_start = best, 0, start_us
+        self._count += 1
+        if self._count < self.rule.hold:
+            return None
+        if self._active is not None:  # another class took over
+            self._end(start_us)
+        event = GestureEvent(best, str(self.class_names[best]), int(self._candidate_start), int(end_us), float(self.smoothed[best]))
+        self._active, self._candidate, self._count = event, None, 0
+        self.events.append(event)
+        return event
+
+    def _end(self, at_us: int) -> None:
+        active = self._active
+        if active is None:
+            return
+        active.end_us = int(at_us)
+        if self.rule.refractory:
+            self._cooldown[active.label] = self.rule.refractory + 1
+        self._active = None
+
+    def finish(self, end_us: int) -> list[GestureEvent]:
+        """Close the active gesture at ``end_us``; all emitted gestures."""
+        if self._active is not None:
+            self._end(end_us)
+        return self.events
+
+
+# --- a continuous stream as frames ----------------------------------------------------------------
+
+def window_frames(events: np.ndarray, binner: FrameBinner, window_us: int, start_us: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of consecutive fixed windows ``[start + k * window, start + (k + 1) * window)`` over the
+    whole stream, binned as ``binner`` bins (sensor, downsampling, normalisation); and each window's start (us)."""
+    if isinstance(window_us, bool) or not isinstance(window_us, (int, np.integer)) or window_us < 1:
+        raise RuntimeInputError(f"the frame window must be a positive whole number of microseconds, got {str(window_us)[:20]}")
+    binner._check(events)
+    if len(events) == 0:
+        raise RuntimeInputError("no events to recognise")
+    t = events["t"]
+    t0 = int(t[0]) if start_us is None else int(start_us)
+    n = int((int(t[-1]) - t0) // window_us) + 1
+    if n > 10_000_000:
+        raise RuntimeInputError(f"{n} windows of {window_us} us: choose a larger window")
+    starts = t0 + np.arange(n, dtype=np.int64) * window_us
+    keep = t >= t0
+    ev = events[keep]
+    x, y = ev["x"].astype(np.int64), ev["y"].astype(np.int64)
+    if binner.downsample > 1:
+        x, y = (x * (1.0 / binner.downsample)).astype(np.int64), (y * (1.0 / binner.downsample)).astype(np.int64)
+    _, fh, fw = binner.frame_shape
+    inside = (x < fw) & (y < fh)
+    k = ((ev["t"][inside] - t0) // window_us).astype(np.int64)
+    frames = np.zeros((n, *binner.frame_shape), np.float32)
+    np.add.at(frames, (k, ev["p"][inside].astype(np.int64), y[inside], x[inside]), 1)
+    if binner.normalisation == "binary":
+        np.greater(frames, 0, out=frames, casting="unsafe")
+    elif binner.normalisation == "log1p":
+        np.log1p(frames, out=frames)
+    return frames, starts
+
+
+def recognise(session, frames: np.ndarray, starts: np.ndarray, window_us: int, rule: DecisionRule = DecisionRule(),
+              on_event=None) -> dict:
+    """Step ``frames`` through a one-stream ``session`` (no resets) and apply ``rule``.
+
+    Returns ``gestures`` (dicts), ``steps``, ``window_us``, ``duration_s`` and ``latency_us``
+    (p50/p90/p99 per step, µs); ``on_event(gesture)`` is called as each gesture is emitted."""
+    if session.streams != 1:
+        raise RuntimeInputError(f"continuous recognition needs a one-stream session, got {session.streams} streams")
+    rec = Recognizer(session.contract.class_names, rule)
+    latencies = np.empty(len(frames))
+    for i, frame in enumerate(frames):
+        t0 = time.perf_counter_ns()
+        logits = session.step(frame[None])
+        latencies[i] = time.perf_counter_ns() - t0
+        event = rec.update(logits[0], int(starts[i]), int(starts[i]) + window_us)
+        if event is not None and on_event is not None:
+            on_event(event)
+    end = int(starts[-1]) + window_us if len(starts) else 0
+    gestures = rec.finish(end)
+    us = latencies / 1e3
+    return {"steps": len(frames), "window_us": int(window_us), "duration_s": (end - int(starts[0])) / 1e6 if len(starts) else 0.0,
+            "rule": asdict(rule), "gestures": [g.to_dict() for g in gestures],
+            "latency_us": {p: float(np.percentile(us, q)) for p, q in (("p50", 50), ("p90", 90), ("p99", 99))} if len(us) else None}
+
+
+def score(gestures: Sequence[dict], segments: Sequence[tuple[int, int, int]], duration_s: float, grace_us: int = 0) -> dict:
+    """Emitted gestures against labelled ``segments`` ``(class, start_us, end_us)`` (model classes).
+
+    An emission belongs to the segment whose ``[start, end + grace)`` holds its detection time.
+    A segment is correct when the first emission in it has its class; the detection delay is
+    that emission's detection time minus the segment start. A false alarm is an emission that
+    is in no segment, or in one of another class."""
+    segs = sorted(segments, key=lambda s: s[1])
+    first: dict[int, dict] = {}
+    false_alarms = 0
+    for g in sorted(gestures, key=lambda g: g["detect_us"]):
+        inside = [i for i, (_, s, e) in enumerate(segs) if s <= g["detect_us"] < e + grace_us]
+        if not inside:
+            false_alarms += 1
+            continue
+        i = inside[0]
+        first.setdefault(i, g)
+        if g["label"] != segs[i][0]:
+            false_alarms += 1
+    correct = [i for i, g in first.items() if g["label"] == segs[i][0]]
+    delays = [(first[i]["detect_us"] - segs[i][1]) / 1e3 for i in correct]
+    minutes = duration_s / 60
+    return {
+        "segments": len(segs),
+        "segment_accuracy": len(correct) / len(segs) if segs else None,
+        "detected": len(first),
+        "missed": len(segs) - len(first),
+        "false_alarms": false_alarms,
+        "false_alarms_per_minute": false_alarms / minutes if minutes > 0 else None,
+        "detection_delay_ms": {"mean": float(np.mean(delays)), "median": float(np.median(delays)), "max": float(np.max(delays))} if delays else None,
+        "grace_ms": grace_us / 1e3,
+    }
+
+
+def default_window_us(source: dict) -> int | None:
+    """The training bin width the model recorded (``window_us``), if any."""
+    v = source.get("window_us")
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 1 else None
+
+
+def recognise_events(session, contract, events_path, labels_path=None, window_us: int | None = None, rule: DecisionRule = DecisionRule(),
+                     on_event=None, grace_us: int = 0) -> dict:
+    """``fptt-edge run --events REC --continuous``: the whole recording as one stream of fixed
+    windows (``window_us``, default the training step span the model records), the decision rule
+    on the logits, and with ``labels_path`` (a DVS128 Gesture labels CSV) the :func:`score`.
+    ``contract`` is the model's own (its binning metadata)."""
+    from .events import read_events, read_gesture_labels
+    from .inputs import csv_class_offset
+
+    binner = FrameBinner.from_contract(contract)
+    window = window_us if window_us is not None else default_window_us(contract.input.source)
+    if window is None:
+        raise RuntimeInputError("the model records no frame window (window_us in its input metadata); give one (--window-ms)")
+    frames, starts = window_frames(read_events(events_path), binner, int(window))
+    out = recognise(session, frames, starts, int(window), rule, on_event)
+    if labels_path is not None:
+        offset = csv_class_offset(contract)
+        segs = [(c - offset, s, e) for c, s, e in read_gesture_labels(labels_path)]
+        out["score"] = score(out["gestures"], segs, out["duration_s"], grace_us)
+    return out

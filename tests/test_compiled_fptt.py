@@ -1,0 +1,142 @@
+"""The compiled FPTT update (one torch.compile graph) against the eager one: the same spikes at
+every step, the same weights, traces and Adamax moments within float32 rounding, no recompiles
+per step, and the eager fall-back where it does not apply."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fptt_edge.config import ModelConfig
+from fptt_edge.model import LTCNetwork, detach_state
+from fptt_edge.training.compiled import why_not_compiled
+from fptt_edge.training.trainers import FPTTTrainer, TrainConfig, make_trainer
+
+B, T, C, K = 4, 10, 3, 4
+LENGTHS = torch.tensor([10, 4, 7, 1])
+
+pytestmark = pytest.mark.skipif(why_not_compiled(torch.nn.Linear(1, 1), torch.device("cpu"), 1, False) is not None,
+                                reason="no compiler for torch.compile here")
+
+
+def _net(seed: int = 0) -> LTCNetwork:
+    torch.manual_seed(seed)
+    return LTCNetwork(ModelConfig(input_shape=(C,), num_classes=K, hidden=(12, 10)))
+
+
+def _batch(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(B, T, C, generator=g) < 0.5).float() * 1.5, torch.randint(0, K, (B,), generator=g)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """One compiled trainer for the module (compiling takes seconds): its update is stateless apart
+    from the buffers, which each test resets from a fresh eager trainer."""
+    trainer = FPTTTrainer(_net(), TrainConfig(batch_size=B), compile=True)
+    x, y = _batch()
+    trainer.train_batch(x, y)  # builds and compiles
+    assert trainer.compiled is not None, trainer.compile_note
+    return trainer
+
+
+def _reset(trainer: FPTTTrainer, like: FPTTTrainer) -> None:
+    """``trainer``'s weights, traces and Adamax state := ``like``'s (fresh)."""
+    with torch.no_grad():
+        trainer.flat.flat.copy_(like.flat.flat)
+        trainer.traces.load_state_dict(like.traces.state_dict())
+    st = trainer.optimizer.state[trainer.flat.flat]
+    st["step"].zero_()
+    st["exp_avg"].zero_()
+    st["exp_inf"].zero_()
+
+
+def _buffers(trainer: FPTTTrainer) -> dict[str, torch.Tensor]:
+    st = trainer.optimizer.state[trainer.flat.flat]
+    return {"weights": trainer.flat.flat.detach().clone(), "wbar": trainer.traces.wbar[0].clone(), "lam": trainer.traces.lam[0].clone(),
+            "exp_avg": st["exp_avg"].clone(), "exp_inf": st["exp_inf"].clone()}
+
+
+def _eager_steps(trainer: FPTTTrainer, x, y, lengths, order=None):
+    """The eager update step by step (batch in ``order``): the spikes of every step."""
+    order = torch.arange(B) if order is None else order
+    x, y = x[order], y[order]
+    lengths = None if lengths is None else lengths[order]
+    state = trainer.model.initial_state(B)
+    spikes = []
+    trainer.model.train()
+    for t in range(T):
+        logits, state = trainer.model.step(x[:, t], state)
+        w = torch.full((B,), (t + 1) / T) if lengths is None else torch.where(t < lengths, (t + 1) / lengths.float(), torch.zeros(()))
+        trainer.apply_update((w * F.cross_entropy(logits, y, reduction="none")).sum() / B)
+        state = detach_state(state)
+        inverse = torch.argsort(order)
+        spikes.append([st.s[inverse].clone() for st in state.layers])
+    return spikes
+
+
+def _compiled_steps(trainer: FPTTTrainer, x, y, lengths):
+    state = trainer.model.initial_state(B)
+    spikes = []
+    xs = x.transpose(0, 1).contiguous()
+    for t in range(T):
+        w = torch.full((B,), (t + 1) / T) if lengths is None else torch.where(t < lengths, (t + 1) / lengths.float(), torch.zeros(()))
+        _, state = trainer.compiled(xs[t], y, w, state)
+        spikes.append([st.s.clone() for st in state.layers])
+    return spikes
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_compiled_update_equals_eager(compiled, with_lengths):
+    lengths = LENGTHS if with_lengths else None
+    x, y = _batch(2)
+    fresh, eager, control = (FPTTTrainer(_net(), TrainConfig(batch_size=B)) for _ in range(3))  # the same initial weights
+    _reset(compiled, fresh)
+    s_eager = _eager_steps(eager, x, y, lengths)
+    _eager_steps(control, x, y, lengths, order=torch.arange(B).flip(0))  # the same math, batch summed in reverse: the noise floor
+    s_comp = _compiled_steps(compiled, x, y, lengths)
+    for t in range(T):
+        for a, b in zip(s_eager[t], s_comp[t]):
+            assert torch.equal(a, b), f"spikes differ at step {t}"
+    assert sum(int(s.sum()) for step in s_eager for s in step) > 0, "vacuous: no spikes"
+    got, want, noise = _buffers(compiled), _buffers(eager), _buffers(control)
+    lr = TrainConfig().lr
+    for name in got:
+        diff = (got[name] - want[name]).abs()
+        floor = float((noise[name] - want[name]).abs().max())  # eager against itself (batch summed in reverse): float32 rounding
+        scale = max(float(want[name].abs().max()), 1e-3)
+        # The compiled backward rounds differently (~1 ulp). Adamax turns that into a visible step only where a
+        # gradient is near zero (|g| ~ eps); those few elements may differ by a fraction of lr per update.
+        close = diff <= max(1e-6 * scale, 4 * floor)
+        assert float(close.float().mean()) >= 0.99, (name, int((~close).sum()), diff.numel())
+        assert float(diff.max()) <= 0.1 * lr * T, (name, float(diff.max()))
+    assert float((got["weights"] - fresh.flat.flat.detach()).abs().max()) > 1e-3, "vacuous: nothing learned"
+
+
+def test_compiled_train_batch_reports_like_eager_and_never_recompiles(compiled):
+    import torch._dynamo.utils as dynamo_utils
+
+    x, y = _batch(3)
+    fresh, eager = (FPTTTrainer(_net(), TrainConfig(batch_size=B)) for _ in range(2))
+    _reset(compiled, fresh)
+    frames = dynamo_utils.counters["frames"]["ok"]
+    loss_c, correct_c = compiled.train_batch(x, y, LENGTHS)
+    compiled.train_batch(x, y)
+    assert dynamo_utils.counters["frames"]["ok"] == frames, "the compiled update recompiled"
+    _reset(compiled, fresh)
+    loss_c, correct_c = compiled.train_batch(x, y, LENGTHS)
+    loss_e, correct_e = eager.train_batch(x, y, LENGTHS)
+    assert int(correct_c) == int(correct_e) and float(loss_c) == pytest.approx(float(loss_e), rel=1e-4)
+    assert int(compiled.optimizer.state[compiled.flat.flat]["step"]) == T == int(eager.optimizer.state[eager.flat.flat]["step"])
+
+
+def test_eager_fall_back_where_the_compiled_update_does_not_apply(compiled):
+    x, y = _batch(4)
+    short = compiled.train_batch(x[:3], y[:3])  # another batch size: eager, no second graph
+    assert torch.isfinite(short[0])
+    k = make_trainer(_net(), TrainConfig(batch_size=B, parts=2, compile="on"))
+    k.train_batch(x, y)
+    assert k.compiled is None and "FPTT-K" in (k.compile_note or "")
+    assert make_trainer(_net(), TrainConfig(compile="auto"), updates_planned=100).compile is False
+    assert make_trainer(_net(), TrainConfig(compile="auto"), updates_planned=10**6).compile is True
+    assert make_trainer(_net(), TrainConfig(method="bptt", compile="on")).__class__.__name__ == "BPTTTrainer"

@@ -1,0 +1,161 @@
+"""Input encodings for analog channels: the arithmetic by hand, stream = batch, validation of
+untrusted metadata, the same frames on the training side and in the device runtime, and a small
+synthetic accelerometer gesture set that FPTT learns only through an encoding."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fptt_edge.cli import main
+from fptt_edge.contract import ContractError, StepContract
+from fptt_edge.data import tasks
+from fptt_edge.data.gestures import synthetic_gestures, write_npz
+from fptt_edge.data.tasks import encode_dataset, fit_encoding, load_task
+from fptt_edge.encoding import Encoding, EncodingError
+
+
+def test_standardize_and_delta_by_hand():
+    x = np.array([[[1.0], [1.25], [1.5], [0.9], [0.9]]], np.float32)  # [N=1, T=5, C=1]
+    enc = Encoding(kind="standardize+delta", channels=1, mean=(1.0,), std=(2.0,), threshold=0.1)  # level spacing 0.2
+    out = enc.encode(x)
+    assert out.shape == (1, 5, 3)
+    np.testing.assert_allclose(out[0, :, 0], [0.0, 0.125, 0.25, -0.05, -0.05], atol=1e-7)
+    # ref 1.0 -> 1.25: one ON (ref 1.2); -> 1.5: one ON (ref 1.4); -> 0.9: two OFF (ref 1.0); -> 0.9: none
+    np.testing.assert_array_equal(out[0, :, 1], [0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(out[0, :, 2], [0, 0, 0, 2, 0])
+    assert Encoding().encode(x) is not None and Encoding().output_shape((7,)) == (7,)
+
+
+def test_stream_equals_whole_sequence_and_fit_ignores_padding():
+    ds = synthetic_gestures(12, steps=40, classes=3, seed=1)
+    enc = fit_encoding(ds, "standardize+delta", 0.2)
+    lens = ds.lengths.numpy()
+    valid = np.concatenate([ds.x.numpy()[i, :lens[i], 0] for i in range(len(ds))])
+    assert enc.mean[0] == pytest.approx(valid.mean(), rel=1e-6) and enc.std[0] == pytest.approx(valid.std(), rel=1e-5)
+    whole = enc.encode(ds.x.numpy())
+    stream = enc.stream()
+    steps = np.stack([stream.step(ds.x.numpy()[:, t]) for t in range(ds.steps)], axis=1)
+    np.testing.assert_array_equal(steps, whole)
+    assert whole[..., 1:].sum() > 0, "vacuous: no level crossings"
+
+
+@pytest.mark.parametrize("bad", [{"kind": "fourier"}, {"kind": "standardize", "channels": 2, "mean": [0.0], "std": [1.0, 1.0]},
+                                 {"kind": "standardize", "channels": 1, "mean": [0.0], "std": [0.0]},
+                                 {"kind": "delta", "channels": 1, "mean": [0.0], "std": [1.0], "threshold": -1},
+                                 {"kind": "delta", "channels": 1, "mean": ["0"], "std": [1.0]}, {"kind": "none", "extra": 1}, [1, 2]])
+def test_untrusted_encodings_are_refused(bad):
+    with pytest.raises(EncodingError):
+        Encoding.from_dict(bad)
+
+
+def _contract(encoding: dict, frame: int):
+    from fptt_edge.config import ModelConfig
+    from fptt_edge.export.pipeline import build_contract
+    from fptt_edge.model import LTCNetwork
+
+    net = LTCNetwork(ModelConfig(input_shape=(frame,), num_classes=3, hidden=(4,)))
+    return build_contract(net, {"input_spec": {"task": "npz", "encoding": encoding}}, "0" * 64, 1, 18, {})
+
+
+def test_runtime_applies_the_recorded_encoding_as_training_does(tmp_path):
+    """The same raw .npz through the training-side loader (test_set_from_spec, which eval and export
+    use) and through the device runtime's reader gives bitwise the same frames."""
+    from fptt_edge.runtime.inputs import from_npz
+
+    train = synthetic_gestures(30, steps=24, classes=3, seed=2)
+    enc = fit_encoding(train, "standardize+delta", 0.1)
+    path = tmp_path / "raw.npz"
+    write_npz(path, synthetic_gestures(9, steps=24, classes=3, seed=2, split="test"))
+    contract = StepContract.from_metadata(_contract(enc.to_dict(), 3).to_metadata(), "m.onnx")
+    assert Encoding.from_dict(contract.input.encoding) == enc
+    device = np.stack([r.frames for r in from_npz(path, contract)])
+    host = tasks.test_set_from_spec({"task": "npz", "encoding": enc.to_dict()}, path)
+    np.testing.assert_array_equal(device, host.x.numpy())
+    assert host.input_shape == (3,) and host.input_spec["encoding"]["kind"] == "standardize+delta"
+
+
+def test_the_contract_refuses_an_encoding_that_does_not_fit_the_graph():
+    enc = Encoding(kind="delta", channels=2, mean=(0.0, 0.0), std=(1.0, 1.0))
+    meta = _contract(enc.to_dict(), 3).to_metadata()  # delta of 2 channels gives 4 values, the graph takes 3
+    with pytest.raises(ContractError, match="input encoding"):
+        StepContract.from_metadata(meta, "m.onnx")
+    inp = json.loads(meta["fptt_edge.input"])
+    inp["encoding"] = {"kind": "delta", "channels": 1, "mean": [0.0], "std": [float("nan")]}
+    with pytest.raises(ContractError, match="input encoding"):
+        StepContract.from_metadata({**meta, "fptt_edge.input": json.dumps(inp)}, "m.onnx")
+
+
+def test_encoding_is_fitted_on_the_training_part_and_recorded(tmp_path):
+    train, test = synthetic_gestures(60, steps=20, classes=3, seed=3), synthetic_gestures(30, steps=20, classes=3, seed=3, split="test")
+    write_npz(tmp_path / "tr.npz", train)
+    write_npz(tmp_path / "te.npz", test)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--task", "npz", "--train", str(tmp_path / "tr.npz"), "--test", str(tmp_path / "te.npz"),
+                                       "--hidden", "8", "--epochs", "1", "--batch-size", "16", "--encoding", "delta", "--out", str(out),
+                                       "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    payload = torch.load(out / "model.pt", weights_only=True)
+    recorded = Encoding.from_dict(payload["input_spec"]["encoding"])
+    assert payload["model_config"]["input_shape"] == [2] and recorded.kind == "delta"
+    from fptt_edge.data.dataset import split_validation
+
+    part, _ = split_validation(load_task("npz", "train", tmp_path / "tr.npz"), 0.1, 0)
+    assert recorded == fit_encoding(part, "delta", 0.1)  # fitted on the training part only (not the validation part)
+    evaluated = json.loads(CliRunner().invoke(main, ["eval", str(out / "model.pt"), "--data", str(tmp_path / "te.npz")]).output)
+    assert evaluated["accuracy"] == pytest.approx(json.loads((out / "metrics.json").read_text())["test_accuracy"])
+
+
+def _fptt_accuracy(train, test, encoding: str) -> float:
+    from fptt_edge.config import ModelConfig
+    from fptt_edge.model import LTCNetwork
+    from fptt_edge.training.trainers import FPTTTrainer, TrainConfig, evaluate
+
+    enc = fit_encoding(train, encoding)
+    tr, te = encode_dataset(train, enc), encode_dataset(test, enc)
+    torch.manual_seed(0)
+    model = LTCNetwork(ModelConfig(input_shape=tr.input_shape, num_classes=len(train.class_names), hidden=(32,)))
+    cfg = TrainConfig(batch_size=16, epochs=8, lr=1e-2, schedule="cosine")
+    trainer = FPTTTrainer(model, cfg)
+    order = torch.Generator().manual_seed(0)
+    batches = len(tr) // cfg.batch_size
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(tr), generator=order)
+        for b in range(batches):
+            trainer.set_lr(cfg.lr_at(epoch, b, batches))
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            trainer.train_batch(tr.x[idx], tr.y[idx], tr.lengths[idx])
+        trainer.before_eval()  # as the training loop does after every epoch (W <- Wbar, the default)
+    return evaluate(model, te.x, te.y, te.lengths)["accuracy"]
+
+
+def test_fptt_learns_synthetic_accelerometer_gestures_through_an_encoding():
+    """One analog channel around gravity (9.8, gestures of +-1.5..3 on top), 4 classes, 96 training
+    sequences of 28-40 steps: fed raw, FPTT stays at chance; standardised with level-crossing
+    ON/OFF channels (fitted on the training data) it learns them."""
+    train = synthetic_gestures(96, steps=40, classes=4, seed=0)
+    test = synthetic_gestures(96, steps=40, classes=4, seed=0, split="test")
+    raw = _fptt_accuracy(train, test, "none")
+    encoded = _fptt_accuracy(train, test, "standardize+delta")
+    assert raw <= 0.36 and encoded >= 0.5, (raw, encoded)
+
+
+def test_spread_time_constants_cover_the_sequence_length():
+    from fptt_edge.config import ModelConfig
+    from fptt_edge.model import LTCNetwork
+    from fptt_edge.training.init import init_time_constants
+
+    net = LTCNetwork(ModelConfig(input_shape=(3,), num_classes=4, hidden=(200,)))
+    init_time_constants(net, 400, "spread", seed=1)
+    layer = net.ltc_layers[0]
+    tau_m = 1 / torch.sigmoid(layer.gate_m.bias) - 1  # alpha = 1 / (1 + tau_m)
+    tau_a = -1 / torch.log(torch.sigmoid(layer.gate_a.bias))  # rho = exp(-1 / tau_a)
+    assert 1 - 1e-3 <= float(tau_m.min()) and float(tau_m.max()) <= 100 + 1e-2 and float(tau_m.max()) > 50
+    assert 2 - 1e-3 <= float(tau_a.min()) and float(tau_a.max()) <= 200 + 1e-1 and float(tau_a.max()) > 100
+    assert float(torch.sigmoid(net.readout.gate.bias[0])) == pytest.approx(8 / 400)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    init_time_constants(net, 400, "default")
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -1,0 +1,118 @@
+"""The continuous-recognition decision rule and its scoring (runtime/recognition.py), numpy only."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from fptt_edge.runtime.errors import RuntimeInputError
+from fptt_edge.runtime.events import EVENT_DTYPE
+from fptt_edge.runtime.frames import FrameBinner
+from fptt_edge.runtime.recognition import DecisionRule, Recognizer, recognise, score, window_frames
+
+NAMES = [f"g{i}" for i in range(6)]
+
+
+def logits_for(sequence) -> list[np.ndarray]:
+    """Per step: None (no class: flat logits) or a class index (that class strongly ahead)."""
+    out = []
+    for c in sequence:
+        z = np.zeros(len(NAMES))
+        if c is not None:
+            z[c] = 5.0
+        out.append(z)
+    return out
+
+
+def run_rule(sequence, rule, step_us=100):
+    rec = Recognizer(NAMES, rule)
+    emitted_at = []
+    for i, z in enumerate(logits_for(sequence)):
+        if rec.update(z, i * step_us, (i + 1) * step_us) is not None:
+            emitted_at.append(i)
+    return [g.to_dict() for g in rec.finish(len(sequence) * step_us)], emitted_at
+
+
+def test_hold_smoothing_release_by_hand():
+    # softmax of a 5-logit lead over 5 others: p = e^5 / (e^5 + 5) = 0.967; flat: 1/6 each
+    seq = [None, None, 2, 2, 2, 2, 2, None, None, None, None, 4, 4, 4, None]
+    gestures, at = run_rule(seq, DecisionRule(window=2, threshold=0.5, hold=2))
+    # window 2: step 2 smooths (1/6 + 0.967)/2 = 0.567 >= 0.5 -> candidate from step 2, held at step 3 -> emitted at step 3,
+    # start 200 us (step 2 began), detected 400 us (step 3 ended); releases (< 0.25) at step 8, whose mean is flat: ends at 800 us
+    assert at == [3, 12]
+    assert [(g["label"], g["start_us"], g["detect_us"], g["end_us"]) for g in gestures] == [(2, 200, 400, 800), (4, 1100, 1300, 1500)]
+    assert gestures[0]["confidence"] == pytest.approx((np.exp(5) / (np.exp(5) + 5)), rel=1e-6)  # both window steps confident at step 3
+    gestures, at = run_rule(seq, DecisionRule(window=1, threshold=0.9, hold=4))
+    assert at == [5] and [(g["label"], g["start_us"], g["end_us"]) for g in gestures] == [(2, 200, 700)]  # class 4 held only 3 steps
+
+
+def test_switch_refractory_and_ignore():
+    seq = [1, 1, 1, 3, 3, 3, None, 3, 3, None, 3, 3]
+    gestures, _ = run_rule(seq, DecisionRule(window=1, threshold=0.5, hold=2))
+    # 1 at step 1; 3 takes over (held at step 4: 1 ends at 300 when 3's first step began... it ends when released at step 3)
+    assert [(g["label"], g["start_us"], g["detect_us"], g["end_us"]) for g in gestures] == [
+        (1, 0, 200, 300), (3, 300, 500, 600), (3, 700, 900, 900), (3, 1000, 1200, 1200)]
+    gestures, _ = run_rule(seq, DecisionRule(window=1, threshold=0.5, hold=2, refractory=3))
+    assert [(g["label"], g["start_us"]) for g in gestures] == [(1, 0), (3, 300), (3, 1000)]  # the restart at 700 falls in the refractory time
+    gestures, _ = run_rule(seq, DecisionRule(window=1, threshold=0.5, hold=2, ignore=(3,)))
+    assert [g["label"] for g in gestures] == [1]
+    for bad in ({"window": 0}, {"hold": 1.5}, {"threshold": 0}, {"threshold": 0.5, "release": 0.6}, {"refractory": -1}):
+        with pytest.raises(RuntimeInputError):
+            DecisionRule(**bad)
+    with pytest.raises(RuntimeInputError, match="outside"):
+        Recognizer(NAMES, DecisionRule(ignore=(9,)))
+    with pytest.raises(RuntimeInputError, match="finite"):
+        Recognizer(NAMES).update(np.full(6, np.nan), 0, 1)
+
+
+def test_score_by_hand():
+    segments = [(0, 1000, 5000), (3, 8000, 12000), (5, 20000, 25000)]
+    gestures = [{"label": 0, "detect_us": 2000}, {"label": 1, "detect_us": 9000}, {"label": 3, "detect_us": 10000},
+                {"label": 4, "detect_us": 15000}, {"label": 5, "detect_us": 25500}]
+    s = score(gestures, segments, duration_s=30.0)
+    # seg 0: correct (delay 1 ms); seg 1: first emission is class 1 -> wrong (a false alarm), the later class 3 does not count;
+    # seg 2: the class-5 emission at 25.5 ms is after its end -> missed, and a false alarm; class 4 at 15 ms: in no segment
+    assert s["segment_accuracy"] == pytest.approx(1 / 3) and s["missed"] == 1 and s["detected"] == 2
+    assert s["false_alarms"] == 3 and s["false_alarms_per_minute"] == pytest.approx(6.0)
+    assert s["detection_delay_ms"] == {"mean": 1.0, "median": 1.0, "max": 1.0}
+    s = score(gestures, segments, duration_s=30.0, grace_us=1000)  # with a grace period the late emission counts for seg 2
+    assert s["segment_accuracy"] == pytest.approx(2 / 3) and s["false_alarms"] == 2 and s["detection_delay_ms"]["max"] == 5.5
+
+
+def test_window_frames_and_recognise_with_a_scripted_session():
+    rng = np.random.default_rng(0)
+    ev = np.zeros(500, EVENT_DTYPE)
+    ev["t"] = np.sort(rng.integers(10_000, 1_010_001, 500))
+    ev["t"][[0, -1]] = 10_000, 1_010_000  # 1 s: ten whole windows and one holding the last event
+    ev["x"], ev["y"], ev["p"] = rng.integers(0, 128, 500), rng.integers(0, 128, 500), rng.integers(0, 2, 500)
+    binner = FrameBinner((128, 128, 2), 20, "time", 4, "counts")
+    frames, starts = window_frames(ev, binner, 100_000)
+    assert frames.shape == (11, 2, 32, 32) and starts[0] == ev["t"][0] and np.all(np.diff(starts) == 100_000)
+    for k in range(len(frames)):  # each window by hand
+        sel = ev[(ev["t"] >= starts[k]) & (ev["t"] < starts[k] + 100_000)]
+        ref = np.zeros((2, 32, 32), np.float32)
+        np.add.at(ref, (sel["p"].astype(int), sel["y"] // 4, sel["x"] // 4), 1)
+        np.testing.assert_array_equal(frames[k], ref)
+    assert frames.sum() == len(ev)
+    with pytest.raises(RuntimeInputError, match="window"):
+        window_frames(ev, binner, 0)
+
+    script = iter(logits_for([None, 2, 2, 2, None, None, None, None, 5, 5, 5]))
+    session = SimpleNamespace(streams=1, contract=SimpleNamespace(class_names=NAMES), step=lambda x: next(script)[None])
+    seen = []
+    out = recognise(session, frames, starts, 100_000, DecisionRule(window=1, threshold=0.5, hold=2), on_event=seen.append)
+    assert [(g["label"], g["start_us"] - int(starts[0]), g["detect_us"] - int(starts[0])) for g in out["gestures"]] == [(2, 100_000, 300_000),
+                                                                                                                       (5, 800_000, 1_000_000)]
+    assert [g.label for g in seen] == [2, 5] and out["steps"] == 11 and out["duration_s"] == pytest.approx(1.1)
+    assert set(out["latency_us"]) == {"p50", "p90", "p99"}
+
+
+def test_recognition_is_torch_free():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import fptt_edge.runtime.recognition, fptt_edge.runtime.sparse_conv\n"
+            "assert 'torch' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -275,3 +275,45 @@ def test_info_describes_the_train_graph(exported):
     net = tiny_net()
     assert info["weights"] == sum(p.numel() for p in net.parameters()) and info["batch"] == 4
     assert set(info["tensors"]) == {n for n, _ in net.named_parameters()}
+
+
+def _tampered_train_graphs(folder):
+    """(name, bytes) of broken train graphs: truncated, random, and metadata that lies."""
+    data = (folder / "model.train.onnx").read_bytes()
+    yield "truncated", data[: len(data) // 2]
+    yield "random", np.random.default_rng(0).bytes(4000)
+    edits = {
+        "fptt_edge.train.batch": ["0", "-3", "x", "5"],
+        "fptt_edge.train.tensors": ["[]", "[[\"a\", [2], 7]]", "not json", "[[\"layers.0.a_m\", [], 0]]"],
+        "fptt_edge.train.hyper": ['{"lr": NaN}', '{"alpha": -1}', "[]", '{"lr": 1e-3, "bogus": 1}'],
+        "fptt_edge.train.model_type": ["something-else"],
+        "fptt_edge.train.contract_version": ["99", "v1"],
+        "fptt_edge.train.inference_sha256": ["0" * 64],
+        "fptt_edge.train.frame_shape": ["[9]", "[0]"],
+    }
+    for key, values in edits.items():
+        for value in values:
+            m = onnx.load_from_string(data)
+            for p in m.metadata_props:
+                if p.key == key:
+                    p.value = value
+            yield f"{key}={value}", m.SerializeToString()
+
+
+def test_broken_or_lying_train_graphs_are_refused_with_one_line(exported, tmp_path):
+    folder, _ = exported
+    x, y = digits(8)
+    np.savez(tmp_path / "new.npz", x=x, y=y)
+    cases = 0
+    for name, blob in _tampered_train_graphs(folder):
+        case = tmp_path / f"case{cases}"
+        case.mkdir()
+        (case / "model.onnx").write_bytes((folder / "model.onnx").read_bytes())
+        (case / "model.train.onnx").write_bytes(blob)
+        result = CliRunner().invoke(main, ["adapt", str(case / "model.onnx"), "--data", str(tmp_path / "new.npz"), "--json"])
+        assert result.exit_code == 2, (name, result.output, result.exception)
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output, (name, result.output)
+        assert not (case / "model.adapted").exists(), name
+        assert (case / "model.train.onnx").read_bytes() == blob  # nothing rewritten
+        cases += 1
+    assert cases >= 18

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..contract import StepContract, read_contract
 from .errors import AdaptationError
-from .inputs import Recording, from_events, from_npz
+from .inputs import Recording, from_contract_source, from_events, from_npz
 
 GUARD_SUFFIX = ".guard.npz"
 
@@ -24,28 +24,6 @@ GUARD_SUFFIX = ".guard.npz"
 def guard_path_for(model_path: Path) -> Path:
     """``model.onnx`` -> ``model.guard.npz`` (written by ``export --adapt``)."""
     return model_path.with_name(model_path.stem + GUARD_SUFFIX)
-
-
-def from_split_list(path, contract: StepContract) -> list[Recording]:
-    """An N-MNIST-style split list (``<name> <label>`` per line) of event files beside it."""
-    path = Path(path)
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AdaptationError(f"{path}: cannot read the split list ({exc})") from None
-    for n, line in enumerate(lines, 1):
-        parts = line.split()
-        if not parts or line.lstrip().startswith("#"):
-            continue
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise AdaptationError(f"{path}:{n}: expected '<recording> <label>'")
-        rec = path.parent / f"{parts[0]}.bs2"
-        if rec.parent != path.parent or "/" in parts[0] or "\\" in parts[0]:
-            raise AdaptationError(f"{path}:{n}: recording names must not leave the list's folder")
-        out.extend(from_events(rec, contract))
-        out[-1].label = int(parts[1])
-    return out
 
 
 def load_labelled(contract: StepContract, data=None, events=None, labels=None) -> list[Recording]:
@@ -57,7 +35,7 @@ def load_labelled(contract: StepContract, data=None, events=None, labels=None) -
             raise AdaptationError("--events needs --labels CSV: adaptation learns from labelled segments")
         recs = from_events(events, contract, labels)
     elif str(data).endswith(".txt"):
-        recs = from_split_list(data, contract)
+        recs = from_contract_source(contract, data, limit=None)
     else:
         recs = from_npz(data, contract)
     recs = [r for r in recs if r.label is not None]

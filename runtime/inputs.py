@@ -73,7 +73,7 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
     return [Recording(f"{Path(path).name}[{i}]", x[i], None if y is None else int(y[i])) for i in range(len(x))]
 
 
-def from_contract_source(contract: StepContract, path, limit: int = 20) -> list[Recording]:
+def from_contract_source(contract: StepContract, path, limit: int | None = 20) -> list[Recording]:
     """Labelled recordings from the N-MNIST split list ``path`` (``<recording> <label>`` lines,
     ``.bs2`` files beside it), binned as the model's metadata records for its training data.
 
@@ -96,7 +96,7 @@ def from_contract_source(contract: StepContract, path, limit: int = 20) -> list[
             raise RuntimeInputError(f"{path}:{n}: expected '<recording> <label>' (a name and a whole-number class)")
         if "/" in parts[0] or "\\" in parts[0] or parts[0] in (".", ".."):
             raise RuntimeInputError(f"{path}:{n}: recording names must not leave the list's folder")
-        if len(out) >= limit:
+        if limit is not None and len(out) >= limit:
             break
         recs = from_events(path.parent / f"{parts[0]}.bs2", contract)
         for r in recs:

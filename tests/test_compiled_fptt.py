@@ -33,9 +33,13 @@ def _batch(seed: int = 1):
 def compiled():
     """One compiled trainer for the module (compiling takes seconds): its update is stateless apart
     from the buffers, which each test resets from a fresh eager trainer."""
+    import torch._dynamo.utils as dynamo_utils
+
     trainer = FPTTTrainer(_net(), TrainConfig(batch_size=B), compile=True)
     x, y = _batch()
+    frames = dynamo_utils.counters["stats"]["unique_graphs"]
     trainer.train_batch(x, y)  # builds and compiles
+    trainer.frames_compiled = dynamo_utils.counters["stats"]["unique_graphs"] - frames  # type: ignore[attr-defined]
     assert trainer.compiled is not None, trainer.compile_note
     return trainer
 
@@ -119,10 +123,14 @@ def test_compiled_train_batch_reports_like_eager_and_never_recompiles(compiled):
     x, y = _batch(3)
     fresh, eager = (FPTTTrainer(_net(), TrainConfig(batch_size=B)) for _ in range(2))
     _reset(compiled, fresh)
-    frames = dynamo_utils.counters["frames"]["ok"]
+    # One graph for all T updates of the first batch: a value that changes per step (the step size,
+    # the loss weight) taken as a Python number would recompile at the second update (guards are
+    # evaluated on the first two calls, skipped after).
+    assert compiled.frames_compiled == 1, compiled.frames_compiled
+    frames = dynamo_utils.counters["stats"]["unique_graphs"]
     loss_c, correct_c = compiled.train_batch(x, y, LENGTHS)
     compiled.train_batch(x, y)
-    assert dynamo_utils.counters["frames"]["ok"] == frames, "the compiled update recompiled"
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == frames, "the compiled update recompiled"
     _reset(compiled, fresh)
     loss_c, correct_c = compiled.train_batch(x, y, LENGTHS)
     loss_e, correct_e = eager.train_batch(x, y, LENGTHS)
@@ -140,3 +148,25 @@ def test_eager_fall_back_where_the_compiled_update_does_not_apply(compiled):
     assert make_trainer(_net(), TrainConfig(compile="auto"), updates_planned=100).compile is False
     assert make_trainer(_net(), TrainConfig(compile="auto"), updates_planned=10**6).compile is True
     assert make_trainer(_net(), TrainConfig(method="bptt", compile="on")).__class__.__name__ == "BPTTTrainer"
+
+
+def test_a_failing_compiler_falls_back_to_eager_without_changing_anything(monkeypatch):
+    """torch.compile raising at the first call (no working compiler): the batch runs eagerly, as an
+    eager trainer runs it, and the trainer stays eager."""
+    import fptt_edge.training.compiled as compiled_mod
+
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler")
+        return call
+
+    monkeypatch.setattr(compiled_mod.torch, "compile", broken)
+    x, y = _batch(5)
+    trainer = FPTTTrainer(_net(), TrainConfig(batch_size=B), compile=True)
+    eager = FPTTTrainer(_net(), TrainConfig(batch_size=B))
+    with pytest.warns(UserWarning, match="eager instead"):
+        got = trainer.train_batch(x, y, LENGTHS, torch.Generator().manual_seed(3))
+    want = eager.train_batch(x, y, LENGTHS, torch.Generator().manual_seed(3))
+    assert trainer.compiled is None and "no C++ compiler" in (trainer.compile_note or "")
+    assert torch.equal(trainer.flat.flat, eager.flat.flat) and float(got[0]) == float(want[0])
+    assert int(trainer.optimizer.state[trainer.flat.flat]["step"]) == T

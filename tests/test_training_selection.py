@@ -49,7 +49,7 @@ def test_validation_split_is_stratified_disjoint_and_fixed_by_the_seed():
 # ---------------------------------------------------------------- model selection and early stopping
 
 
-def _scripted_fit(tmp_path, monkeypatch, val_script, **cfg_changes):
+def _scripted_fit(tmp_path, monkeypatch, val_script, method="fptt", **cfg_changes):
     """fit() where the validation accuracy of each epoch is scripted (everything else is real);
     returns the metrics and the weights evaluated at each epoch."""
     train, val, test = _data(48, 0), _data(15, 1), _data(12, 2)
@@ -64,7 +64,7 @@ def _scripted_fit(tmp_path, monkeypatch, val_script, **cfg_changes):
         return out
 
     monkeypatch.setattr(loop, "evaluate", scripted)
-    cfg = TrainConfig(method="fptt", epochs=len(val_script), batch_size=8, lr=0.02, **cfg_changes)
+    cfg = TrainConfig(method=method, epochs=len(val_script), batch_size=8, lr=0.02, **cfg_changes)
     metrics = loop.fit(_config(), cfg, train, test, tmp_path, progress=False, val=val)
     return metrics, seen
 
@@ -87,13 +87,13 @@ def test_model_pt_holds_the_best_validation_epoch(tmp_path, monkeypatch):
 
 
 def test_ties_go_to_the_lower_validation_loss_and_the_test_set_selects_nothing(tmp_path, monkeypatch):
-    metrics, _ = _scripted_fit(tmp_path, monkeypatch, [0.5, 0.5, 0.5])
+    metrics, _ = _scripted_fit(tmp_path, monkeypatch, [0.5, 0.5, 0.5], method="bptt")
     losses = [e["val_loss"] for e in metrics["epochs"]]
     assert metrics["selected_epoch"] == 1 + min(range(3), key=lambda i: (losses[i], i))
 
 
 def test_early_stopping_after_patience_epochs_without_a_better_validation_accuracy(tmp_path, monkeypatch):
-    metrics, seen = _scripted_fit(tmp_path, monkeypatch, [0.3, 0.7, 0.5, 0.6, 0.9, 0.95], patience=2)
+    metrics, seen = _scripted_fit(tmp_path, monkeypatch, [0.3, 0.7, 0.5, 0.6, 0.9, 0.95], method="bptt", patience=2)
     assert len(metrics["epochs"]) == 4 and len(seen) == 4  # epochs 3 and 4 did not beat epoch 2
     assert metrics["stopped_early"] and metrics["selected_epoch"] == 2
 
@@ -124,7 +124,7 @@ def test_online_accuracy_overstates_what_fptt_learned():
     sequence's own label while it is read (one sequence per batch here), so the online figure beats
     chance; scored like the test set, the same weights are at chance."""
     torch.manual_seed(0)
-    n, steps = 64, 40
+    n, steps = 40, 30
     x = torch.rand(n, steps, C)
     y = torch.randint(0, 2, (n,))
     model = LTCNetwork(ModelConfig(input_shape=(C,), num_classes=2, hidden=(8,)))

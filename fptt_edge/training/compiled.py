@@ -156,11 +156,23 @@ class CompiledFPTTUpdate:
         traces = self.trainer.traces
         args = (self.weights, st["exp_avg"], st["exp_inf"], traces.wbar[0], traces.lam[0], traces._anchor[0],
                 self.step_size, x, y, w, *state.tensors())
+        out = None
         if self.calls >= 2 and self.weights.device.type == "cpu":
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+            try:
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                    out = self._fn(*args)
+            except RuntimeError as exc:  # a guard failed after all (e.g. grad mode changed): evaluate guards again
+                if "skip_guard_eval_unsafe" not in str(exc):
+                    raise
+        if out is None:
+            if self.calls == 0:
+                try:
+                    out = self._fn(*args)
+                except Exception as exc:  # noqa: BLE001 - compiler failures vary (no compiler, unsupported op, ...)
+                    step.sub_(1.0)  # nothing was updated
+                    raise CompileUnavailable(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
+            else:
                 out = self._fn(*args)
-        else:
-            out = self._fn(*args)
         self.calls += 1
         return out[0], unflatten_state(self.model, list(out[1:]))
 

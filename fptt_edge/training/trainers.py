@@ -8,6 +8,7 @@ BPTT: one forward over the whole sequence, one backward.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -160,7 +161,16 @@ class FPTTTrainer:
         chunk = 1 if self.cfg.parts == 0 else max(1, math.ceil(steps / self.cfg.parts))
         update = self._compiled_update(x, chunk)
         if update is not None:
-            return self._train_batch_compiled(update, x, y, lengths, generator)
+            from .compiled import CompileUnavailable
+
+            drawn = None if generator is None else generator.get_state()
+            try:
+                return self._train_batch_compiled(update, x, y, lengths, generator)
+            except CompileUnavailable as exc:  # raised by the first call only, before anything changed: stay eager
+                warnings.warn(f"FPTT update not compiled, eager instead: {exc}", stacklevel=2)
+                self.compiled, self.compile_note = None, str(exc)
+                if generator is not None:
+                    generator.set_state(drawn)
         state = self.model.initial_state(batch, x.device, generator)
         final = None
         for t0 in range(0, steps, chunk):

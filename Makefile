@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml
 ## (checked, with its FPTT train-step graph), then adapt it on the "device" (no torch in that path) to a sensor shifted by 3 columns.
 demo: $(BIN)/.installed
 	rm -rf $(DEMO_DIR)
-	$(BIN)/fptt-edge train --task smnist --mode row --hidden 128 --epochs 8 --batch-size 32 --method fptt --out $(DEMO_DIR)
+	$(BIN)/fptt-edge train --task smnist --mode row --hidden 128 --epochs 8 --batch-size 32 --method fptt --schedule constant --val-fraction 0 --out $(DEMO_DIR)
 	$(BIN)/fptt-edge eval $(DEMO_DIR)/model.pt
 	$(BIN)/fptt-edge info $(DEMO_DIR)/model.pt
 	$(BIN)/fptt-edge export $(DEMO_DIR)/model.pt --device orin-nano-8gb --adapt

@@ -69,6 +69,31 @@ def _prune(g) -> None:
             g.node.remove(n)
 
 
+
+def check_active(active, values, streams: int, size: int) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Per stream: 1-D integer indices in ``[0, size)`` and, if given, as many finite values
+    (float32), else :class:`RuntimeInputError`. Shared by the sparse dense-input and conv sessions."""
+    if not isinstance(active, (list, tuple)) or len(active) != streams:
+        raise RuntimeInputError(f"need a list of active-input index arrays, one per stream ({streams}), got {type(active).__name__}")
+    if values is not None and (not isinstance(values, (list, tuple)) or len(values) != streams):
+        raise RuntimeInputError(f"need a list of value arrays, one per stream ({streams}), got {type(values).__name__}")
+    out_idx, out_val = [], []
+    for s, idx in enumerate(active):
+        idx = np.asarray(idx)
+        idx = idx.astype(np.intp) if idx.size == 0 else idx
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise RuntimeInputError(f"stream {s}: active inputs must be a 1-D integer index array, got {idx.dtype} {idx.shape}")
+        if idx.size and (idx.min() < 0 or idx.max() >= size):
+            raise RuntimeInputError(f"stream {s}: active input indices must lie in [0, {size}), got {idx.min()}..{idx.max()}")
+        out_idx.append(idx.astype(np.intp, copy=False))
+        if values is not None:
+            v = values[s]
+            v = None if isinstance(v, np.ma.MaskedArray) else np.asarray(v)
+            if v is None or v.shape != idx.shape or v.dtype.kind not in "fiu" or not np.isfinite(v).all():
+                raise RuntimeInputError(f"stream {s}: values must be finite numbers, one per active index ({idx.size})")
+            out_val.append(v.astype(np.float32, copy=False))
+    return out_idx, (out_val if values is not None else None)
+
 class SparseInputSession:
     """A :class:`StreamSession` whose first-layer input current is a gather-sum over active inputs."""
 
@@ -91,36 +116,13 @@ class SparseInputSession:
         self.crossover = crossover
         self._lock = threading.Lock()
 
-    def _checked(self, active, values) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        """Per stream: 1-D integer indices in ``[0, D)`` and, if given, as many finite values."""
-        if not isinstance(active, (list, tuple)) or len(active) != self.streams:
-            raise RuntimeInputError(f"need a list of active-input index arrays, one per stream ({self.streams}), got {type(active).__name__}")
-        if values is not None and (not isinstance(values, (list, tuple)) or len(values) != self.streams):
-            raise RuntimeInputError(f"need a list of value arrays, one per stream ({self.streams}), got {type(values).__name__}")
-        d, out_idx, out_val = self.wt.shape[0], [], []
-        for s, idx in enumerate(active):
-            idx = np.asarray(idx)
-            idx = idx.astype(np.intp) if idx.size == 0 else idx
-            if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-                raise RuntimeInputError(f"stream {s}: active inputs must be a 1-D integer index array, got {idx.dtype} {idx.shape}")
-            if idx.size and (idx.min() < 0 or idx.max() >= d):
-                raise RuntimeInputError(f"stream {s}: active input indices must lie in [0, {d}), got {idx.min()}..{idx.max()}")
-            out_idx.append(idx)
-            if values is not None:
-                v = values[s]
-                v = None if isinstance(v, np.ma.MaskedArray) else np.asarray(v)
-                if v is None or v.shape != idx.shape or v.dtype.kind not in "fiu" or not np.isfinite(v).all():
-                    raise RuntimeInputError(f"stream {s}: values must be finite numbers, one per active index ({idx.size})")
-                out_val.append(v.astype(np.float32, copy=False))
-        return out_idx, (out_val if values is not None else None)
-
     def _enter(self) -> None:
         if not self._lock.acquire(blocking=False):
             raise RuntimeInputError("the session is in use by another thread; use one session per thread")
 
     def project(self, active: list[np.ndarray], values: list[np.ndarray] | None = None) -> np.ndarray:
         """Input current per stream from flat indices of its active inputs (and their values; 1 if None)."""
-        return self._project(*self._checked(active, values))
+        return self._project(*check_active(active, values, self.streams, self.wt.shape[0]))
 
     def _project(self, active: list[np.ndarray], values: list[np.ndarray] | None) -> np.ndarray:
         out = self._current
@@ -133,7 +135,7 @@ class SparseInputSession:
 
     def step_active(self, active: list[np.ndarray], values: list[np.ndarray] | None = None) -> np.ndarray:
         """One step from the active inputs of each stream (checked: indices in range, finite values)."""
-        active, values = self._checked(active, values)
+        active, values = check_active(active, values, self.streams, self.wt.shape[0])
         self._enter()
         try:
             return self.session.step(self._project(active, values))

@@ -30,6 +30,7 @@ import numpy as np
 from ..contract import ContractError, InputSpec, StepContract, read_contract, verify_checksum
 from .errors import RuntimeInputError
 from .session import StreamSession, _nonfinite_state, _undo_step, check_count, ort_backend, validate_frames
+from .sparse import check_active
 
 WEIGHT, BIAS = "layers.0.conv.weight", "layers.0.conv.bias"
 MAX_SPARSE_VALUE = 1e4  # changes from or to larger values take the dense path (running sums of huge values lose precision)
@@ -318,7 +319,7 @@ class SparseConvSession:
     def step_events(self, active: list[np.ndarray], values: list[np.ndarray] | None = None) -> np.ndarray:
         """One step from each stream's active inputs (flat indices into ``[C, H, W]``; values 1 if
         None, summed where an index repeats): the whole frame, as for a dense step. Checked first."""
-        active, values = self._checked(active, values)
+        active, values = check_active(active, values, self.streams, self.scatter.in_size)
         self._enter()
         try:
             frames = self._events_frame
@@ -331,29 +332,6 @@ class SparseConvSession:
             return self._run()
         finally:
             self._lock.release()
-
-    def _checked(self, active, values) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        """Per stream: 1-D integer indices in ``[0, D)`` and, if given, as many finite values."""
-        if not isinstance(active, (list, tuple)) or len(active) != self.streams:
-            raise RuntimeInputError(f"need a list of active-input index arrays, one per stream ({self.streams}), got {type(active).__name__}")
-        if values is not None and (not isinstance(values, (list, tuple)) or len(values) != self.streams):
-            raise RuntimeInputError(f"need a list of value arrays, one per stream ({self.streams}), got {type(values).__name__}")
-        d, out_idx, out_val = self.scatter.in_size, [], []
-        for s, idx in enumerate(active):
-            idx = np.asarray(idx)
-            idx = idx.astype(np.intp) if idx.size == 0 else idx
-            if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-                raise RuntimeInputError(f"stream {s}: active inputs must be a 1-D integer index array, got {idx.dtype} {idx.shape}")
-            if idx.size and (idx.min() < 0 or idx.max() >= d):
-                raise RuntimeInputError(f"stream {s}: active input indices must lie in [0, {d}), got {idx.min()}..{idx.max()}")
-            out_idx.append(idx.astype(np.intp, copy=False))
-            if values is not None:
-                v = values[s]
-                v = None if isinstance(v, np.ma.MaskedArray) else np.asarray(v)
-                if v is None or v.shape != idx.shape or v.dtype.kind not in "fiu" or not np.isfinite(v).all():
-                    raise RuntimeInputError(f"stream {s}: values must be finite numbers, one per active index ({idx.size})")
-                out_val.append(v.astype(np.float32))
-        return out_idx, (out_val if values is not None else None)
 
     def reset(self, stream: int | None = None) -> None:
         """The network state back to its initial values (the conv output depends on the frame only)."""

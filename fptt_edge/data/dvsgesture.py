@@ -190,31 +190,10 @@ def augment(events: np.ndarray, rng: np.random.Generator, aug: Augment, sensor=S
 
 def events_to_frames(events: np.ndarray, steps: int, binning: str = "time", downsample: int = 4, normalisation: str = "binary",
                      sensor=SENSOR) -> np.ndarray:
-    """``[steps, 2, H // downsample, W // downsample]`` float32 frames of one segment, with tonic."""
-    import tonic.transforms as T
+    """``[steps, 2, H // downsample, W // downsample]`` float32 frames of one segment (the N-MNIST path, tonic)."""
+    from .nmnist import events_to_frames as bin_events
 
-    from .nmnist import BINNINGS, NORMALISATIONS
-
-    if binning not in BINNINGS:
-        raise DataError(f"binning must be one of {BINNINGS}")
-    if normalisation not in NORMALISATIONS:
-        raise DataError(f"normalisation must be one of {NORMALISATIONS}")
-    size = (sensor[0] // downsample, sensor[1] // downsample, sensor[2])
-    ev = events.astype(TONIC_DTYPE)
-    if downsample > 1:
-        ev = T.Downsample(spatial_factor=1.0 / downsample)(ev)
-        ev = ev[(ev["x"] < size[0]) & (ev["y"] < size[1])]
-    if len(ev) == 0:
-        return np.zeros((steps, size[2], size[1], size[0]), np.float32)
-    kwargs = {"n_time_bins": steps} if binning == "time" else {"n_event_bins": steps}
-    frames = T.ToFrame(sensor_size=size, **kwargs)(ev).astype(np.float32)
-    if frames.shape[0] != steps:  # tonic yields fewer bins for very short segments: pad with empty frames
-        frames = np.concatenate([frames, np.zeros((steps - frames.shape[0], *frames.shape[1:]), np.float32)])
-    if normalisation == "binary":
-        frames = (frames > 0).astype(np.float32)
-    elif normalisation == "log1p":
-        frames = np.log1p(frames)
-    return frames
+    return bin_events(events.astype(TONIC_DTYPE), steps, binning, downsample, normalisation, sensor=tuple(sensor))
 
 
 def load_dvsgesture(root, split: str, steps: int = 20, binning: str = "time", downsample: int = 4, normalisation: str = "binary",

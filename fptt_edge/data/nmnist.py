@@ -36,19 +36,22 @@ def read_nmnist(path) -> np.ndarray:
     return events.astype(TONIC_NMNIST_DTYPE)
 
 
-def events_to_frames(events: np.ndarray, steps: int, binning: str = "time", downsample: int = 1, normalisation: str = "binary") -> np.ndarray:
-    """``[steps, 2, H, W]`` float32 frames from one recording's events."""
+def events_to_frames(events: np.ndarray, steps: int, binning: str = "time", downsample: int = 1, normalisation: str = "binary",
+                     sensor: tuple[int, int, int] = SENSOR) -> np.ndarray:
+    """``[steps, 2, H // downsample, W // downsample]`` float32 frames from one recording's events
+    (tonic's Downsample + ToFrame; also DVS128 Gesture's path with its own ``sensor``)."""
     import tonic.transforms as T
 
     if binning not in BINNINGS:
         raise DataError(f"binning must be one of {BINNINGS}")
     if normalisation not in NORMALISATIONS:
         raise DataError(f"normalisation must be one of {NORMALISATIONS}")
-    sensor = SENSOR
     if downsample > 1:
         events = T.Downsample(spatial_factor=1.0 / downsample)(events)
-        sensor = (SENSOR[0] // downsample, SENSOR[1] // downsample, SENSOR[2])
+        sensor = (sensor[0] // downsample, sensor[1] // downsample, sensor[2])
         events = events[(events["x"] < sensor[0]) & (events["y"] < sensor[1])]
+    if len(events) == 0:
+        return np.zeros((steps, sensor[2], sensor[1], sensor[0]), np.float32)
     kwargs = {"n_time_bins": steps} if binning == "time" else {"n_event_bins": steps}
     frames = T.ToFrame(sensor_size=sensor, **kwargs)(events).astype(np.float32)
     if frames.shape[0] != steps:  # tonic yields fewer bins for very short recordings: pad with empty frames

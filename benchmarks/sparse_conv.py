@@ -1,6 +1,6 @@
 """Event-driven (scatter) vs dense first conv at 1 %, 5 % and 20 % active inputs, DVS-like frames.
 
-    python benchmarks/sparse_conv.py [--steps 1000] [--sizes 32,128] [--channels 16] [--persist 0.8]
+    python benchmarks/sparse_conv.py [--steps 1000] [--sizes 32,128] [--channels 16] [--persist 0.8,0.95] [--engines numba,numpy]
 
 A conv LTC model (first layer ``Conv(2 -> C, 3x3)`` + BN folded + 2x2 max-pool, then a dense LTC
 layer of 64 and the readout), batch 1, one thread, exported to ONNX. Frames are binary 2xSxS
@@ -9,10 +9,13 @@ layer of 64 and the readout), batch 1, one thread, exported to ONNX. Frames are 
 move elsewhere. Times (p50, µs):
 
 - ``dense_conv``: ONNX Runtime's Conv alone on the frame (the dense graph's own kernel);
-- ``scatter_changes``: the scatter of the changed inputs alone (changes known, e.g. from events);
-- ``sparse_conv_from_frames``: finding the changes in a dense frame + the scatter;
-- ``dense_step`` / ``sparse_step``: a whole step, the full graph vs the split graph behind the
+- ``scatter_changes_<engine>``: the scatter of the changed inputs alone (changes known, e.g. from events);
+- ``sparse_conv_from_frames_<engine>``: finding the changes in a dense frame + the scatter;
+- ``dense_step`` / ``sparse_step_<engine>``: a whole step, the full graph vs the split graph behind the
   event-driven front end (with its crossover measured at load: above it the step takes the dense conv).
+
+Engines: ``numba`` (compiled kernels, the ``[events]`` extra) and ``numpy`` (index tables and
+``np.add.at``), side by side in one run.
 
 Also checks that the paths agree (max |delta conv output|, max |delta logits|, spikes) and prints
 the measured crossover. Goal of the issue: >= 5x faster than the dense conv at 5 % active.
@@ -69,7 +72,7 @@ def dvs_frames(rng, shape, density: float, persist: float, n: int) -> np.ndarray
     return frames.reshape(n, *shape)
 
 
-def bench_size(tmp: Path, size: int, channels: int, persist: float, steps: int) -> dict:
+def bench_size(tmp: Path, size: int, channels: int, persist: float, steps: int, engines: list[str]) -> dict:
     from fptt_edge.runtime import open_session
     from fptt_edge.runtime.benchmark import latency
     from fptt_edge.runtime.sparse_conv import SparseConvSession
@@ -77,20 +80,19 @@ def bench_size(tmp: Path, size: int, channels: int, persist: float, steps: int) 
     model = conv_model(tmp, size, channels)
     shape = (2, size, size)
     dense = open_session(model)
-    auto = SparseConvSession(model)  # crossover measured here
-    calib = auto.calibrate()
-    ref = SparseConvSession(model, crossover=0.0)  # its dense path: ONNX Runtime's Conv alone
-    forced = SparseConvSession(model, crossover=1.0, refresh=10**9)  # always the scatter: times the scatter itself
+    ref = SparseConvSession(model, crossover=0.0, engine="numpy")  # its dense path: ONNX Runtime's Conv alone
+    auto = {e: SparseConvSession(model, engine=e) for e in engines}  # crossover measured here
+    forced = {e: SparseConvSession(model, crossover=1.0, refresh=10**9, engine=e) for e in engines}  # always the scatter
     rng = np.random.default_rng(0)
     n = 64
-    out = {"input": list(shape), "conv_channels": channels, "crossover": auto.crossover, "calibration": calib, "p50_us": {}}
+    out: dict = {"input": list(shape), "conv_channels": channels, "persist": persist, "crossover": {e: a.crossover for e, a in auto.items()},
+                 "calibration": {e: a.calibrate() for e, a in auto.items()}, "p50_us": {}}
     for density in (0.01, 0.05, 0.20):
         frames = dvs_frames(rng, shape, density, persist, n)
         flat = frames.reshape(n, -1)
         changes = [np.flatnonzero(flat[i] != flat[i - 1]) for i in range(n)]
         deltas = [flat[i, c] - flat[i - 1, c] for i, c in enumerate(changes)]
         k = [0]
-        scratch = np.zeros(forced.scatter.out_size, np.float32)
 
         def nxt() -> int:
             k[0] += 1
@@ -100,50 +102,54 @@ def bench_size(tmp: Path, size: int, channels: int, persist: float, steps: int) 
             ref._frame[0] = frames[nxt()]
             ref._conv_only()
 
-        def scatter_changes():
-            i = nxt()
-            forced.scatter.add(scratch, changes[i], deltas[i])
-
-        def sparse_from_frames():
-            forced.convolve(frames[nxt()][None])
-
         def dense_step():
             dense.step(frames[nxt()][None])
 
-        def sparse_step():
-            auto.step(frames[nxt()][None])
+        fns = [("dense_conv", dense_conv), ("dense_step", dense_step)]
+        for e in engines:
+            scratch = np.zeros(forced[e].scatter.out_size, np.float32)
 
-        r = {name: latency(fn, steps)["p50_us"] for name, fn in
-             [("dense_conv", dense_conv), ("scatter_changes", scatter_changes), ("sparse_conv_from_frames", sparse_from_frames),
-              ("dense_step", dense_step), ("sparse_step", sparse_step)]}
-        # agreement over 200 steps from a reset: the scatter path against the dense conv and the full dense graph
-        check = SparseConvSession(model, crossover=1.0, refresh=10**9)
-        dense.reset()
-        max_conv = max_logits = 0.0
-        agree = total = 0
-        for i in range(200):
-            f = frames[i % n][None]
-            a, b = dense.step(f).copy(), check.step(f).copy()
-            ref._frame[0] = f[0]
-            ref._conv_only()
-            max_conv = max(max_conv, float(np.abs(ref.conv_out - check.conv_out).max()))
-            max_logits = max(max_logits, float(np.abs(a - b).max()))
-            sa, sb = dense.get_state(), check.get_state()
-            for name in sa:
-                if name.endswith(".s"):
-                    agree, total = agree + int((sa[name] == sb[name]).sum()), total + sa[name].size
-        check.close()
+            def scatter_changes(e=e, scratch=scratch):
+                i = nxt()
+                forced[e].scatter.add(scratch, changes[i], deltas[i])
+
+            def sparse_from_frames(e=e):
+                forced[e].convolve(frames[nxt()][None])
+
+            def sparse_step(e=e):
+                auto[e].step(frames[nxt()][None])
+
+            fns += [(f"scatter_changes_{e}", scatter_changes), (f"sparse_conv_from_frames_{e}", sparse_from_frames), (f"sparse_step_{e}", sparse_step)]
+        r = {name: latency(fn, steps)["p50_us"] for name, fn in fns}
         active = int(flat.sum(1).mean())
-        r |= {"active_inputs": active, "changed_inputs": int(np.mean([len(c) for c in changes[1:]])),
-              "scatter_speedup_vs_dense_conv": r["dense_conv"] / r["scatter_changes"],
-              "from_frames_speedup_vs_dense_conv": r["dense_conv"] / r["sparse_conv_from_frames"],
-              "step_speedup": r["dense_step"] / r["sparse_step"], "max_abs_conv": max_conv, "max_abs_logits": max_logits,
-              "spike_agreement": agree / total}
+        r |= {"active_inputs": active, "changed_inputs": int(np.mean([len(c) for c in changes[1:]]))}
+        for e in engines:
+            # agreement over 200 steps from a reset: the scatter path against the dense conv and the full dense graph
+            check = SparseConvSession(model, crossover=1.0, refresh=10**9, engine=e)
+            dense.reset()
+            max_conv = max_logits = 0.0
+            agree = total = 0
+            for i in range(200):
+                f = frames[i % n][None]
+                a, b = dense.step(f).copy(), check.step(f).copy()
+                ref._frame[0] = f[0]
+                ref._conv_only()
+                max_conv = max(max_conv, float(np.abs(ref.conv_out - check.conv_out).max()))
+                max_logits = max(max_logits, float(np.abs(a - b).max()))
+                sa, sb = dense.get_state(), check.get_state()
+                for name in sa:
+                    if name.endswith(".s"):
+                        agree, total = agree + int((sa[name] == sb[name]).sum()), total + sa[name].size
+            check.close()
+            r |= {f"scatter_speedup_vs_dense_conv_{e}": r["dense_conv"] / r[f"scatter_changes_{e}"],
+                  f"from_frames_speedup_vs_dense_conv_{e}": r["dense_conv"] / r[f"sparse_conv_from_frames_{e}"],
+                  f"step_speedup_{e}": r["dense_step"] / r[f"sparse_step_{e}"], f"max_abs_conv_{e}": max_conv, f"max_abs_logits_{e}": max_logits,
+                  f"spike_agreement_{e}": agree / total}
         out["p50_us"][f"{int(density * 100)}%"] = r
-    out["auto_session_paths"] = dict(auto.counts)
-    out["target_5x_at_5pct"] = out["p50_us"]["5%"]["scatter_speedup_vs_dense_conv"] >= 5
-    for s in (dense, auto, ref, forced):
-        s.close()
+    out["auto_session_paths"] = {e: dict(a.counts) for e, a in auto.items()}
+    out["target_5x_at_5pct"] = {e: out["p50_us"]["5%"][f"scatter_speedup_vs_dense_conv_{e}"] >= 5 for e in engines}
+    for sess in (dense, ref, *auto.values(), *forced.values()):
+        sess.close()
     return out
 
 
@@ -152,14 +158,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--sizes", default="32,128", help="frame sizes S (2xSxS inputs), comma separated")
     parser.add_argument("--channels", type=int, default=16, help="output channels of the first conv")
-    parser.add_argument("--persist", type=float, default=0.8, help="fraction of active pixels that stay active in the next frame")
+    parser.add_argument("--persist", default="0.8,0.95", help="fractions of active pixels that stay active in the next frame, comma separated")
+    parser.add_argument("--engines", default="numba,numpy", help="scatter engines to compare (numba: the [events] extra)")
     args = parser.parse_args()
+    engines = args.engines.split(",")
     import onnxruntime
 
     results = {"persist": args.persist, "steps": args.steps, "threads": 1, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
-            results[f"{size}x{size}"] = bench_size(Path(tmp), size, args.channels, args.persist, args.steps)
+            for persist in (float(p) for p in args.persist.split(",")):
+                results[f"{size}x{size}@{persist}"] = bench_size(Path(tmp), size, args.channels, persist, args.steps, engines)
     print(json.dumps(results, indent=2))
 
 

@@ -197,7 +197,12 @@ def train(task, train_path, test_path, root, mode, source, steps, binning, downs
                           train_eval_samples=train_eval_samples, compile=compile_mode, tau_init=tau_init)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    metrics = fit(model_config, cfg, train_ds, test_ds, out_dir, resume=resume, device=device, progress=not quiet, val=val_ds)
+    views = None
+    if task == "dvsgesture" and (train_ds.input_spec.get("augmentation") or {}).get("copies"):
+        from .data.dvsgesture import fresh_views
+
+        views = fresh_views(train_path, max_train_samples, opts, val_fraction, seed)
+    metrics = fit(model_config, cfg, train_ds, test_ds, out_dir, resume=resume, device=device, progress=not quiet, val=val_ds, views=views)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         click.echo(json.dumps({"test_accuracy": metrics["test_accuracy"], "train_accuracy": metrics["train_accuracy"],
                                "val_accuracy": metrics["val_accuracy"], "selected_epoch": metrics["selected_epoch"],

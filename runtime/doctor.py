@@ -18,7 +18,7 @@ from .errors import BackendUnavailable
 
 JETSON_INDEX = "https://pypi.jetson-ai-lab.io/jp6/cu126"  # NVIDIA's Jetson AI Lab wheels for JetPack 6 (CUDA 12.6)
 L4T_TO_JETPACK = {32: "4", 35: "5", 36: "6", 38: "7"}
-PACKAGES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "cuda-python", "cuda-bindings", "safetensors")
+PACKAGES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "cuda-python", "cuda-bindings", "safetensors", "numba")
 
 
 def _version(dist: str) -> str | None:
@@ -177,6 +177,8 @@ def diagnose(root: Path = Path("/"), probe: bool = True) -> dict:
     backends["build"] = {"ok": trt_ok, "needs": needs and f"{needs} (or run the MODEL.build.sh that `fptt-edge build` writes, on the device)"}
     dla_fix = trt.get("dla_note") or "a Jetson with DLA cores (AGX/NX Orin, Xavier) and TensorRT 10.x"
     backends["dla"] = {"ok": trt_ok and trt["dla_cores"] > 0, "needs": None if trt_ok and trt["dla_cores"] else dla_fix}
+    # the event-driven conv front end's compiled scatter (run --sparse-input on a conv model); numpy is its fall-back
+    backends["events-jit"] = {"ok": packages["numba"] is not None, "needs": None if packages["numba"] else "pip install 'fptt-edge[events]'"}
     return {"python": platform.python_version(), "machine": platform.machine(), "jetson": board, "packages": packages, "cuda": cuda,
             "tensorrt": trt, "onnxruntime": ort, "backends": backends, "problems": problems}
 

@@ -157,16 +157,76 @@ class ConvScatter:
             w *= v[:, None]
         np.add.at(acc, idx.reshape(-1), w.reshape(-1))
 
+    def update(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, limit: int) -> int:
+        """Bring ``acc`` (flat conv output of the flat frame ``prev``) to that of ``frame``, and ``prev`` to
+        ``frame``, by scattering the inputs that changed. Returns how many changed, or -1 (nothing
+        done) when more than ``limit`` changed or a changed value exceeds :data:`MAX_SPARSE_VALUE`."""
+        q = np.flatnonzero(frame != prev)
+        if len(q) > limit:
+            return -1
+        if len(q):
+            new = frame[q]
+            dv = new - prev[q]
+            if float(np.abs(dv).max()) > MAX_SPARSE_VALUE or float(np.abs(new).max()) > MAX_SPARSE_VALUE:
+                return -1
+            self.add(acc, q, dv)
+            prev[q] = new
+        return len(q)
+
+
+class JitConvScatter:
+    """:class:`ConvScatter`'s interface over the compiled kernels of :mod:`.conv_scatter_jit` (numba):
+    the same sums in one machine-code pass, without tables (``ImportError`` without numba)."""
+
+    def __init__(self, weight: np.ndarray, frame_shape: tuple[int, int, int]):
+        from . import conv_scatter_jit as jit
+
+        co, ci, k, _ = weight.shape
+        _, self._h, self._w = frame_shape
+        self.out_size, self.in_size = co * self._h * self._w, ci * self._h * self._w
+        self._jit, self._k = jit, k
+        self._stamps = jit.flipped_stamps(weight)
+        scratch = np.zeros(self.out_size, np.float32)  # compile (or load from numba's cache) now, not at the first step
+        self.update(scratch, np.zeros(self.in_size, np.float32), np.zeros(self.in_size, np.float32), 0)
+        self.add(scratch, np.zeros(1, np.intp), np.zeros(1, np.float32))
+
+    def add(self, acc: np.ndarray, q: np.ndarray, v: np.ndarray | None = None) -> None:
+        """As :meth:`ConvScatter.add`."""
+        q = np.ascontiguousarray(q, np.intp)
+        v = np.ones(len(q), np.float32) if v is None else np.ascontiguousarray(v, np.float32)
+        self._jit.scatter(acc, q, v, self._stamps, self._k, self._h, self._w)
+
+    def update(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, limit: int) -> int:
+        """As :meth:`ConvScatter.update`, but on -1 ``acc`` and ``prev`` may be partly updated (recompute both)."""
+        return int(self._jit.update_from_frame(acc, prev, frame, self._stamps, self._k, self._h, self._w, limit, MAX_SPARSE_VALUE))
+
+
+SCATTER_ENGINES = ("auto", "numba", "numpy")
+
+
+def conv_scatter(weight: np.ndarray, frame_shape: tuple[int, int, int], engine: str = "auto") -> ConvScatter | JitConvScatter:
+    """The scatter for ``engine``: ``numba`` (compiled; ``pip install fptt-edge[events]``), ``numpy``, or
+    ``auto`` (numba where it is installed)."""
+    if engine not in SCATTER_ENGINES:
+        raise RuntimeInputError(f"scatter engine must be one of {', '.join(SCATTER_ENGINES)}, got {str(engine)[:20]!r}")
+    if engine != "numpy":
+        try:
+            return JitConvScatter(weight, frame_shape)
+        except ImportError:
+            if engine == "numba":
+                raise RuntimeInputError("the numba scatter needs numba: pip install 'fptt-edge[events]' (or use the numpy engine)") from None
+    return ConvScatter(weight, frame_shape)
+
 
 class SparseConvSession:
     """A :class:`StreamSession` whose first conv is computed from the changed inputs only (see the module docstring)."""
 
     def __init__(self, model_path, streams: int | None = None, threads: int = 1, crossover: float | None = None, refresh: int = 100,
-                 verify: bool = True):
+                 verify: bool = True, engine: str = "auto"):
         """``crossover``: the fraction of changed inputs above which a frame takes the dense conv;
         None measures it here (:meth:`calibrate`). ``refresh``: steps between dense recomputations
         that bound rounding drift (1: every step dense). ``verify``: refuse a model whose graph or
-        weights differ from the exported checksum."""
+        weights differ from the exported checksum. ``engine``: the scatter's (:func:`conv_scatter`)."""
         import onnxruntime as ort
 
         if verify:
@@ -180,7 +240,8 @@ class SparseConvSession:
         self.refresh = check_count(refresh, "refresh")
         self.session = StreamSession(ort_backend(front.graph, front.contract, streams, "ort", threads), front.contract)
         self.streams, self.contract, self.weight, self.bias = streams, front.contract, front.weight, front.bias
-        self.scatter = ConvScatter(front.weight, self.frame_shape)
+        self.scatter = conv_scatter(front.weight, self.frame_shape, engine)
+        self.engine = "numba" if isinstance(self.scatter, JitConvScatter) else "numpy"
         self.conv_out = self.session.backend.x  # [streams, Co, H, W]: the split graph's input buffer, filled in place
         self._acc = self.conv_out.reshape(streams, -1)
         self._prev = np.zeros((streams, self.scatter.in_size), np.float32)  # the frame the conv output belongs to
@@ -246,31 +307,17 @@ class SparseConvSession:
         """Bring the conv output to frames ``x`` ``[streams, *frame]`` (validated): scatter the changed
         inputs, or take the dense conv above the crossover, at a refresh, or when large values change."""
         flat = x.reshape(self.streams, -1)
-        changed = flat != self._prev
-        counts = [int(np.count_nonzero(changed[s])) for s in range(self.streams)]
-        dense = self._since_dense + 1 >= self.refresh or max(counts) > self.crossover * self.scatter.in_size
-        qs: list[np.ndarray | None] = []
-        deltas: list[np.ndarray | None] = []
+        dense = self._since_dense + 1 >= self.refresh
+        limit = int(self.crossover * self.scatter.in_size)
         for s in range(self.streams):
-            if dense or not counts[s]:
-                qs.append(None)
-                deltas.append(None)
-                continue
-            q = np.flatnonzero(changed[s])
-            qs.append(q)
-            new = flat[s, q]
-            dv = new - self._prev[s, q]
-            dense = float(np.abs(dv).max()) > MAX_SPARSE_VALUE or float(np.abs(new).max()) > MAX_SPARSE_VALUE
-            deltas.append(dv)
-        if dense:
+            if dense:
+                break
+            dense = self.scatter.update(self._acc[s], self._prev[s], flat[s], limit) < 0
+        if dense:  # also when a stream gave up half-way: the dense conv recomputes every stream's output
             np.copyto(self._frame, x)
             self._dense_conv()
             self.counts["dense"] += 1
             return
-        for s, (changed_q, delta) in enumerate(zip(qs, deltas)):
-            if changed_q is not None and delta is not None:
-                self.scatter.add(self._acc[s], changed_q, delta)
-        np.copyto(self._prev, flat)
         self._since_dense += 1
         self.counts["sparse"] += 1
 

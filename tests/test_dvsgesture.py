@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from test_event_readers import write_aedat31
 
@@ -15,8 +16,10 @@ from fptt_edge.data.dvsgesture import (
     CLASSES,
     Augment,
     detect_layout,
+    epoch_seed,
     events_to_frames,
     find_root,
+    fresh_views,
     load_dvsgesture,
     original_segments,
     segments,
@@ -197,6 +200,45 @@ def test_missing_and_broken_files_are_named(tmp_path, gesture_root):
     assert find_root(root / "orig" / "DvsGesture" / "trials_to_test.txt") == root / "orig" / "DvsGesture"
     with pytest.raises(DataError, match="not in a DVS128 Gesture folder"):
         find_root(tmp_path / "nothing.txt")
+
+
+def test_fresh_augmented_views_every_epoch(gesture_root):
+    """Epoch e >= 1 trains on new views of the same training segments (seeded by seed and epoch), originals and
+    held-out validation segments unchanged; the same epoch always gives the same views (a resumed run sees them again)."""
+    root, _ = gesture_root
+    opts = {"steps": 8, "binning": "time", "downsample": 4, "normalisation": "binary", "seed": 99}  # opts["seed"] is ignored: seed wins
+    epoch0, _ = split_validation_by_segment(load_dvsgesture(root / "orig", "train", steps=8, seed=3), 0.25, seed=3)
+    views = fresh_views(root / "orig", None, opts, 0.25, seed=3)
+    v1, v2 = views(1), views(2)
+    k = epoch0.input_spec["segments"]
+    for v in (v1, v2):
+        assert len(v) == len(epoch0) and torch.equal(v.y, epoch0.y)
+        assert torch.equal(v.x[:k], epoch0.x[:k])  # the originals
+    assert not torch.equal(v1.x[k:], epoch0.x[k:]) and not torch.equal(v1.x[k:], v2.x[k:])
+    assert torch.equal(views(1).x, v1.x)
+    assert epoch_seed(3, 0) == 3 and len({epoch_seed(3, e) for e in range(50)} | {epoch_seed(4, e) for e in range(50)}) == 100
+
+
+def test_training_draws_views_each_epoch_and_refuses_views_that_do_not_line_up(gesture_root, tmp_path, monkeypatch):
+    import fptt_edge.data.dvsgesture as dvs
+
+    root, _ = gesture_root
+    calls: list[int] = []
+    real = dvs.fresh_views
+
+    def spy(*args, **kwargs):
+        views = real(*args, **kwargs)
+        return lambda epoch: calls.append(epoch) or views(epoch)
+
+    monkeypatch.setattr(dvs, "fresh_views", spy)
+    args = ["train", "--task", "dvsgesture", "--root", str(root / "tonic"), "--conv", "4", "--hidden", "8", "--steps", "6", "--epochs", "3",
+            "--batch-size", "4", "--quiet", "--val-fraction", "0.25"]
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert calls == [1, 2]
+    monkeypatch.setattr(dvs, "fresh_views", lambda *a, **k: (lambda epoch: real(*a, **k)(epoch).subset(torch.arange(3))))
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "do not line up" in res.output and "Traceback" not in res.output
 
 
 def test_train_export_and_run_on_gesture_recordings(gesture_root, tmp_path):

@@ -1,6 +1,8 @@
 """The event-driven conv front end (runtime/sparse_conv.py) against the dense conv and the dense graph."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,14 @@ from export_helpers import make_checkpoint
 from fptt_edge.config import ModelConfig
 from fptt_edge.export.pipeline import export_checkpoint
 from fptt_edge.runtime import RuntimeInputError, open_session
-from fptt_edge.runtime.sparse_conv import ConvScatter, SparseConvSession
+from fptt_edge.runtime.sparse_conv import ConvScatter, JitConvScatter, SparseConvSession
+
+try:
+    import numba  # noqa: F401
+
+    ENGINES = ["numpy", "numba"]
+except ImportError:  # the compiled scatter is the [events] extra; the numpy one is tested everywhere
+    ENGINES = ["numpy", pytest.param("numba", marks=pytest.mark.skip(reason="numba not installed (pip install 'fptt-edge[events]')"))]
 
 SPEC = {"task": "dvsgesture", "sensor_size": [128, 128, 2], "binning": {"by": "time", "steps": 20}, "downsample": 8, "normalisation": "binary"}
 SHAPE = (2, 16, 16)
@@ -48,11 +57,14 @@ def reference_conv(net, frames: np.ndarray) -> np.ndarray:
         return ((y - bn.running_mean.double()[:, None, None]) * g[:, None, None] + bn.bias.double()[:, None, None]).numpy()
 
 
-@pytest.mark.parametrize("kernel,shape,tables", [(3, (2, 7, 9), True), (5, (2, 4, 4), False)])
-def test_scatter_equals_a_dense_convolution_at_every_border(kernel, shape, tables):
+@pytest.mark.parametrize("kernel,shape,scatter_kind", [(3, (2, 7, 9), "tables"), (5, (2, 4, 4), "no tables"), (3, (2, 7, 9), "numba"),
+                                                      (5, (3, 6, 5), "numba"), (1, (2, 3, 4), "numba")])
+def test_scatter_equals_a_dense_convolution_at_every_border(kernel, shape, scatter_kind):
+    if scatter_kind == "numba" and "numba" not in ENGINES:
+        pytest.skip("numba not installed")
     rng = np.random.default_rng(kernel)
     w = rng.standard_normal((5, shape[0], kernel, kernel)).astype(np.float32)
-    scatter = ConvScatter(w, shape, table_bytes=16 << 20 if tables else 0)
+    scatter = JitConvScatter(w, shape) if scatter_kind == "numba" else ConvScatter(w, shape, table_bytes=16 << 20 if scatter_kind == "tables" else 0)
     x = np.zeros(shape, np.float32)
     size = int(np.prod(shape))
     q = np.unique(np.r_[0, shape[2] - 1, size - 1, size // 2 - 1, rng.integers(0, size, 12)])  # corners, edges, both channels
@@ -67,10 +79,12 @@ def test_scatter_equals_a_dense_convolution_at_every_border(kernel, shape, table
     np.testing.assert_allclose(acc.reshape(ref.shape), ref, atol=1e-5)
 
 
-def test_front_end_equals_the_dense_conv_over_a_stream(conv_model):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_front_end_equals_the_dense_conv_over_a_stream(conv_model, engine):
     """Changes scattered step after step (no refresh) stay equal to the conv of each frame."""
     path, net = conv_model
-    sess = SparseConvSession(path, crossover=1.0, refresh=10**9)
+    sess = SparseConvSession(path, crossover=1.0, refresh=10**9, engine=engine)
+    assert sess.engine == engine
     rng = np.random.default_rng(2)
     frames = persistent_frames(rng, 150, 0.08)
     frames[50:60] *= rng.choice(np.float32([0.5, 2.0, 3.0]), frames[50:60].shape)  # counts, not only 0/1
@@ -84,11 +98,13 @@ def test_front_end_equals_the_dense_conv_over_a_stream(conv_model):
     assert sess.counts == {"sparse": 150, "dense": 0}
 
 
-@pytest.mark.parametrize("crossover,refresh", [(1.0, 10**9), (0.0, 100), (None, 7)])
-def test_steps_equal_the_dense_graph(conv_model, crossover, refresh):
-    """Logits and every spike equal the full graph's, with the scatter only, the dense conv only, and the measured crossover."""
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("crossover,refresh", [(1.0, 10**9), (0.0, 100), (None, 7), (0.17, 10**9)])
+def test_steps_equal_the_dense_graph(conv_model, crossover, refresh, engine):
+    """Logits and every spike equal the full graph's, with the scatter only, the dense conv only, the measured crossover,
+    and a crossover that the busier stream exceeds on some steps only, after the other stream was scattered."""
     path, _ = conv_model
-    dense, sparse = open_session(path, streams=2), SparseConvSession(path, streams=2, crossover=crossover, refresh=refresh)
+    dense, sparse = open_session(path, streams=2), SparseConvSession(path, streams=2, crossover=crossover, refresh=refresh, engine=engine)
     rng = np.random.default_rng(3)
     xs = np.stack([persistent_frames(rng, 60, 0.05), persistent_frames(rng, 60, 0.2, persist=0.5)], 1)  # [T, 2 streams, ...]
     fired = 0.0
@@ -109,6 +125,20 @@ def test_steps_equal_the_dense_graph(conv_model, crossover, refresh):
         assert sparse.counts["sparse"] == 0
     if refresh == 7:
         assert sparse.counts["dense"] >= 60 // 7
+    if crossover == 0.17:  # stream 1 changes 80-98 of 512 inputs per step: some steps scatter, some go dense after stream 0 was scattered
+        assert sparse.counts["sparse"] > 0 and sparse.counts["dense"] > 0
+
+
+def test_engine_choice(conv_model, monkeypatch):
+    path, _ = conv_model
+    with pytest.raises(RuntimeInputError, match="engine must be one of"):
+        SparseConvSession(path, crossover=1.0, engine="cuda")
+    monkeypatch.setitem(sys.modules, "numba", None)  # numba absent: auto falls back to numpy, an explicit request says what to install
+    monkeypatch.delitem(sys.modules, "fptt_edge.runtime.conv_scatter_jit", raising=False)
+    monkeypatch.delattr(sys.modules["fptt_edge.runtime"], "conv_scatter_jit", raising=False)
+    assert SparseConvSession(path, crossover=1.0).engine == "numpy"
+    with pytest.raises(RuntimeInputError, match=r"fptt-edge\[events\]"):
+        SparseConvSession(path, crossover=1.0, engine="numba")
 
 
 def test_crossover_is_measured_and_bad_input_is_refused(conv_model, tmp_path):

@@ -500,7 +500,7 @@ def test_doctor_probes_providers_and_flags_both_onnxruntime_packages(monkeypatch
     assert r["onnxruntime"]["works"]["CUDAExecutionProvider"][0] is False and "fell back" in r["backends"]["ort-cuda"]["needs"]
     assert any("both installed" in p for p in r["problems"]) and r["cuda"]["gpu"] is None
     res = CliRunner().invoke(main, ["doctor", "--no-probe", "--json"])
-    assert res.exit_code == 0 and set(json.loads(res.output)["backends"]) == {"ort", "ort-cuda", "ort-trt", "tensorrt", "build", "dla"}
+    assert res.exit_code == 0 and set(json.loads(res.output)["backends"]) == {"ort", "ort-cuda", "ort-trt", "tensorrt", "build", "dla", "events-jit"}
 
 
 def test_runtime_modules_do_not_import_torch():

@@ -273,3 +273,24 @@ def split_validation_by_segment(ds: SequenceDataset, fraction: float, seed: int)
     train.input_spec["validation"] = val.input_spec["validation"] = {"split": "stratified by segment", "fraction": fraction, "seed": int(seed),
                                                                        "held_out": len(held), "of": n}
     return train, val
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The augmentation seed of ``epoch`` (epoch 0: ``seed`` itself, what :func:`load_dvsgesture` drew at load)."""
+    return int(seed) if epoch == 0 else int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+
+
+def fresh_views(root, limit: int | None, opts: dict, val_fraction: float, seed: int):
+    """``views(epoch)`` for :func:`~fptt_edge.training.loop.fit`: the training split read again with new
+    augmented views drawn from :func:`epoch_seed` (the originals and the held-out validation segments
+    are those of epoch 0; the same epoch always gives the same views, so a resumed run trains on
+    what it would have). Reads the recordings again each epoch (nothing held in memory)."""
+    load_opts = {k: v for k, v in opts.items() if k in ("steps", "binning", "downsample", "normalisation")}
+
+    def views(epoch: int) -> SequenceDataset:
+        ds = load_dvsgesture(root, "train", limit=limit, seed=epoch_seed(seed, epoch), **load_opts)
+        if val_fraction > 0:
+            ds, _ = split_validation_by_segment(ds, val_fraction, seed)
+        return ds
+
+    return views

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 try:
@@ -62,20 +63,26 @@ def _metadata(train: SequenceDataset, model: LTCNetwork, cfg: TrainConfig, val: 
 
 
 def fit(model_config: ModelConfig, cfg: TrainConfig, train: SequenceDataset, test: SequenceDataset, out_dir,
-        resume: bool = False, device: str = "cpu", progress: bool = True, val: SequenceDataset | None = None) -> dict:
+        resume: bool = False, device: str = "cpu", progress: bool = True, val: SequenceDataset | None = None,
+        views: Callable[[int], SequenceDataset] | None = None) -> dict:
     """Train, evaluate after every epoch, select the best epoch on validation data, write artefacts; returns the metrics dict.
 
     ``val``: the validation data; without it, ``cfg.val_fraction`` of ``train`` is held out
     (stratified, fixed by ``cfg.seed``; :func:`~fptt_edge.data.dataset.split_validation`). With no
     validation data at all (``val_fraction`` 0) the last epoch is kept. The test set is never used
-    to select anything."""
+    to select anything.
+
+    ``views``: the training samples of epoch ``e`` >= 1 (``train`` is epoch 0's), e.g. freshly drawn
+    augmented views; it must give the same number of samples with the same labels in the same order
+    every epoch, and the same samples for the same epoch (a resumed run calls it again). Only with
+    an explicit ``val`` (the split must not change between epochs)."""
     out = Path(out_dir)
     if device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda asked for, but this PyTorch sees no usable CUDA device; use --device cpu")
     ctx = DistContext.from_env(device)
     try:
         with _run_lock(out, ctx.is_main):
-            return _fit(model_config, cfg, train, test, val, out, resume, ctx, progress)
+            return _fit(model_config, cfg, train, test, val, out, resume, ctx, progress, views)
     finally:
         ctx.close()
 
@@ -100,7 +107,18 @@ def _run_lock(out: Path, take: bool):
         yield
 
 
-def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, progress) -> dict:
+def _epoch_views(views, epoch: int, train: SequenceDataset) -> SequenceDataset:
+    """``views(epoch)``, checked to line up with epoch 0's samples (count, labels, order, step shape)."""
+    ds = views(epoch)
+    if len(ds) != len(train) or tuple(ds.input_shape) != tuple(train.input_shape) or not torch.equal(ds.y, train.y):
+        raise TrainingError(f"epoch {epoch + 1}'s training views do not line up with epoch 1's samples "
+                            f"({len(ds)} samples of {tuple(ds.input_shape)} vs {len(train)} of {tuple(train.input_shape)}, or other labels)")
+    return ds
+
+
+def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, progress, views=None) -> dict:
+    if views is not None and val is None and cfg.val_fraction > 0:
+        raise TrainingError("per-epoch training views need the validation data split off beforehand (pass val)")
     if tuple(train.input_shape) != model_config.input_shape:
         raise TrainingError(f"data steps have shape {train.input_shape}, the model expects {model_config.input_shape}")
     for name, ds in (("test", test), ("validation", val)):
@@ -158,6 +176,7 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
             break
         order, draws = _epoch_generators(cfg.seed, epoch)
         perm = torch.randperm(n, generator=order)
+        data_epoch = train if views is None or epoch == 0 else _epoch_views(views, epoch, train)
         sums = torch.zeros(3, dtype=torch.float64)
         elapsed, first = 0.0, 0
         if saved_progress is not None and epoch == start_epoch and start_batch > 0:
@@ -172,9 +191,9 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
             lr = cfg.lr_at(epoch, b, n_batches)
             trainer.set_lr(lr)
             idx = ctx.shard(perm[b * bs : (b + 1) * bs])
-            x = train.x[idx].to(ctx.device, torch.float32, non_blocking=True)
-            y = train.y[idx].to(ctx.device)
-            lengths = None if train.lengths is None else train.lengths[idx].to(ctx.device)
+            x = data_epoch.x[idx].to(ctx.device, torch.float32, non_blocking=True)
+            y = data_epoch.y[idx].to(ctx.device)
+            lengths = None if data_epoch.lengths is None else data_epoch.lengths[idx].to(ctx.device)
             loss_sum, correct = trainer.train_batch(x, y, lengths, draws)
             loss_value = float(loss_sum)
             if loss_value != loss_value or loss_value in (float("inf"), float("-inf")):

@@ -106,6 +106,32 @@ def update_from_frame(acc, prev, frame, stamps, k, h, wd, limit, max_value):  # 
     return _update_range(acc, prev, frame, whole, size, n, stamps, k, h, wd, limit, max_value)
 
 
+@_jit
+def count_changed_and_active(prev, frame):  # pragma: no cover - compiled
+    """``(changed, active)``: how many inputs differ from ``prev``, and how many are non-zero."""
+    changed = 0
+    active = 0
+    for i in range(frame.size):
+        changed += frame[i] != prev[i]
+        active += frame[i] != 0
+    return changed, active
+
+
+@_jit
+def rebuild_from_frame(acc, prev, frame, stamps, bias, k, h, wd):  # pragma: no cover - compiled
+    """``acc`` = the conv of ``frame`` from scratch (the bias, then each non-zero input's stamp), ``prev`` = ``frame``.
+    Cheaper than :func:`update_from_frame` when fewer inputs are active than changed (event frames
+    whose pixels do not persist from one bin to the next); no drift carried over."""
+    hw = h * wd
+    for o in range(bias.size):
+        acc[o * hw:(o + 1) * hw] = bias[o]
+    for q in range(frame.size):
+        v = frame[q]
+        prev[q] = v
+        if v != 0:
+            _scatter_one(acc, q, v, stamps, k, h, wd)
+
+
 def flipped_stamps(weight: np.ndarray) -> np.ndarray:
     """``[Co, Ci, k, k]`` conv weights as the kernels' stamps ``[Ci, Co, k*k]`` (flipped: see :func:`_scatter_one`)."""
     co, ci, k, _ = weight.shape

@@ -6,16 +6,18 @@ so each active input pixel ``(c, y, x)`` with value ``v`` adds ``v`` times its f
 slice ``W[:, c, ::-1, ::-1]`` into the ``k x k`` output neighbourhood around ``(y, x)``
 (a scatter), and ``Conv(x_t) = Conv(x_{t-1}) + Conv(x_t - x_{t-1})``: the runtime keeps the
 conv output of the previous frame and scatters only the *changes* (pixels that turn on or off,
-or change value). Event frames of a moving hand keep most of their active pixels from one bin
-to the next, so the work per step is proportional to the events that changed, not to the frame.
+or change value) where fewer inputs changed than are active, else rebuilds the output from the
+bias and the active inputs. Either way the work per step is proportional to the events, not to
+the frame.
 
 As :mod:`.sparse` does for a dense first layer, the ONNX graph is split at load time: the first
 ``Conv`` is cut off and its output becomes the graph input; the runtime fills that buffer (the
 ONNX Runtime backend's input, in place) and steps the rest of the graph. Above a crossover
-density of changed inputs (measured on this machine when the session opens, unless given) the
+density of scattered inputs (measured on this machine when the session opens, unless given) the
 frame goes through the cut-off ``Conv`` alone in ONNX Runtime, which is the dense path itself.
 Every ``refresh`` steps the dense path recomputes the output from the frame, so the float32
 rounding of the running sums cannot drift: results equal the dense graph's to float32 rounding.
+The scatter is compiled (numba, the ``[events]`` extra) where numba is installed, numpy otherwise.
 
 numpy and onnxruntime only; needs the ``onnx`` package to split the graph. No torch.
 """
@@ -157,6 +159,17 @@ class ConvScatter:
             w *= v[:, None]
         np.add.at(acc, idx.reshape(-1), w.reshape(-1))
 
+    def counts(self, prev: np.ndarray, frame: np.ndarray) -> tuple[int, int]:
+        """``(changed, active)``: inputs of the flat ``frame`` that differ from ``prev``, and that are non-zero."""
+        return int(np.count_nonzero(frame != prev)), int(np.count_nonzero(frame))
+
+    def rebuild(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, bias: np.ndarray) -> None:
+        """``acc`` = the conv of ``frame`` from scratch (``bias`` per output channel + the active inputs' stamps), ``prev`` = ``frame``."""
+        acc.reshape(len(bias), -1)[:] = bias[:, None]
+        q = np.flatnonzero(frame)
+        self.add(acc, q, frame[q].copy())
+        prev[:] = frame
+
     def update(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, limit: int) -> int:
         """Bring ``acc`` (flat conv output of the flat frame ``prev``) to that of ``frame``, and ``prev`` to
         ``frame``, by scattering the inputs that changed. Returns how many changed, or -1 (nothing
@@ -187,14 +200,26 @@ class JitConvScatter:
         self._jit, self._k = jit, k
         self._stamps = jit.flipped_stamps(weight)
         scratch = np.zeros(self.out_size, np.float32)  # compile (or load from numba's cache) now, not at the first step
-        self.update(scratch, np.zeros(self.in_size, np.float32), np.zeros(self.in_size, np.float32), 0)
+        zeros = np.zeros(self.in_size, np.float32)
+        self.update(scratch, zeros.copy(), zeros, 0)
         self.add(scratch, np.zeros(1, np.intp), np.zeros(1, np.float32))
+        self.counts(zeros, zeros)
+        self.rebuild(scratch, zeros.copy(), zeros, np.zeros(co, np.float32))
 
     def add(self, acc: np.ndarray, q: np.ndarray, v: np.ndarray | None = None) -> None:
         """As :meth:`ConvScatter.add`."""
         q = np.ascontiguousarray(q, np.intp)
         v = np.ones(len(q), np.float32) if v is None else np.ascontiguousarray(v, np.float32)
         self._jit.scatter(acc, q, v, self._stamps, self._k, self._h, self._w)
+
+    def counts(self, prev: np.ndarray, frame: np.ndarray) -> tuple[int, int]:
+        """As :meth:`ConvScatter.counts`."""
+        changed, active = self._jit.count_changed_and_active(prev, frame)
+        return int(changed), int(active)
+
+    def rebuild(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, bias: np.ndarray) -> None:
+        """As :meth:`ConvScatter.rebuild`."""
+        self._jit.rebuild_from_frame(acc, prev, frame, self._stamps, bias, self._k, self._h, self._w)
 
     def update(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, limit: int) -> int:
         """As :meth:`ConvScatter.update`, but on -1 ``acc`` and ``prev`` may be partly updated (recompute both)."""
@@ -222,11 +247,13 @@ class SparseConvSession:
     """A :class:`StreamSession` whose first conv is computed from the changed inputs only (see the module docstring)."""
 
     def __init__(self, model_path, streams: int | None = None, threads: int = 1, crossover: float | None = None, refresh: int = 100,
-                 verify: bool = True, engine: str = "auto"):
-        """``crossover``: the fraction of changed inputs above which a frame takes the dense conv;
+                 verify: bool = True, engine: str = "auto", rebuild_cost: float | None = None):
+        """``crossover``: the fraction of scattered inputs above which a frame takes the dense conv;
         None measures it here (:meth:`calibrate`). ``refresh``: steps between dense recomputations
         that bound rounding drift (1: every step dense). ``verify``: refuse a model whose graph or
-        weights differ from the exported checksum. ``engine``: the scatter's (:func:`conv_scatter`)."""
+        weights differ from the exported checksum. ``engine``: the scatter's (:func:`conv_scatter`).
+        ``rebuild_cost``: what rebuilding the output from the active inputs costs beyond their
+        scatter (filling in the bias), in scattered inputs; None measures it here."""
         import onnxruntime as ort
 
         if verify:
@@ -255,11 +282,15 @@ class SparseConvSession:
         self._binding.bind_output(front.output, "cpu", 0, np.float32, self.conv_out.shape, self.conv_out.ctypes.data)
         self._dense_conv()  # the conv output of an empty frame: the bias everywhere
         self._since_dense = 0
-        self.counts = {"sparse": 0, "dense": 0}  # steps per path
+        self.counts = {"sparse": 0, "dense": 0, "rebuilds": 0}  # steps per path; streams rebuilt from their active inputs
         self._lock = threading.Lock()
-        self.crossover = float(crossover) if crossover is not None else self.calibrate()["crossover"]
+        calib = self.calibrate() if crossover is None or rebuild_cost is None else {}
+        self.crossover = float(crossover) if crossover is not None else calib["crossover"]
         if not 0 <= self.crossover <= 1:
             raise RuntimeInputError(f"crossover must be a fraction in [0, 1], got {self.crossover}")
+        self.rebuild_cost = float(rebuild_cost) if rebuild_cost is not None else calib["rebuild_inputs"]
+        if not 0 <= self.rebuild_cost < float("inf"):
+            raise RuntimeInputError(f"rebuild_cost must be a finite number >= 0, got {self.rebuild_cost}")
 
     # -- the two paths ---------------------------------------------------------------------------
 
@@ -272,8 +303,10 @@ class SparseConvSession:
     def calibrate(self, repeats: int = 15) -> dict:
         """Time the dense conv and the scatter here; the crossover is where they cost the same.
 
-        Returns ``dense_us``, ``scatter_us_per_input`` (per changed input), ``scatter_fixed_us`` and
-        ``crossover`` (fraction of changed inputs). Leaves the conv output as it found it."""
+        Returns ``dense_us``, ``scatter_us_per_input`` (per changed input), ``scatter_fixed_us``,
+        ``crossover`` (fraction of scattered inputs), ``rebuild_us`` (a rebuild from an empty frame:
+        the bias fill and the scan) and ``rebuild_inputs`` (that, in scattered inputs). Leaves the conv
+        output as it found it."""
         saved_acc, saved_prev, saved_frame = self._acc.copy(), self._prev.copy(), self._frame.copy()
         rng = np.random.default_rng(0)
         d = self.scatter.in_size
@@ -297,22 +330,38 @@ class SparseConvSession:
         per = max((cost[1] - cost[0]) / (sizes[1] - sizes[0]), 1e-6)
         fixed = max(cost[0] - per * sizes[0], 0.0)
         crossover = float(np.clip((dense - fixed) / per / d, 0.0, 1.0))
+        empty, prev = np.zeros(d, np.float32), np.zeros(d, np.float32)
+        rebuild = best(lambda: self.scatter.rebuild(scratch, prev, empty, self.bias))
         self._acc[:], self._prev[:], self._frame[:] = saved_acc, saved_prev, saved_frame
-        return {"dense_us": dense, "scatter_us_per_input": per, "scatter_fixed_us": fixed, "crossover": crossover}
+        return {"dense_us": dense, "scatter_us_per_input": per, "scatter_fixed_us": fixed, "crossover": crossover,
+                "rebuild_us": rebuild, "rebuild_inputs": rebuild / per}
 
     def _conv_only(self) -> None:
         self._conv.run_with_iobinding(self._binding)
 
     def _front(self, x: np.ndarray) -> None:
-        """Bring the conv output to frames ``x`` ``[streams, *frame]`` (validated): scatter the changed
-        inputs, or take the dense conv above the crossover, at a refresh, or when large values change."""
+        """Bring the conv output to frames ``x`` ``[streams, *frame]`` (validated), per stream the cheaper of:
+        scatter the inputs that changed since the last frame (frames whose active pixels persist), or
+        rebuild from the bias and the active inputs (event frames whose pixels do not persist); the
+        dense conv for all streams when a stream's cheaper way scatters more than the crossover, at a
+        refresh, or when large values change."""
         flat = x.reshape(self.streams, -1)
         dense = self._since_dense + 1 >= self.refresh
-        limit = int(self.crossover * self.scatter.in_size)
+        limit = self.crossover * self.scatter.in_size
+        rebuild: list[bool] = []
         for s in range(self.streams):
             if dense:
                 break
-            dense = self.scatter.update(self._acc[s], self._prev[s], flat[s], limit) < 0
+            changed, active = self.scatter.counts(self._prev[s], flat[s])
+            rebuild.append(active + self.rebuild_cost < changed)
+            dense = min(changed, active + self.rebuild_cost) > limit
+        for s in range(self.streams):
+            if dense:
+                break
+            if rebuild[s]:
+                self.scatter.rebuild(self._acc[s], self._prev[s], flat[s], self.bias)
+            else:
+                dense = self.scatter.update(self._acc[s], self._prev[s], flat[s], self.scatter.in_size) < 0  # a large value changed
         if dense:  # also when a stream gave up half-way: the dense conv recomputes every stream's output
             np.copyto(self._frame, x)
             self._dense_conv()
@@ -320,6 +369,7 @@ class SparseConvSession:
             return
         self._since_dense += 1
         self.counts["sparse"] += 1
+        self.counts["rebuilds"] += sum(rebuild)
 
     # -- the public steps ------------------------------------------------------------------------
 

@@ -80,22 +80,26 @@ def test_scatter_equals_a_dense_convolution_at_every_border(kernel, shape, scatt
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_front_end_equals_the_dense_conv_over_a_stream(conv_model, engine):
-    """Changes scattered step after step (no refresh) stay equal to the conv of each frame."""
+@pytest.mark.parametrize("rebuild_cost", [1e9, 0.0])
+def test_front_end_equals_the_dense_conv_over_a_stream(conv_model, engine, rebuild_cost):
+    """Changes scattered step after step (no refresh) stay equal to the conv of each frame; so do rebuilds
+    from the active inputs (taken where fewer inputs are active than changed: an empty frame, frames that do not persist)."""
     path, net = conv_model
-    sess = SparseConvSession(path, crossover=1.0, refresh=10**9, engine=engine)
+    sess = SparseConvSession(path, crossover=1.0, refresh=10**9, engine=engine, rebuild_cost=rebuild_cost)
     assert sess.engine == engine
     rng = np.random.default_rng(2)
     frames = persistent_frames(rng, 150, 0.08)
     frames[50:60] *= rng.choice(np.float32([0.5, 2.0, 3.0]), frames[50:60].shape)  # counts, not only 0/1
     frames[70] = 0.0  # an empty frame
+    frames[100:110] = persistent_frames(rng, 10, 0.08, persist=0.0)  # active pixels that do not persist
     ref = reference_conv(net, frames)
     for t, frame in enumerate(frames):
         out = sess.convolve(frame[None]) if t % 2 else sess.step_events([np.flatnonzero(frame)], [frame.reshape(-1)[np.flatnonzero(frame)]])
         if t % 2 == 0:
             out = sess.conv_out
         np.testing.assert_allclose(out[0], ref[t], atol=2e-5, err_msg=f"step {t}")
-    assert sess.counts == {"sparse": 150, "dense": 0}
+    assert sess.counts["sparse"] == 150 and sess.counts["dense"] == 0
+    assert sess.counts["rebuilds"] == 0 if rebuild_cost == 1e9 else 10 <= sess.counts["rebuilds"] <= 20
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -145,7 +149,7 @@ def test_crossover_is_measured_and_bad_input_is_refused(conv_model, tmp_path):
     path, _ = conv_model
     sess = SparseConvSession(path)
     calib = sess.calibrate(repeats=5)
-    assert 0 <= sess.crossover <= 1 and calib["dense_us"] > 0 and calib["scatter_us_per_input"] > 0
+    assert 0 <= sess.crossover <= 1 and calib["dense_us"] > 0 and calib["scatter_us_per_input"] > 0 and calib["rebuild_inputs"] > 0
     sess.step(np.zeros((1, *SHAPE), np.float32))
     before = sess.get_state()
     for active, values, match in (([np.array([0, 512])], None, r"lie in \[0, 512\)"), ([np.array([1.5])], None, "integer"),
@@ -166,6 +170,9 @@ def test_crossover_is_measured_and_bad_input_is_refused(conv_model, tmp_path):
         np.testing.assert_allclose(sess.step(frame * 0), dense.step(frame * 0), atol=1e-5)
     with pytest.raises(RuntimeInputError, match="crossover"):
         SparseConvSession(path, crossover=1.5)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(RuntimeInputError, match="rebuild_cost"):
+            SparseConvSession(path, crossover=1.0, rebuild_cost=bad)
     make_checkpoint(tmp_path / "d.pt", ModelConfig(input_shape=SHAPE, num_classes=3, hidden=(8,)), SPEC)
     export_checkpoint(tmp_path / "d.pt", tmp_path / "d.onnx", check=False, log=lambda m: None)
     with pytest.raises(RuntimeInputError, match="conv first layer"):

@@ -626,6 +626,14 @@ def _copy(art, tmp_path, name: str) -> Path:
 _HELD: list = []
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_held_locks():
+    """Close the lock files the "busy" cases hold once this module's tests are done."""
+    yield
+    while _HELD:
+        _HELD.pop().close()
+
+
 def _held_lock(folder: Path):
     """Hold ``folder/.lock`` as a running training would."""
     folder.mkdir()

@@ -426,7 +426,7 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
             result = recognise_events(sess, contract, events_path, labels_path, None if window_ms is None else max(1, round(window_ms * 1000)),
                                       rule, None if as_json else emitted)
         click.echo(json.dumps({"model": str(model_path), "weights": weights_from, "backend": "ort+sparse-input" if sparse_input else backend,
-                               **result}, indent=2))
+                               **_front_end(sess), **result}, indent=2))
         return
 
     def progress(rec, t, logits) -> None:
@@ -440,9 +440,19 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
 
     with sess:
         result = stream_recordings(sess, recordings, reset=not no_reset, on_step=None if as_json else progress)
-    summary = {"model": str(model_path), "weights": weights_from, "backend": "ort+sparse-input" if sparse_input else backend, **result}
+    summary = {"model": str(model_path), "weights": weights_from, "backend": "ort+sparse-input" if sparse_input else backend, **_front_end(sess),
+               **result}
     shown = summary if as_json else {k: v for k, v in summary.items() if k not in ("results", "predictions")}
     click.echo(json.dumps(shown, indent=2))
+
+
+def _front_end(sess) -> dict:
+    """What a conv model's event-driven front end did in ``run --sparse-input``: its scatter engine, crossover and steps per path."""
+    from .runtime.sparse_conv import SparseConvSession
+
+    if not isinstance(sess, SparseConvSession):
+        return {}
+    return {"front_end": {"scatter": sess.engine, "crossover": round(sess.crossover, 4), "steps": dict(sess.counts)}}
 
 
 @main.command()

@@ -268,6 +268,8 @@ def test_train_export_and_run_on_gesture_recordings(gesture_root, tmp_path):
     assert res.exit_code == 0, res.output
     sparse = json.loads(res.output)
     assert sparse["backend"] == "ort+sparse-input" and sparse["predictions"] == result["predictions"]  # the conv front end from events
+    front = sparse["front_end"]
+    assert front["scatter"] in ("numba", "numpy") and sum(front["steps"][k] for k in ("sparse", "dense")) == 4 * 6  # 4 segments of 6 steps
     # continuous recognition: the whole recording as a stream of the training step span, scored against the labels
     window = json.loads(runner.invoke(main, ["info", str(model)]).output)["input_spec"]["window_us"]
     assert window == (SEGMENT_US // 1000 * 1000 - 1000) // 6 or abs(window - SEGMENT_US / 6) < 2000

@@ -121,15 +121,48 @@ def count_changed_and_active(prev, frame):  # pragma: no cover - compiled
 def rebuild_from_frame(acc, prev, frame, stamps, bias, k, h, wd):  # pragma: no cover - compiled
     """``acc`` = the conv of ``frame`` from scratch (the bias, then each non-zero input's stamp), ``prev`` = ``frame``.
     Cheaper than :func:`update_from_frame` when fewer inputs are active than changed (event frames
-    whose pixels do not persist from one bin to the next); no drift carried over."""
+    whose pixels do not persist from one bin to the next); no drift carried over. Blocks of 64
+    inputs that are all +0.0 (by their bits) are skipped."""
     hw = h * wd
     for o in range(bias.size):
         acc[o * hw:(o + 1) * hw] = bias[o]
-    for q in range(frame.size):
+    prev[:] = frame
+    bits = frame.view(np.int32)
+    size = frame.size
+    whole = size - size % 64
+    for b in range(0, whole, 64):
+        any_set = 0
+        for i in range(64):  # a fixed trip count: vectorised
+            any_set |= bits[b + i]
+        if any_set != 0:
+            _scatter_active(acc, frame, b, b + 64, stamps, k, h, wd)
+    _scatter_active(acc, frame, whole, size, stamps, k, h, wd)
+
+
+@_jit
+def _scatter_active(acc, frame, b, e, stamps, k, h, wd):  # pragma: no cover - compiled
+    """Scatter the non-zero inputs among ``frame[b:e]``."""
+    for q in range(b, e):
         v = frame[q]
-        prev[q] = v
         if v != 0:
             _scatter_one(acc, q, v, stamps, k, h, wd)
+
+
+@_jit
+def front_update(acc, prev, frame, stamps, bias, k, h, wd, limit, rebuild_cost, max_value):  # pragma: no cover - compiled
+    """One stream's front end in one call: count the changed and the active inputs, then scatter the
+    changes (returns 0) or rebuild from the active inputs (returns 1), whichever scatters fewer, or
+    return -1 when that is more than ``limit`` inputs or a large value changed (``acc``/``prev`` may
+    then be partly updated: the caller takes the dense conv)."""
+    changed, active = count_changed_and_active(prev, frame)
+    if active + rebuild_cost < changed:
+        if active + rebuild_cost > limit:
+            return -1
+        rebuild_from_frame(acc, prev, frame, stamps, bias, k, h, wd)
+        return 1
+    if changed > limit:
+        return -1
+    return 0 if update_from_frame(acc, prev, frame, stamps, k, h, wd, changed, max_value) >= 0 else -1
 
 
 def flipped_stamps(weight: np.ndarray) -> np.ndarray:

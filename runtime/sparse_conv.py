@@ -170,6 +170,20 @@ class ConvScatter:
         self.add(acc, q, frame[q].copy())
         prev[:] = frame
 
+    def front(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, bias: np.ndarray, limit: float, rebuild_cost: float) -> int:
+        """One stream's front end: scatter the changes (returns 0) or rebuild from the active inputs (1),
+        whichever scatters fewer (a rebuild counts ``rebuild_cost`` inputs more), or -1 when that is more
+        than ``limit`` inputs or a large value changed (then ``acc``/``prev`` need the dense conv)."""
+        changed, active = self.counts(prev, frame)
+        if active + rebuild_cost < changed:
+            if active + rebuild_cost > limit:
+                return -1
+            self.rebuild(acc, prev, frame, bias)
+            return 1
+        if changed > limit:
+            return -1
+        return 0 if self.update(acc, prev, frame, changed) >= 0 else -1
+
     def update(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, limit: int) -> int:
         """Bring ``acc`` (flat conv output of the flat frame ``prev``) to that of ``frame``, and ``prev`` to
         ``frame``, by scattering the inputs that changed. Returns how many changed, or -1 (nothing
@@ -205,6 +219,7 @@ class JitConvScatter:
         self.add(scratch, np.zeros(1, np.intp), np.zeros(1, np.float32))
         self.counts(zeros, zeros)
         self.rebuild(scratch, zeros.copy(), zeros, np.zeros(co, np.float32))
+        self.front(scratch, zeros.copy(), zeros, np.zeros(co, np.float32), 0.0, 0.0)
 
     def add(self, acc: np.ndarray, q: np.ndarray, v: np.ndarray | None = None) -> None:
         """As :meth:`ConvScatter.add`."""
@@ -220,6 +235,10 @@ class JitConvScatter:
     def rebuild(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, bias: np.ndarray) -> None:
         """As :meth:`ConvScatter.rebuild`."""
         self._jit.rebuild_from_frame(acc, prev, frame, self._stamps, bias, self._k, self._h, self._w)
+
+    def front(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, bias: np.ndarray, limit: float, rebuild_cost: float) -> int:
+        """As :meth:`ConvScatter.front`, in one compiled call."""
+        return self._jit.front_update(acc, prev, frame, self._stamps, bias, self._k, self._h, self._w, limit, rebuild_cost, MAX_SPARSE_VALUE)
 
     def update(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, limit: int) -> int:
         """As :meth:`ConvScatter.update`, but on -1 ``acc`` and ``prev`` may be partly updated (recompute both)."""
@@ -274,6 +293,7 @@ class SparseConvSession:
         self._prev = np.zeros((streams, self.scatter.in_size), np.float32)  # the frame the conv output belongs to
         self._frame = np.zeros((streams, *self.frame_shape), np.float32)  # the dense path's input
         self._events_frame = np.zeros((streams, self.scatter.in_size), np.float32)  # step_events builds its frames here
+        self._acc_rows, self._prev_rows = list(self._acc), list(self._prev)  # per-stream views, made once
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         self._conv = ort.InferenceSession(front.conv_graph, opts, providers=["CPUExecutionProvider"])
@@ -347,21 +367,14 @@ class SparseConvSession:
         refresh, or when large values change."""
         flat = x.reshape(self.streams, -1)
         dense = self._since_dense + 1 >= self.refresh
-        limit = self.crossover * self.scatter.in_size
-        rebuild: list[bool] = []
-        for s in range(self.streams):
+        limit = float(self.crossover * self.scatter.in_size)
+        rebuilds = 0
+        front, bias, cost = self.scatter.front, self.bias, float(self.rebuild_cost)
+        for acc, prev, frame in zip(self._acc_rows, self._prev_rows, flat):
             if dense:
                 break
-            changed, active = self.scatter.counts(self._prev[s], flat[s])
-            rebuild.append(active + self.rebuild_cost < changed)
-            dense = min(changed, active + self.rebuild_cost) > limit
-        for s in range(self.streams):
-            if dense:
-                break
-            if rebuild[s]:
-                self.scatter.rebuild(self._acc[s], self._prev[s], flat[s], self.bias)
-            else:
-                dense = self.scatter.update(self._acc[s], self._prev[s], flat[s], self.scatter.in_size) < 0  # a large value changed
+            path = front(acc, prev, frame, bias, limit, cost)
+            dense, rebuilds = path < 0, rebuilds + max(path, 0)
         if dense:  # also when a stream gave up half-way: the dense conv recomputes every stream's output
             np.copyto(self._frame, x)
             self._dense_conv()
@@ -369,7 +382,7 @@ class SparseConvSession:
             return
         self._since_dense += 1
         self.counts["sparse"] += 1
-        self.counts["rebuilds"] += sum(rebuild)
+        self.counts["rebuilds"] += rebuilds
 
     # -- the public steps ------------------------------------------------------------------------
 

@@ -203,7 +203,7 @@ def format_report(r: dict) -> str:
     lines.append("packages: " + ", ".join(f"{k} {v}" for k, v in pk.items() if v))
     lines.append("backends:")
     for name, b in r["backends"].items():
-        lines.append(f"  {name:9} {'ok' if b['ok'] else 'missing: ' + str(b['needs'])}")
+        lines.append(f"  {name:10} {'ok' if b['ok'] else 'missing: ' + str(b['needs'])}")
     for p in r["problems"]:
         lines.append(f"problem: {p}")
     return "\n".join(lines)

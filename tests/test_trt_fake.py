@@ -470,7 +470,7 @@ def test_doctor_reports_what_each_backend_needs(monkeypatch, tmp_path):
     assert "python3-libnvinfer" in r["backends"]["tensorrt"]["needs"] and "--system-site-packages" in r["backends"]["tensorrt"]["needs"]
     assert "pypi.jetson-ai-lab.io" in r["backends"]["ort-cuda"]["needs"]
     text = format_report(r)
-    assert "jetson: NVIDIA Jetson Orin Nano" in text and "tensorrt  missing" in text
+    assert "jetson: NVIDIA Jetson Orin Nano" in text and "tensorrt   missing" in text
 
     install(monkeypatch, "10.3.0", dla_cores=2)
     r = diagnose(root=tmp_path / "nowhere", probe=False)

@@ -222,9 +222,13 @@ class JitConvScatter:
         self.front(scratch, zeros.copy(), zeros, np.zeros(co, np.float32), 0.0, 0.0)
 
     def add(self, acc: np.ndarray, q: np.ndarray, v: np.ndarray | None = None) -> None:
-        """As :meth:`ConvScatter.add`."""
+        """As :meth:`ConvScatter.add` (indices, values and ``acc`` checked here: the compiled kernel does not bounds-check)."""
         q = np.ascontiguousarray(q, np.intp)
         v = np.ones(len(q), np.float32) if v is None else np.ascontiguousarray(v, np.float32)
+        if acc.shape != (self.out_size,) or acc.dtype != np.float32 or not acc.flags.c_contiguous or q.ndim != 1 or v.shape != q.shape:
+            raise RuntimeInputError(f"add needs a float32 accumulator of {self.out_size} and as many values as indices")
+        if q.size and (int(q.min()) < 0 or int(q.max()) >= self.in_size):
+            raise RuntimeInputError(f"input indices must lie in [0, {self.in_size})")
         self._jit.scatter(acc, q, v, self._stamps, self._k, self._h, self._w)
 
     def counts(self, prev: np.ndarray, frame: np.ndarray) -> tuple[int, int]:
@@ -234,14 +238,24 @@ class JitConvScatter:
 
     def rebuild(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, bias: np.ndarray) -> None:
         """As :meth:`ConvScatter.rebuild`."""
+        self._check(acc, prev, frame, bias)
         self._jit.rebuild_from_frame(acc, prev, frame, self._stamps, bias, self._k, self._h, self._w)
+
+    def _check(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, bias: np.ndarray | None = None) -> None:
+        """The compiled kernels do not bounds-check: the buffers must have the sizes this scatter was made for."""
+        if acc.size != self.out_size or prev.size != self.in_size or frame.size != self.in_size or (
+                bias is not None and bias.size != self._stamps.shape[1]):
+            raise RuntimeInputError(f"the scatter needs an accumulator of {self.out_size}, frames of {self.in_size} values "
+                                    f"and {self._stamps.shape[1]} biases")
 
     def front(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, bias: np.ndarray, limit: float, rebuild_cost: float) -> int:
         """As :meth:`ConvScatter.front`, in one compiled call."""
+        self._check(acc, prev, frame, bias)
         return self._jit.front_update(acc, prev, frame, self._stamps, bias, self._k, self._h, self._w, limit, rebuild_cost, MAX_SPARSE_VALUE)
 
     def update(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, limit: int) -> int:
         """As :meth:`ConvScatter.update`, but on -1 ``acc`` and ``prev`` may be partly updated (recompute both)."""
+        self._check(acc, prev, frame)
         return int(self._jit.update_from_frame(acc, prev, frame, self._stamps, self._k, self._h, self._w, limit, MAX_SPARSE_VALUE))
 
 

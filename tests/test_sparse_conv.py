@@ -73,6 +73,16 @@ def test_scatter_equals_a_dense_convolution_at_every_border(kernel, shape, scatt
     scatter.add(acc, q, x.reshape(-1)[q].copy())
     ref = torch.nn.functional.conv2d(torch.from_numpy(x[None]).double(), torch.from_numpy(w).double(), padding=kernel // 2)[0].numpy()
     np.testing.assert_allclose(acc.reshape(ref.shape), ref, atol=1e-5)
+    if scatter_kind == "numba":  # the compiled kernel does not bounds-check: add does
+        for bad_q, bad_acc in ((np.array([size]), acc), (np.array([-1]), acc), (q, acc[:-1]), (q, acc.astype(np.float64))):
+            with pytest.raises(RuntimeInputError):
+                scatter.add(bad_acc, bad_q)
+        frame = np.zeros(size, np.float32)
+        for call in (lambda: scatter.front(acc, frame, frame[:-1], np.zeros(5, np.float32), 1.0, 0.0),
+                     lambda: scatter.update(acc[:-1], frame, frame, 1), lambda: scatter.rebuild(acc, frame[:-1], frame, np.zeros(5, np.float32)),
+                     lambda: scatter.rebuild(acc, frame, frame.copy(), np.zeros(6, np.float32))):
+            with pytest.raises(RuntimeInputError, match="accumulator"):
+                call()
     scatter.add(acc, q)  # values 1: adds the conv of the 0/1 mask
     mask = (x != 0).astype(np.float64)
     ref += torch.nn.functional.conv2d(torch.from_numpy(mask[None]), torch.from_numpy(w).double(), padding=kernel // 2)[0].numpy()

@@ -102,15 +102,27 @@ class StreamSession:
         self._enter()
         try:
             np.copyto(self.backend.x, x)
-            self.backend.step()
-            bad = _nonfinite_state(self.backend)
-            if bad is not None:
-                _undo_step(self.backend)
-                raise RuntimeInputError(f"this input drives state '{bad}' to NaN or Inf (values too large?); step undone, state unchanged")
-            self.steps += 1
-            return self.backend.logits
+            return self._step_checked()
         finally:
             self._lock.release()
+
+    def step_buffered(self) -> np.ndarray:
+        """:meth:`step` on the input already in the backend's input buffer (a front end filled it in place)."""
+        self._enter()
+        try:
+            return self._step_checked()
+        finally:
+            self._lock.release()
+
+    def _step_checked(self) -> np.ndarray:
+        """Step the backend; undo the step and refuse when the state turns non-finite."""
+        self.backend.step()
+        bad = _nonfinite_state(self.backend)
+        if bad is not None:
+            _undo_step(self.backend)
+            raise RuntimeInputError(f"this input drives state '{bad}' to NaN or Inf (values too large?); step undone, state unchanged")
+        self.steps += 1
+        return self.backend.logits
 
     def reset(self, stream: int | None = None) -> None:
         """All streams (or one) back to the deterministic initial state from the model's metadata."""

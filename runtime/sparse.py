@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import TypeVar
 
 import numpy as np
 
@@ -94,7 +95,47 @@ def check_active(active, values, streams: int, size: int) -> tuple[list[np.ndarr
             out_val.append(v.astype(np.float32, copy=False))
     return out_idx, (out_val if values is not None else None)
 
-class SparseInputSession:
+_S = TypeVar("_S", bound="FrontEndSession")
+
+
+class FrontEndSession:
+    """What the sessions whose first layer is computed outside the graph share: the rest of the graph
+    in a :class:`StreamSession` (``self.session``), one caller at a time (``self._lock``), and state,
+    reset and close passed through to that session."""
+
+    session: StreamSession
+    contract: StepContract
+    _lock: threading.Lock
+
+    def _enter(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeInputError("the session is in use by another thread; use one session per thread")
+
+    def reset(self, stream: int | None = None) -> None:
+        """The network state back to its initial values."""
+        self.session.reset(stream)
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return self.session.get_state()
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.session.set_state(state)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.contract.class_names
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SparseInputSession(FrontEndSession):
     """A :class:`StreamSession` whose first-layer input current is a gather-sum over active inputs."""
 
     def __init__(self, model_path, streams: int | None = None, threads: int = 1, crossover: float = 0.12, verify: bool = True):
@@ -115,10 +156,6 @@ class SparseInputSession:
         self._ones = np.ones(self.wt.shape[0], np.float32)
         self.crossover = crossover
         self._lock = threading.Lock()
-
-    def _enter(self) -> None:
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeInputError("the session is in use by another thread; use one session per thread")
 
     def project(self, active: list[np.ndarray], values: list[np.ndarray] | None = None) -> np.ndarray:
         """Input current per stream from flat indices of its active inputs (and their values; 1 if None)."""
@@ -156,21 +193,3 @@ class SparseInputSession:
             return self.session.step(self._project(active, [row[a] for row, a in zip(flat, active)]))
         finally:
             self._lock.release()
-
-    def reset(self, stream: int | None = None) -> None:
-        self.session.reset(stream)
-
-    def get_state(self) -> dict[str, np.ndarray]:
-        return self.session.get_state()
-
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.session.set_state(state)
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self) -> SparseInputSession:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -31,8 +31,8 @@ import numpy as np
 
 from ..contract import ContractError, InputSpec, StepContract, read_contract, verify_checksum
 from .errors import RuntimeInputError
-from .session import StreamSession, _nonfinite_state, _undo_step, check_count, ort_backend, validate_frames
-from .sparse import check_active
+from .session import StreamSession, check_count, ort_backend, validate_frames
+from .sparse import FrontEndSession, check_active
 
 WEIGHT, BIAS = "layers.0.conv.weight", "layers.0.conv.bias"
 MAX_SPARSE_VALUE = 1e4  # changes from or to larger values take the dense path (running sums of huge values lose precision)
@@ -159,10 +159,6 @@ class ConvScatter:
             w *= v[:, None]
         np.add.at(acc, idx.reshape(-1), w.reshape(-1))
 
-    def counts(self, prev: np.ndarray, frame: np.ndarray) -> tuple[int, int]:
-        """``(changed, active)``: inputs of the flat ``frame`` that differ from ``prev``, and that are non-zero."""
-        return int(np.count_nonzero(frame != prev)), int(np.count_nonzero(frame))
-
     def rebuild(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, bias: np.ndarray) -> None:
         """``acc`` = the conv of ``frame`` from scratch (``bias`` per output channel + the active inputs' stamps), ``prev`` = ``frame``."""
         acc.reshape(len(bias), -1)[:] = bias[:, None]
@@ -174,15 +170,16 @@ class ConvScatter:
         """One stream's front end: scatter the changes (returns 0) or rebuild from the active inputs (1),
         whichever scatters fewer (a rebuild counts ``rebuild_cost`` inputs more), or -1 when that is more
         than ``limit`` inputs or a large value changed (then ``acc``/``prev`` need the dense conv)."""
-        changed, active = self.counts(prev, frame)
-        if active + rebuild_cost < changed:
+        q = np.flatnonzero(frame != prev)
+        active = int(np.count_nonzero(frame))
+        if active + rebuild_cost < len(q):
             if active + rebuild_cost > limit:
                 return -1
             self.rebuild(acc, prev, frame, bias)
             return 1
-        if changed > limit:
+        if len(q) > limit:
             return -1
-        return 0 if self.update(acc, prev, frame, changed) >= 0 else -1
+        return 0 if self._apply_changes(acc, prev, frame, q) else -1
 
     def update(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, limit: int) -> int:
         """Bring ``acc`` (flat conv output of the flat frame ``prev``) to that of ``frame``, and ``prev`` to
@@ -191,14 +188,18 @@ class ConvScatter:
         q = np.flatnonzero(frame != prev)
         if len(q) > limit:
             return -1
+        return len(q) if self._apply_changes(acc, prev, frame, q) else -1
+
+    def _apply_changes(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, q: np.ndarray) -> bool:
+        """Scatter the changes at ``q`` and take them into ``prev``; False (nothing done) when a value is too large."""
         if len(q):
             new = frame[q]
             dv = new - prev[q]
             if float(np.abs(dv).max()) > MAX_SPARSE_VALUE or float(np.abs(new).max()) > MAX_SPARSE_VALUE:
-                return -1
+                return False
             self.add(acc, q, dv)
             prev[q] = new
-        return len(q)
+        return True
 
 
 class JitConvScatter:
@@ -217,7 +218,6 @@ class JitConvScatter:
         zeros = np.zeros(self.in_size, np.float32)
         self.update(scratch, zeros.copy(), zeros, 0)
         self.add(scratch, np.zeros(1, np.intp), np.zeros(1, np.float32))
-        self.counts(zeros, zeros)
         self.rebuild(scratch, zeros.copy(), zeros, np.zeros(co, np.float32))
         self.front(scratch, zeros.copy(), zeros, np.zeros(co, np.float32), 0.0, 0.0)
 
@@ -230,11 +230,6 @@ class JitConvScatter:
         if q.size and (int(q.min()) < 0 or int(q.max()) >= self.in_size):
             raise RuntimeInputError(f"input indices must lie in [0, {self.in_size})")
         self._jit.scatter(acc, q, v, self._stamps, self._k, self._h, self._w)
-
-    def counts(self, prev: np.ndarray, frame: np.ndarray) -> tuple[int, int]:
-        """As :meth:`ConvScatter.counts`."""
-        changed, active = self._jit.count_changed_and_active(prev, frame)
-        return int(changed), int(active)
 
     def rebuild(self, acc: np.ndarray, prev: np.ndarray, frame: np.ndarray, bias: np.ndarray) -> None:
         """As :meth:`ConvScatter.rebuild`."""
@@ -276,7 +271,7 @@ def conv_scatter(weight: np.ndarray, frame_shape: tuple[int, int, int], engine: 
     return ConvScatter(weight, frame_shape)
 
 
-class SparseConvSession:
+class SparseConvSession(FrontEndSession):
     """A :class:`StreamSession` whose first conv is computed from the changed inputs only (see the module docstring)."""
 
     def __init__(self, model_path, streams: int | None = None, threads: int = 1, crossover: float | None = None, refresh: int = 100,
@@ -400,32 +395,13 @@ class SparseConvSession:
 
     # -- the public steps ------------------------------------------------------------------------
 
-    def _enter(self) -> None:
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeInputError("the session is in use by another thread; use one session per thread")
-
-    def _run(self) -> np.ndarray:
-        """Step the split graph on the conv output already in its input buffer (the session's checks, no copy)."""
-        sess = self.session
-        sess._enter()
-        try:
-            sess.backend.step()
-            bad = _nonfinite_state(sess.backend)
-            if bad is not None:
-                _undo_step(sess.backend)
-                raise RuntimeInputError(f"this input drives state '{bad}' to NaN or Inf (values too large?); step undone, state unchanged")
-            sess.steps += 1
-            return sess.backend.logits
-        finally:
-            sess._lock.release()
-
     def step(self, x: np.ndarray) -> np.ndarray:
         """Same contract as a dense session's ``step``: frames ``[streams, *frame]``."""
         x = validate_frames(x, self.streams, self.frame_shape)
         self._enter()
         try:
             self._front(x)
-            return self._run()
+            return self.session.step_buffered()  # the conv output is already in the graph's input buffer
         finally:
             self._lock.release()
 
@@ -453,31 +429,11 @@ class SparseConvSession:
             if not np.isfinite(frames).all():
                 raise RuntimeInputError("the values sum to Inf at a repeated index; state unchanged")
             self._front(frames.reshape(self.streams, *self.frame_shape))
-            return self._run()
+            return self.session.step_buffered()  # the conv output is already in the graph's input buffer
         finally:
             self._lock.release()
-
-    def reset(self, stream: int | None = None) -> None:
-        """The network state back to its initial values (the conv output depends on the frame only)."""
-        self.session.reset(stream)
-
-    def get_state(self) -> dict[str, np.ndarray]:
-        return self.session.get_state()
-
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.session.set_state(state)
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.contract.class_names
 
     def close(self) -> None:
         self._binding = None
         self._conv = None
-        self.session.close()
-
-    def __enter__(self) -> SparseConvSession:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().close()

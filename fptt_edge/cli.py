@@ -114,6 +114,9 @@ def main():
 @click.option("--eval-weights", type=click.Choice(["wbar", "wbar-restore", "current"]), default="wbar", show_default=True,
               help="FPTT: evaluate and save Wbar, training on from it (W <- Wbar, the reference) or from the restored W "
                    "(wbar-restore); or evaluate the current W.")
+@click.option("--oracle/--no-oracle", default=False, show_default=True,
+              help="FPTT: add the reference's soft-target term to early updates, (1 - w_t) mean(-q[y, t] log_softmax), q the "
+                   "outputs on misclassified examples per class and step (off by default, as in the spec).")
 @click.option("--bptt-loss", type=click.Choice(["weighted", "last"]), default="weighted", show_default=True,
               help="BPTT: mean of (t+1)/T-weighted per-step CE, or CE at the last step.")
 @click.option("--val", "val_path", type=click.Path(dir_okay=False),
@@ -156,7 +159,7 @@ def main():
 def train(task, train_path, test_path, root, mode, source, steps, binning, downsample, normalisation, method, parts, hidden, layers, conv,
           epochs, batch_size, lr, alpha, beta, clip, b_j0, initial_u, eval_weights, bptt_loss, seed, max_train_samples,
           max_test_samples, checkpoint_interval, out_dir, resume, device, quiet, val_path, val_fraction, schedule, warmup, milestones, gamma,
-          patience, train_eval_samples, compile_mode, encoding, delta_threshold, tau_init):
+          patience, train_eval_samples, compile_mode, encoding, delta_threshold, tau_init, oracle):
     """Train an LTC spiking network with FPTT (or BPTT) and write DIR/model.pt and DIR/metrics.json.
 
     model.pt holds the epoch with the best accuracy on the validation data (--val, or --val-fraction
@@ -194,7 +197,8 @@ def train(task, train_path, test_path, root, mode, source, steps, binning, downs
                           seed=seed, bptt_loss=bptt_loss, eval_weights=eval_weights, checkpoint_interval=checkpoint_interval,
                           schedule=schedule, warmup=warmup, milestones=tuple(_positive_ints(milestones, "--milestones")) if milestones else (),
                           gamma=gamma, val_fraction=val_fraction if val_path is None else 0.0, patience=patience,
-                          train_eval_samples=train_eval_samples, compile=compile_mode, tau_init=tau_init)
+                          train_eval_samples=train_eval_samples, compile=compile_mode, tau_init=tau_init,
+                          oracle=oracle)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     views = None

@@ -155,7 +155,8 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("schedule", [{"schedule": "cosine", "warmup": 1.0}, {"schedule": "step", "milestones": (1, 2)}])
+@pytest.mark.parametrize("schedule", [{"schedule": "cosine", "warmup": 1.0}, {"schedule": "step", "milestones": (1, 2)},
+                                      {"schedule": "cosine", "oracle": True}])  # the oracle's soft-target table resumes too
 def test_the_schedule_resumes_exactly_mid_epoch(tmp_path, monkeypatch, schedule):
     train, test = _data(40, 0), _data(12, 1)
     cfg = TrainConfig(method="fptt", epochs=3, batch_size=8, checkpoint_interval=1e-9, **schedule)
@@ -187,6 +188,9 @@ def test_the_schedule_resumes_exactly_mid_epoch(tmp_path, monkeypatch, schedule)
     b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert a["trainer"]["optimizer"]["param_groups"][0]["lr"] == b["trainer"]["optimizer"]["param_groups"][0]["lr"]
+    if cfg.oracle:
+        assert float(a["trainer"]["oracle"]["table"].abs().sum()) > 0, "vacuous: an empty soft-target table"
+        assert torch.equal(a["trainer"]["oracle"]["table"], b["trainer"]["oracle"]["table"])
 
 
 def test_resume_refuses_other_epochs_under_a_schedule_that_spans_the_run(tmp_path):

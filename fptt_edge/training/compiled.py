@@ -72,12 +72,16 @@ class CompiledFPTTUpdate:
     ``x_t`` ``[B, ...]``, labels ``y`` and per-sequence loss weights ``w`` ``[B]`` (the loss is
     ``sum_i w_i CE_i / B``), starting from ``state`` (a :class:`~fptt_edge.model.NetState`).
 
-    ``fptt=False`` leaves out the regulariser, the clipping and the traces: a plain per-step
-    Adamax update, the yardstick ``benchmarks/time_per_sequence.py`` compares with.
+    With the trainer's oracle on (``cfg.oracle``), ``__call__`` takes ``extra`` = (soft targets
+    ``q`` ``[B, C]``, weights ``1 - w`` ``[B]``) and the loss adds :meth:`OracleTargets.term`.
+
+    ``fptt=False`` leaves out the regulariser, the clipping, the traces and the oracle: a plain
+    per-step Adamax update, the yardstick ``benchmarks/time_per_sequence.py`` compares with.
     """
 
     def __init__(self, trainer: Any, batch: int, fptt: bool = True):
         self.trainer, self.batch, self.fptt = trainer, batch, fptt
+        self.oracle = fptt and getattr(trainer, "oracle", None) is not None  # the soft-target term (training/oracle.py)
         model = trainer.model
         self.model = model
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -109,10 +113,12 @@ class CompiledFPTTUpdate:
         self.n_state = len(model.state_names())
 
     # the traced function: no Python value in it may change between calls
-    def _update(self, weights, exp_avg, exp_inf, wbar, lam, anchor, step_size, x, y, w, *state):
+    def _update(self, weights, exp_avg, exp_inf, wbar, lam, anchor, step_size, x, y, w, *rest):
         from ..model import unflatten_state
+        from .oracle import OracleTargets
 
         model, names, shapes, sizes = self.model, self.names, self.shapes, self.sizes
+        (q, ow), state = (rest[:2], rest[2:]) if self.oracle else ((None, None), rest)
 
         def loss_fn(views):
             params = dict(zip(names, views))
@@ -120,7 +126,10 @@ class CompiledFPTTUpdate:
             logits, new = torch.func.functional_call(model, params, (x.unsqueeze(1), st))
             picked = logits[:, -1]
             ce = F.cross_entropy(picked, y, reduction="none")
-            return (w * ce).sum() / x.shape[0], (picked.detach(), [t.detach() for t in new.tensors()])
+            loss = (w * ce).sum() / x.shape[0]
+            if q is not None:
+                loss = loss + OracleTargets.term(picked, q, ow)
+            return loss, (picked.detach(), [t.detach() for t in new.tensors()])
 
         views = [v.view(s) for v, s in zip(torch.split(weights, sizes), shapes)]
         grads, (logits, new_state) = torch.func.grad(loss_fn, has_aux=True)(views)
@@ -139,7 +148,10 @@ class CompiledFPTTUpdate:
             anchor.copy_(lam + self.alpha * wbar)
         return (logits, *new_state)
 
-    def __call__(self, x, y, w, state):
+    def __call__(self, x, y, w, state, extra: tuple = ()):
+        """``extra``: with the oracle term, (soft targets ``[B, C]``, their weights ``[B]``)."""
+        if len(extra) != (2 if self.oracle else 0):
+            raise ValueError("the oracle term needs (targets, weights), and only with the oracle on")
         from ..model import unflatten_state
 
         opt = self.trainer.optimizer
@@ -155,7 +167,7 @@ class CompiledFPTTUpdate:
         self.step_size.fill_(-(float(group["lr"]) / (1.0 - self.beta1 ** t)))
         traces = self.trainer.traces
         args = (self.weights, st["exp_avg"], st["exp_inf"], traces.wbar[0], traces.lam[0], traces._anchor[0],
-                self.step_size, x, y, w, *state.tensors())
+                self.step_size, x, y, w, *extra, *state.tensors())
         out = None
         if self.calls >= 2 and self.weights.device.type == "cpu":
             try:

@@ -297,8 +297,9 @@ def _resume_differences(payload: dict, model_config: ModelConfig, cfg: TrainConf
     options, file contents, sample counts, the loaded samples), one readable item each."""
     out = [f"model {k}: {_show(a)} then, {_show(b)} now" for k, a, b in _dict_diff(payload["model_config"], model_config.to_dict())]
     saved_cfg, now_cfg = payload["training_config"], cfg.to_dict()
-    out += [f"{k}: {_show(saved_cfg[k])} then, {_show(now_cfg[k])} now" for k in now_cfg
-            if k not in RESUME_MAY_CHANGE and not _same(saved_cfg.get(k), now_cfg[k])]
+    defaults = TrainConfig().to_dict()  # a setting an older run did not record had its default
+    out += [f"{k}: {_show(saved_cfg.get(k, defaults[k]))} then, {_show(now_cfg[k])} now" for k in now_cfg
+            if k not in RESUME_MAY_CHANGE and not _same(saved_cfg.get(k, defaults[k]), now_cfg[k])]
     if saved_cfg.get("epochs") != cfg.epochs and (cfg.schedule == "cosine" or (cfg.schedule == "step" and not cfg.milestones)):
         out.append(f"epochs: {_show(saved_cfg.get('epochs'))} then, {cfg.epochs} now (the {cfg.schedule} learning-rate schedule spans "
                    f"the run's epochs, so other --epochs would change the rates; --epochs may grow with --schedule constant or "

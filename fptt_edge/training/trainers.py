@@ -22,6 +22,7 @@ from .fptt import FPTTTraces
 if TYPE_CHECKING:
     from .compiled import CompiledFPTTUpdate
 from .init import TAU_INITS
+from .oracle import OracleTargets
 from .schedule import SCHEDULES, lr_at
 
 METHODS = ("fptt", "bptt")
@@ -58,6 +59,7 @@ class TrainConfig:
     train_eval_samples: int = 1000  # training sequences re-scored like the test set after each epoch (0: all)
     compile: str = "off"  # FPTT update as one compiled graph: "on", "off", "auto" (on when the run is long enough to repay compiling)
     tau_init: str = "default"  # gate time constants of a fresh model: "default" (zero biases, the reference) or "spread" (training/init.py)
+    oracle: bool = False  # FPTT: the reference's optional soft-target term for early updates (training/oracle.py)
 
     def __post_init__(self):
         self.milestones = tuple(int(m) for m in self.milestones)
@@ -116,6 +118,7 @@ class FPTTTrainer:
         self.params = [self.flat.flat]
         self.optimizer = torch.optim.Adamax(self.params, lr=cfg.lr, foreach=True)
         self.traces = FPTTTraces(self.params, cfg.alpha, cfg.beta)
+        self.oracle = OracleTargets(model.config.num_classes) if cfg.oracle else None
         self.compile = cfg.compile == "on" if compile is None else compile
         self.compiled: CompiledFPTTUpdate | None = None
         self.compile_note: str | None = None  # why the update is not compiled, when asked for and refused
@@ -144,9 +147,18 @@ class FPTTTrainer:
             lens = lengths.to(torch.float32).unsqueeze(0)
             weights = torch.where(t <= lens, t / lens, torch.zeros((), device=x.device))
         xs = x.transpose(0, 1).contiguous()
+        oracle = self.oracle
+        if oracle is not None:
+            alive = None if lengths is None else torch.arange(steps, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)  # [T, B]
+            oracle_w = (1.0 - weights) if alive is None else torch.where(alive, 1.0 - weights, torch.zeros((), device=x.device))
         final = None
         for i in range(steps):
-            logits, state = update(xs[i], y, weights[i], state)
+            if oracle is not None:
+                extra = (oracle.targets(y, i, steps), oracle_w[i])
+                logits, state = update(xs[i], y, weights[i], state, extra)
+                oracle.observe(logits, y, i, steps, None if alive is None else alive[i])
+            else:
+                logits, state = update(xs[i], y, weights[i], state)
             if lengths is None or final is None:
                 final = logits
             else:
@@ -173,22 +185,30 @@ class FPTTTrainer:
                     generator.set_state(drawn)
         state = self.model.initial_state(batch, x.device, generator)
         final = None
+        parts = math.ceil(steps / chunk)
         for t0 in range(0, steps, chunk):
             t1 = min(steps, t0 + chunk)
             logits, state = self.net(x[:, t0:t1], state)
+            alive = None
             if lengths is None:
                 picked = logits[:, -1]
                 loss = (t1 / steps) * F.cross_entropy(picked, y)
+                weight = torch.full((batch,), t1 / steps, dtype=picked.dtype, device=x.device)
                 final = picked.detach()
             else:
                 idx = (lengths - 1 - t0).clamp(0, t1 - t0 - 1)
                 picked = logits[torch.arange(batch, device=x.device), idx]
-                alive = (lengths - 1 >= t0).to(picked.dtype)
+                alive = lengths - 1 >= t0
                 ce_i = F.cross_entropy(picked, y, reduction="none")
-                weight = alive * (t0 + idx + 1).to(picked.dtype) / lengths.to(picked.dtype)
+                weight = alive.to(picked.dtype) * (t0 + idx + 1).to(picked.dtype) / lengths.to(picked.dtype)
                 loss = (weight * ce_i).sum() / batch
                 ends_here = ((lengths - 1 >= t0) & (lengths - 1 < t1)).unsqueeze(1)
                 final = picked.detach() if final is None else torch.where(ends_here, picked.detach(), final)
+            if self.oracle is not None:
+                part = t0 // chunk
+                oracle_w = 1.0 - weight if alive is None else torch.where(alive, 1.0 - weight, torch.zeros_like(weight))
+                loss = loss + self.oracle.term(picked, self.oracle.targets(y, part, parts), oracle_w)
+                self.oracle.observe(picked.detach(), y, part, parts, alive)
             self.apply_update(loss)
             state = detach_state(state)
         assert final is not None  # steps >= 1: the loop ran
@@ -223,9 +243,14 @@ class FPTTTrainer:
             self._kept = None
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "traces": self.traces.state_dict()}
+        out = {"optimizer": self.optimizer.state_dict(), "traces": self.traces.state_dict()}
+        if self.oracle is not None:
+            out["oracle"] = self.oracle.state_dict()
+        return out
 
     def load_state_dict(self, state: dict) -> None:
+        if self.oracle is not None:
+            self.oracle.load_state_dict(state["oracle"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.traces.load_state_dict(state["traces"])
 

@@ -1,0 +1,79 @@
+"""The reference's optional "oracle" term for FPTT: soft targets for a sequence's early updates.
+
+At update point ``p`` (of ``P`` per sequence) with per-sequence loss weight ``w`` (``(t+1)/T``)
+the loss gains, as in the authors' code (``train_mnist_snn_v2.py``)::
+
+    (1 - w) * mean_{b, c}( -q[y_b, p, c] * log_softmax(m_p)[b, c] )
+
+where ``q[y, p]`` is a table of soft targets: the softmax output at update point ``p`` of an
+example of class ``y`` that the model got wrong there (the first such example of each batch, in
+batch order, replaces the row; zeros until one is seen, so the term starts at zero). Early
+updates, where the label cannot yet be read from the input, are pulled less towards the one-hot
+label and more towards what the network says on hard examples; the last update (``w = 1``)
+keeps the plain cross-entropy. The table is read before the step's outputs update it.
+
+The table is part of the trainer's state (saved in resume checkpoints).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class OracleTargets:
+    """The ``[classes, parts, classes]`` soft-target table and the term it adds to the loss."""
+
+    def __init__(self, classes: int):
+        self.classes = int(classes)
+        self.table: torch.Tensor | None = None  # [C, P, C], made at the first batch (P is known then)
+
+    def _table(self, parts: int, like: torch.Tensor) -> torch.Tensor:
+        if self.table is None:
+            self.table = torch.zeros(self.classes, parts, self.classes, dtype=torch.float32, device=like.device)
+        elif self.table.shape[1] != parts:
+            raise ValueError(f"the oracle table holds {self.table.shape[1]} update points per sequence, "
+                             f"this batch has {parts} (sequences of another length)")
+        return self.table
+
+    def targets(self, y: torch.Tensor, part: int, parts: int) -> torch.Tensor:
+        """``q[y_b, part]`` for the batch: ``[B, C]`` (a copy)."""
+        return self._table(parts, y)[y, part]
+
+    @staticmethod
+    def term(logits: torch.Tensor, q: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``sum_b weight_b * sum_c(-q[b, c] * log_softmax(logits)[b, c]) / (B * C)``; ``weight`` is ``1 - w`` per sequence (0 where it ended)."""
+        logp = torch.log_softmax(logits, dim=1)
+        return (weight * (-(q * logp).sum(1))).sum() / (logits.shape[0] * logits.shape[1])
+
+    @torch.no_grad()
+    def observe(self, logits: torch.Tensor, y: torch.Tensor, part: int, parts: int, alive: torch.Tensor | None = None) -> None:
+        """Row ``q[c, part]`` := softmax of the first sequence of class ``c`` (in batch order) misclassified at this update
+        (not at the last update point, whose target is the label: its weight ``1 - w`` is 0)."""
+        table = self._table(parts, y)
+        if part >= parts - 1:
+            return
+        batch = y.shape[0]
+        wrong = logits.argmax(1) != y
+        if alive is not None:
+            wrong &= alive
+        if not bool(wrong.any()):
+            return
+        index = torch.arange(batch, device=y.device)
+        first = torch.full((self.classes,), batch, dtype=torch.long, device=y.device)
+        first.scatter_reduce_(0, y[wrong], index[wrong], reduce="amin")
+        seen = first < batch
+        table[torch.arange(self.classes, device=y.device)[seen], part] = torch.softmax(logits[first[seen]].float(), dim=1)
+
+    def state_dict(self) -> dict:
+        return {"classes": self.classes, "table": None if self.table is None else self.table.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        table = state.get("table")
+        if int(state.get("classes", -1)) != self.classes:
+            raise ValueError(f"oracle table for {state.get('classes')} classes, the model has {self.classes}")
+        if table is not None:
+            if not isinstance(table, torch.Tensor) or table.ndim != 3 or table.shape[0] != self.classes or table.shape[2] != self.classes:
+                raise ValueError(f"oracle table must be [{self.classes}, parts, {self.classes}]")
+            if not torch.isfinite(table).all() or bool((table < 0).any()) or bool((table > 1).any()):
+                raise ValueError("oracle table must hold probabilities (finite, in [0, 1])")
+            table = table.to(torch.float32).clone()
+        self.table = table

@@ -1,0 +1,167 @@
+"""FPTT's optional oracle term (``training/oracle.py``) against an independent loop written the way
+the authors' code is (per-tensor regulariser in the loss, a Python loop filling the soft-target
+table), eager and compiled; the table's update rule by hand; a bad or missing table refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fptt_edge.config import ModelConfig
+from fptt_edge.model import LTCNetwork, detach_state
+from fptt_edge.training import loop
+from fptt_edge.training.compiled import why_not_compiled
+from fptt_edge.training.oracle import OracleTargets
+from fptt_edge.training.trainers import FPTTTrainer, TrainConfig
+
+B, T, C, K = 6, 7, 3, 4
+
+
+def _net(seed: int = 0) -> LTCNetwork:
+    torch.manual_seed(seed)
+    return LTCNetwork(ModelConfig(input_shape=(C,), num_classes=K, hidden=(10,)))
+
+
+def _batches(n: int = 3):
+    g = torch.Generator().manual_seed(5)
+    return [((torch.rand(B, T, C, generator=g) < 0.5).float() * 1.5, torch.randint(0, K, (B,), generator=g)) for _ in range(n)]
+
+
+def _reference(model: LTCNetwork, batches, cfg: TrainConfig, oracle: bool = True) -> torch.Tensor:
+    """The authors' loop body (``train_mnist_snn_v2.py``, parts = T): returns their table."""
+    a, b = cfg.alpha, cfg.beta
+    named = {n: (p, p.detach().clone(), torch.zeros_like(p)) for n, p in model.named_parameters()}
+    optimizer = torch.optim.Adamax(model.parameters(), lr=cfg.lr)
+    table = torch.zeros(K, T, K)
+    model.train()
+    for x, y in batches:
+        state = model.initial_state(B)
+        for p in range(T):
+            oracle_prob = table[y, p].clone() if p < T - 1 else F.one_hot(y, K).float()
+            logits, state = model.step(x[:, p], state)
+            prob, out = F.softmax(logits, dim=1), F.log_softmax(logits, dim=1)
+            if p < T - 1:
+                with torch.no_grad():
+                    filled, n_filled = [0] * K, 0
+                    for j in range(B):
+                        if n_filled == K:
+                            break
+                        c = int(y[j])
+                        if filled[c] == 0 and int(torch.argmax(prob[j])) != c:
+                            filled[c] = 1
+                            table[c, p] = prob[j].detach()
+                            n_filled += 1
+            loss = ((p + 1) / T * F.nll_loss(out, y, reduction="none")).mean()
+            if oracle:
+                loss = loss + (1 - (p + 1) / T) * torch.mean(-oracle_prob * out)
+            for w, sm, lm in named.values():
+                loss = loss - torch.sum(w * lm) + 0.5 * a * torch.sum(torch.square(w - sm))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimizer.step()
+            with torch.no_grad():
+                for w, sm, lm in named.values():
+                    lm.add_(-a * (w - sm))
+                    sm.mul_(1.0 - b)
+                    sm.add_(b * w - (b / a) * lm)
+            state = detach_state(state)
+    return table
+
+
+def _flat(model: LTCNetwork) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _assert_close(got: torch.Tensor, want: torch.Tensor, lr: float) -> None:
+    """Equal within float32 rounding, but for the few elements where Adamax amplifies a ~1 ulp gradient difference."""
+    diff = (got - want).abs()
+    assert float((diff <= 1e-5).float().mean()) >= 0.99, int((diff > 1e-5).sum())
+    assert float(diff.max()) <= 0.1 * lr * T
+
+
+def test_eager_oracle_equals_the_authors_loop():
+    cfg = TrainConfig(batch_size=B, oracle=True)
+    batches = _batches()
+    trainer, ref, plain = FPTTTrainer(_net(), cfg), _net(), _net()
+    for x, y in batches:
+        trainer.train_batch(x, y)
+    table = _reference(ref, batches, cfg)
+    _reference(plain, batches, cfg, oracle=False)
+    assert trainer.oracle is not None and trainer.oracle.table is not None
+    assert torch.allclose(trainer.oracle.table, table, atol=1e-6), "the soft-target tables differ"
+    assert float(table.abs().sum()) > 0, "vacuous: no misclassified example filled the table"
+    _assert_close(trainer.flat.flat.detach(), _flat(ref), cfg.lr)
+    assert float((_flat(ref) - _flat(plain)).abs().max()) > 1e-3, "vacuous: the oracle term changed nothing"
+
+
+def test_the_table_keeps_the_first_misclassified_sequence_per_class_and_ignores_ended_ones():
+    oracle = OracleTargets(3)
+    y = torch.tensor([0, 0, 1, 2, 2, 1])
+    logits = torch.tensor([[5.0, 0, 0],  # class 0, right
+                           [0, 4.0, 0],  # class 0, wrong: first for class 0
+                           [0, 3.0, 0],  # class 1, right
+                           [1.0, 0, 0],  # class 2, wrong, but ended (alive False)
+                           [0, 2.0, 0],  # class 2, wrong: first live one for class 2
+                           [0, 0, 1.0]])  # class 1, wrong: first for class 1
+    alive = torch.tensor([True, True, True, False, True, True])
+    oracle.observe(logits, y, 2, 3)  # the last update point: nothing to learn there
+    assert oracle.table is not None and float(oracle.table.abs().sum()) == 0.0
+    oracle.observe(logits, y, 1, 3, alive)
+    table = oracle.table
+    assert table is not None and table.shape == (3, 3, 3)
+    for cls, row in ((0, 1), (1, 5), (2, 4)):
+        assert torch.allclose(table[cls, 1], torch.softmax(logits[row], 0)), cls
+    assert float(table[:, [0, 2]].abs().sum()) == 0.0, "only the observed update point changes"
+    kept = table.clone()
+    oracle.observe(logits[[0, 2]], y[[0, 2]], 1, 3)  # all right: nothing changes
+    assert torch.equal(oracle.table, kept)
+    q = oracle.targets(y, 1, 3)
+    q.zero_()
+    assert torch.equal(oracle.table, kept), "targets must be a copy"
+    with pytest.raises(ValueError, match="update points per sequence"):
+        oracle.targets(y, 0, 4)
+
+
+def test_a_bad_or_missing_table_is_refused_with_one_line(tmp_path):
+    cfg = TrainConfig(batch_size=B, oracle=True)
+    trainer = FPTTTrainer(_net(), cfg)
+    x, y = _batches(1)[0]
+    trainer.train_batch(x, y)
+    state = trainer.state_dict()
+    fresh = FPTTTrainer(_net(), cfg)
+    fresh.load_state_dict(state)
+    assert fresh.oracle is not None and trainer.oracle is not None and torch.equal(fresh.oracle.table, trainer.oracle.table)
+    table = state["oracle"]["table"]
+    bad = [
+        {**state, "oracle": {"classes": K, "table": table.clone().fill_(float("nan"))}},
+        {**state, "oracle": {"classes": K, "table": table * 3.0 + 2.0}},
+        {**state, "oracle": {"classes": K, "table": table[:2]}},
+        {**state, "oracle": {"classes": K + 1, "table": None}},
+        {**state, "oracle": {"classes": K, "table": "not a tensor"}},
+        {k: v for k, v in state.items() if k != "oracle"},  # the run was started without the oracle
+    ]
+    for case in bad:
+        with pytest.raises(loop.TrainingError) as info:
+            loop._load_trainer(FPTTTrainer(_net(), cfg), case, tmp_path / "checkpoint.pt")
+        assert "\n" not in str(info.value) and "does not fit" in str(info.value)
+
+
+@pytest.mark.skipif(why_not_compiled(torch.nn.Linear(1, 1), torch.device("cpu"), 1, False) is not None,
+                    reason="no compiler for torch.compile here")
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_compiled_oracle_equals_eager(with_lengths):
+    lengths = torch.tensor([7, 3, 1, 5, 4, 6]) if with_lengths else None
+    cfg = TrainConfig(batch_size=B, oracle=True)
+    eager, compiled = FPTTTrainer(_net(), cfg), FPTTTrainer(_net(), cfg, compile=True)
+    for x, y in _batches():
+        got = compiled.train_batch(x, y, lengths)
+        want = eager.train_batch(x, y, lengths)
+        assert int(got[1]) == int(want[1]) and float(got[0]) == pytest.approx(float(want[0]), rel=1e-4)
+    assert compiled.compiled is not None, compiled.compile_note
+    assert compiled.oracle is not None and eager.oracle is not None
+    assert torch.allclose(compiled.oracle.table, eager.oracle.table, atol=1e-6)
+    assert float(eager.oracle.table.abs().sum()) > 0
+    _assert_close(compiled.flat.flat.detach(), eager.flat.flat.detach(), cfg.lr)
+    with pytest.raises(ValueError, match="oracle term needs"):
+        compiled.compiled(_batches(1)[0][0][:, 0], _batches(1)[0][1], torch.ones(B), compiled.model.initial_state(B))

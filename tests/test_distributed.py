@@ -38,3 +38,17 @@ def test_two_gloo_ranks_agree_with_each_other_and_with_one_process(tmp_path):
     for x, y in zip(a["trainer"]["traces"]["lam"], b["trainer"]["traces"]["lam"]):
         torch.testing.assert_close(x, y, rtol=0, atol=TOLERANCE)
     assert max(float(lam.abs().max()) for lam in b["trainer"]["traces"]["lam"]) > 1e-6  # training really moved
+
+
+@pytest.mark.slow
+def test_the_oracle_is_refused_under_torchrun_with_one_line(tmp_path):
+    """Each rank would fill its own soft-target table from its shard: refused, not silently inexact."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "fptt_edge",
+                           *ARGS, "--oracle", "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if "--oracle trains in one process only" in line]
+    assert lines == ["Error: --oracle trains in one process only (data-parallel ranks would each keep their own soft-target table)"] * 2, \
+        proc.stderr[-2000:]  # one line per rank (torchrun adds its own report), each rank's exit status 2
+    assert proc.stderr.count("exitcode  : 2") + proc.stderr.count("(exitcode: 2)") >= 1, proc.stderr[-2000:]
+    assert not (tmp_path / "ddp" / "checkpoint.pt").exists()

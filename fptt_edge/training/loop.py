@@ -117,6 +117,8 @@ def _epoch_views(views, epoch: int, train: SequenceDataset) -> SequenceDataset:
 
 
 def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, progress, views=None) -> dict:
+    if ctx.enabled and cfg.oracle and cfg.method == "fptt":
+        raise TrainingError("--oracle trains in one process only (data-parallel ranks would each keep their own soft-target table)")
     if views is not None and val is None and cfg.val_fraction > 0:
         raise TrainingError("per-epoch training views need the validation data split off beforehand (pass val)")
     if tuple(train.input_shape) != model_config.input_shape:

@@ -55,13 +55,12 @@ class OracleTargets:
         wrong = logits.argmax(1) != y
         if alive is not None:
             wrong &= alive
-        if not bool(wrong.any()):
-            return
-        index = torch.arange(batch, device=y.device)
+        # the first wrong sequence of each class, without host syncs (no boolean indexing): batch where none
+        candidate = torch.where(wrong, torch.arange(batch, device=y.device), torch.full_like(y, batch))
         first = torch.full((self.classes,), batch, dtype=torch.long, device=y.device)
-        first.scatter_reduce_(0, y[wrong], index[wrong], reduce="amin")
-        seen = first < batch
-        table[torch.arange(self.classes, device=y.device)[seen], part] = torch.softmax(logits[first[seen]].float(), dim=1)
+        first.scatter_reduce_(0, y, candidate, reduce="amin")
+        rows = torch.softmax(logits[first.clamp(max=batch - 1)].float(), dim=1)
+        table[:, part] = torch.where((first < batch).unsqueeze(1), rows, table[:, part])
 
     def state_dict(self) -> dict:
         return {"classes": self.classes, "table": None if self.table is None else self.table.clone()}

@@ -165,3 +165,29 @@ def test_compiled_oracle_equals_eager(with_lengths):
     _assert_close(compiled.flat.flat.detach(), eager.flat.flat.detach(), cfg.lr)
     with pytest.raises(ValueError, match="oracle term needs"):
         compiled.compiled(_batches(1)[0][0][:, 0], _batches(1)[0][1], torch.ones(B), compiled.model.initial_state(B))
+
+
+def _data(n: int, seed: int):
+    from fptt_edge.data.dataset import SequenceDataset
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % K
+    x = (torch.rand(n, T, C, generator=g) < 0.2 + 0.5 * (y[:, None, None] % C == torch.arange(C))).float()
+    return SequenceDataset(x, y, [str(i) for i in range(K)], {"task": "test-data", "seed": seed})
+
+
+def test_resume_refuses_a_crafted_table_for_other_sequences(tmp_path):
+    cfg1 = TrainConfig(method="fptt", epochs=1, batch_size=8, oracle=True, val_fraction=0.0)
+    config = ModelConfig(input_shape=(C,), num_classes=K, hidden=(6,))
+    train, test = _data(24, 0), _data(8, 1)
+    loop.fit(config, cfg1, train, test, tmp_path, progress=False)
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    table = payload["trainer"]["oracle"]["table"]
+    assert table.shape == (K, T, K) and float(table.abs().sum()) > 0
+    payload["trainer"]["oracle"]["table"] = torch.zeros(K, T + 5, K)
+    torch.save(payload, tmp_path / "checkpoint.pt")
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(loop.TrainingError, match=f"holds {T + 5} update points per sequence, this run has {T}") as info:
+        loop.fit(config, cfg1, train, test, tmp_path, resume=True, progress=False)
+    assert "\n" not in str(info.value)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before

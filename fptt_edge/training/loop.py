@@ -34,7 +34,7 @@ from ..model import LTCNetwork
 from ..reporting import plot_curves
 from .distributed import DistContext
 from .init import init_time_constants
-from .trainers import TrainConfig, evaluate, make_trainer
+from .trainers import TrainConfig, evaluate, make_trainer, steps_per_update
 
 MODEL_FILE, RESUME_FILE, METRICS_FILE, PLOT_FILE = "model.pt", "checkpoint.pt", "metrics.json", "curves.png"
 LOCK_FILE = ".lock"
@@ -162,6 +162,10 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
     trainer = make_trainer(model, cfg, net, updates_planned=(cfg.epochs - start_epoch) * n_batches * train.steps)
     if saved_progress is not None:
         _load_trainer(trainer, payload["trainer"], resume_path)
+        table = getattr(getattr(trainer, "oracle", None), "table", None)
+        if table is not None and table.shape[1] != math.ceil(train.steps / steps_per_update(train.steps, cfg.parts)):
+            raise TrainingError(f"{resume_path}: the oracle table holds {table.shape[1]} update points per sequence, "
+                                f"this run has {math.ceil(train.steps / steps_per_update(train.steps, cfg.parts))}")
     meta = _metadata(train, model, cfg, val)
     interval = cfg.checkpoint_interval if not ctx.enabled else 0.0
     scored = train.subset(_train_eval_indices(n, cfg.train_eval_samples, cfg.seed))

@@ -93,6 +93,11 @@ class TrainConfig:
                      gamma=self.gamma)
 
 
+def steps_per_update(steps: int, parts: int) -> int:
+    """FPTT's chunk: one update every ``ceil(T / K)`` steps (every step when ``parts`` K is 0)."""
+    return 1 if parts == 0 else max(1, math.ceil(steps / parts))
+
+
 def final_logits(logits: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Logits at each sequence's last valid step: ``logits[i, len_i - 1]``."""
     if lengths is None:
@@ -170,7 +175,7 @@ class FPTTTrainer:
         """Returns (summed CE at each sequence's last step, number correct there), as :class:`BPTTTrainer` does."""
         self.model.train()
         batch, steps = x.shape[:2]
-        chunk = 1 if self.cfg.parts == 0 else max(1, math.ceil(steps / self.cfg.parts))
+        chunk = steps_per_update(steps, self.cfg.parts)
         update = self._compiled_update(x, chunk)
         if update is not None:
             from .compiled import CompileUnavailable

@@ -81,7 +81,7 @@ class CompiledFPTTUpdate:
 
     def __init__(self, trainer: Any, batch: int, fptt: bool = True):
         self.trainer, self.batch, self.fptt = trainer, batch, fptt
-        self.oracle = fptt and getattr(trainer, "oracle", None) is not None  # the soft-target term (training/oracle.py)
+        self.with_oracle = fptt and getattr(trainer, "oracle", None) is not None  # the soft-target term (training/oracle.py)
         model = trainer.model
         self.model = model
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -118,7 +118,7 @@ class CompiledFPTTUpdate:
         from .oracle import OracleTargets
 
         model, names, shapes, sizes = self.model, self.names, self.shapes, self.sizes
-        (q, ow), state = (rest[:2], rest[2:]) if self.oracle else ((None, None), rest)
+        (q, ow), state = (rest[:2], rest[2:]) if self.with_oracle else ((None, None), rest)
 
         def loss_fn(views):
             params = dict(zip(names, views))
@@ -150,7 +150,7 @@ class CompiledFPTTUpdate:
 
     def __call__(self, x, y, w, state, extra: tuple = ()):
         """``extra``: with the oracle term, (soft targets ``[B, C]``, their weights ``[B]``)."""
-        if len(extra) != (2 if self.oracle else 0):
+        if len(extra) != (2 if self.with_oracle else 0):
             raise ValueError("the oracle term needs (targets, weights), and only with the oracle on")
         from ..model import unflatten_state
 

@@ -115,8 +115,8 @@ def main():
               help="FPTT: evaluate and save Wbar, training on from it (W <- Wbar, the reference) or from the restored W "
                    "(wbar-restore); or evaluate the current W.")
 @click.option("--oracle/--no-oracle", default=False, show_default=True,
-              help="FPTT: add the reference's soft-target term to early updates, (1 - w_t) mean(-q[y, t] log_softmax), q the "
-                   "outputs on misclassified examples per class and step (off by default, as in the spec).")
+              help="Add the reference's soft-target term to early steps' loss, (1 - w_t) mean(-q[y, t] log_softmax), q the "
+                   "outputs on misclassified examples per class and step (FPTT; BPTT with --bptt-loss weighted; off by default).")
 @click.option("--bptt-loss", type=click.Choice(["weighted", "last"]), default="weighted", show_default=True,
               help="BPTT: mean of (t+1)/T-weighted per-step CE, or CE at the last step.")
 @click.option("--val", "val_path", type=click.Path(dir_okay=False),

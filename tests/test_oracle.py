@@ -191,3 +191,65 @@ def test_resume_refuses_a_crafted_table_for_other_sequences(tmp_path):
         loop.fit(config, cfg1, train, test, tmp_path, resume=True, progress=False)
     assert "\n" not in str(info.value)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+# ---------------------------------------------------------------- BPTT with the same term
+
+
+def _bptt_by_hand(model: LTCNetwork, x, y, lengths, table: torch.Tensor, cfg: TrainConfig) -> None:
+    """One BPTT batch with the oracle, written step by step: sum_t [w CE + (1 - w) mean_c(-q log p)] / len per sequence."""
+    optimizer = torch.optim.Adamax(model.parameters(), lr=cfg.lr)
+    model.train()
+    state = model.initial_state(B)
+    lens = torch.full((B,), T) if lengths is None else lengths
+    loss = torch.zeros(())
+    for t in range(T):
+        logits, state = model.step(x[:, t], state)
+        for b in range(B):
+            if t < int(lens[b]):
+                w = (t + 1) / int(lens[b])
+                logp = F.log_softmax(logits[b], dim=0)
+                term = w * -logp[y[b]] + (1 - w) * (-(table[y[b], t] * logp)).mean()
+                loss = loss + term / int(lens[b]) / B
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+    optimizer.step()
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_bptt_oracle_equals_a_step_by_step_loss_and_fills_the_table_like_fptt(with_lengths):
+    from fptt_edge.training.trainers import BPTTTrainer
+
+    lengths = torch.tensor([7, 3, 1, 5, 4, 6]) if with_lengths else None
+    cfg = TrainConfig(method="bptt", batch_size=B, oracle=True)
+    x, y = _batches(1)[0]
+    table = torch.softmax(torch.randn(K, T, K, generator=torch.Generator().manual_seed(3)), dim=2)
+    trainer, by_hand, plain = BPTTTrainer(_net(), cfg), _net(), BPTTTrainer(_net(), TrainConfig(method="bptt", batch_size=B))
+    assert trainer.oracle is not None
+    trainer.oracle.load_state_dict({"classes": K, "table": table})
+    with torch.no_grad():  # the outputs the batch sees (before its update), for the table below
+        logits, _ = _net()(x, _net().initial_state(B))
+    trainer.train_batch(x, y, lengths)
+    plain.train_batch(x, y, lengths)
+    _bptt_by_hand(by_hand, x, y, lengths, table, cfg)
+    got, want = _flat(trainer.model), _flat(by_hand)
+    assert torch.allclose(got, want, atol=1e-6), float((got - want).abs().max())
+    assert float((got - _flat(plain.model)).abs().max()) > 1e-4, "vacuous: the oracle term changed nothing"
+    per_step = OracleTargets(K)
+    per_step.load_state_dict({"classes": K, "table": table})
+    alive = None if lengths is None else torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    for t in range(T):
+        per_step.observe(logits[:, t], y, t, T, None if alive is None else alive[:, t])
+    assert trainer.oracle.table is not None and per_step.table is not None
+    assert torch.allclose(trainer.oracle.table, per_step.table, atol=1e-6)
+    assert not torch.equal(per_step.table, table), "vacuous: nothing misclassified"
+    resumed = BPTTTrainer(_net(), cfg)
+    resumed.load_state_dict(trainer.state_dict())
+    assert resumed.oracle is not None and torch.equal(resumed.oracle.table, trainer.oracle.table)
+
+
+def test_bptt_takes_the_oracle_with_the_weighted_loss_only():
+    with pytest.raises(ValueError, match="weighted"):
+        TrainConfig(method="bptt", bptt_loss="last", oracle=True)
+    TrainConfig(method="fptt", bptt_loss="last", oracle=True)  # FPTT ignores bptt_loss

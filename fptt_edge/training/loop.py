@@ -117,7 +117,7 @@ def _epoch_views(views, epoch: int, train: SequenceDataset) -> SequenceDataset:
 
 
 def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, progress, views=None) -> dict:
-    if ctx.enabled and cfg.oracle and cfg.method == "fptt":
+    if ctx.enabled and cfg.oracle:
         raise TrainingError("--oracle trains in one process only (data-parallel ranks would each keep their own soft-target table)")
     if views is not None and val is None and cfg.val_fraction > 0:
         raise TrainingError("per-epoch training views need the validation data split off beforehand (pass val)")
@@ -163,9 +163,9 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
     if saved_progress is not None:
         _load_trainer(trainer, payload["trainer"], resume_path)
         table = getattr(getattr(trainer, "oracle", None), "table", None)
-        if table is not None and table.shape[1] != math.ceil(train.steps / steps_per_update(train.steps, cfg.parts)):
-            raise TrainingError(f"{resume_path}: the oracle table holds {table.shape[1]} update points per sequence, "
-                                f"this run has {math.ceil(train.steps / steps_per_update(train.steps, cfg.parts))}")
+        points = math.ceil(train.steps / steps_per_update(train.steps, cfg.parts)) if cfg.method == "fptt" else train.steps
+        if table is not None and table.shape[1] != points:
+            raise TrainingError(f"{resume_path}: the oracle table holds {table.shape[1]} update points per sequence, this run has {points}")
     meta = _metadata(train, model, cfg, val)
     interval = cfg.checkpoint_interval if not ctx.enabled else 0.0
     scored = train.subset(_train_eval_indices(n, cfg.train_eval_samples, cfg.seed))

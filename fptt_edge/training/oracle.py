@@ -12,6 +12,11 @@ updates, where the label cannot yet be read from the input, are pulled less towa
 label and more towards what the network says on hard examples; the last update (``w = 1``)
 keeps the plain cross-entropy. The table is read before the step's outputs update it.
 
+BPTT can take the same term (``--oracle`` with the weighted per-step loss) for a like-for-like
+comparison: its one loss over the sequence then adds ``mean_t (1 - w_t) mean_{b,c}(-q[y_b, t, c]
+log_softmax(m_t)[b, c])``, with every row read before the batch's outputs update the table, which
+is what FPTT sees too (row ``t`` is read and then updated at step ``t`` only).
+
 The table is part of the trainer's state (saved in resume checkpoints).
 """
 from __future__ import annotations
@@ -61,6 +66,25 @@ class OracleTargets:
         first.scatter_reduce_(0, y, candidate, reduce="amin")
         rows = torch.softmax(logits[first.clamp(max=batch - 1)].float(), dim=1)
         table[:, part] = torch.where((first < batch).unsqueeze(1), rows, table[:, part])
+
+    def sequence_targets(self, y: torch.Tensor, steps: int) -> torch.Tensor:
+        """``q[y_b, t]`` for every step: ``[B, T, C]`` (a copy)."""
+        return self._table(steps, y)[y]
+
+    @torch.no_grad()
+    def observe_sequence(self, logits: torch.Tensor, y: torch.Tensor, alive: torch.Tensor | None = None) -> None:
+        """:meth:`observe` for every step of a whole sequence at once: ``logits`` ``[B, T, C]``, ``alive`` ``[B, T]``."""
+        batch, steps = logits.shape[:2]
+        table = self._table(steps, y)
+        wrong = logits.argmax(2) != y.unsqueeze(1)  # [B, T]
+        if alive is not None:
+            wrong &= alive
+        wrong[:, -1] = False  # the last step's row is never filled (its weight 1 - w is 0)
+        candidate = torch.where(wrong, torch.arange(batch, device=y.device).unsqueeze(1), torch.full_like(wrong, batch, dtype=torch.long))
+        first = torch.full((self.classes, steps), batch, dtype=torch.long, device=y.device)
+        first.scatter_reduce_(0, y.unsqueeze(1).expand(batch, steps), candidate, reduce="amin")  # [C, T]
+        rows = torch.softmax(logits[first.clamp(max=batch - 1), torch.arange(steps, device=y.device)].float(), dim=2)  # [C, T, C]
+        table.copy_(torch.where((first < batch).unsqueeze(2), rows, table))
 
     def state_dict(self) -> dict:
         return {"classes": self.classes, "table": None if self.table is None else self.table.clone()}

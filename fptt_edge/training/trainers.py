@@ -59,7 +59,7 @@ class TrainConfig:
     train_eval_samples: int = 1000  # training sequences re-scored like the test set after each epoch (0: all)
     compile: str = "off"  # FPTT update as one compiled graph: "on", "off", "auto" (on when the run is long enough to repay compiling)
     tau_init: str = "default"  # gate time constants of a fresh model: "default" (zero biases, the reference) or "spread" (training/init.py)
-    oracle: bool = False  # FPTT: the reference's optional soft-target term for early updates (training/oracle.py)
+    oracle: bool = False  # the reference's optional soft-target term for early updates (training/oracle.py); BPTT: weighted loss
 
     def __post_init__(self):
         self.milestones = tuple(int(m) for m in self.milestones)
@@ -81,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"compile must be one of {COMPILE_MODES}")
         if self.tau_init not in TAU_INITS:
             raise ValueError(f"tau_init must be one of {TAU_INITS}")
+        if self.oracle and self.method == "bptt" and self.bptt_loss != "weighted":
+            raise ValueError("the oracle term weights the per-step loss: BPTT takes it with bptt_loss 'weighted' only")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -268,6 +270,7 @@ class BPTTTrainer:
         self.net = net if net is not None else model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adamax(self.params, lr=cfg.lr, foreach=True)
+        self.oracle = OracleTargets(model.config.num_classes) if cfg.oracle else None  # the same term as FPTT's, per step
 
     def train_batch(self, x, y, lengths=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.train()
@@ -280,12 +283,22 @@ class BPTTTrainer:
         else:
             ce_t = F.cross_entropy(logits.flatten(0, 1), y.repeat_interleave(steps), reduction="none").view(batch, steps)
             t = torch.arange(1, steps + 1, device=x.device, dtype=logits.dtype)
+            alive = None
             if lengths is None:
-                loss = (ce_t * (t / steps)).mean()
+                w = t / steps
+                lens = torch.full((batch, 1), float(steps), dtype=logits.dtype, device=x.device)
+                loss = (ce_t * w).mean()
             else:
                 lens = lengths.to(logits.dtype).unsqueeze(1)
-                w = torch.where(t <= lens, t / lens, torch.zeros((), dtype=logits.dtype, device=x.device))
+                alive = t <= lens
+                w = torch.where(alive, t / lens, torch.zeros((), dtype=logits.dtype, device=x.device))
                 loss = ((ce_t * w).sum(1) / lens.squeeze(1)).mean()
+            if self.oracle is not None:  # sum_t (1 - w_t) mean_c(-q log p) per sequence over its length, as FPTT's updates add it
+                q = self.oracle.sequence_targets(y, steps)  # every row read before this batch updates any
+                soft = -(q * torch.log_softmax(logits, dim=2)).sum(2) / logits.shape[2]  # [B, T]
+                ow = (1.0 - w) if alive is None else torch.where(alive, 1.0 - w, torch.zeros_like(w))
+                loss = loss + ((soft * ow).sum(1) / lens.squeeze(1)).mean()
+                self.oracle.observe_sequence(logits.detach(), y, alive)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip, foreach=True)
@@ -303,9 +316,14 @@ class BPTTTrainer:
         pass
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict()}
+        out = {"optimizer": self.optimizer.state_dict()}
+        if self.oracle is not None:
+            out["oracle"] = self.oracle.state_dict()
+        return out
 
     def load_state_dict(self, state: dict) -> None:
+        if self.oracle is not None:
+            self.oracle.load_state_dict(state["oracle"])
         self.optimizer.load_state_dict(state["optimizer"])
 
 

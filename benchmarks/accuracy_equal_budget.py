@@ -3,6 +3,7 @@
     python benchmarks/accuracy_equal_budget.py                      # the full table (hours on 2 CPU cores)
     python benchmarks/accuracy_equal_budget.py --tasks nmnist --seeds 0 --epochs-scale 0.5   # a subset
     python benchmarks/accuracy_equal_budget.py --jobs 2             # two runs at a time (one thread each)
+    python benchmarks/accuracy_equal_budget.py --jobs 2 --extra --oracle   # both methods with the reference's oracle term
 
 Tasks (real data, nothing downloaded):
 - ``smnist_row``: S-MNIST row by row (T = 28, 28 channels), the shipped 4,000 / 1,000 MNIST digits.

@@ -27,44 +27,60 @@ def _batches(n: int = 3):
     return [((torch.rand(B, T, C, generator=g) < 0.5).float() * 1.5, torch.randint(0, K, (B,), generator=g)) for _ in range(n)]
 
 
-def _reference(model: LTCNetwork, batches, cfg: TrainConfig, oracle: bool = True) -> torch.Tensor:
-    """The authors' loop body (``train_mnist_snn_v2.py``, parts = T): returns their table."""
+def _reference(model: LTCNetwork, batches, cfg: TrainConfig, oracle: bool = True, chunk: int = 1, lengths=None) -> torch.Tensor:
+    """The authors' loop body (``train_mnist_snn_v2.py``: parts = T, no lengths), written per sequence so it also
+    covers FPTT-K (``chunk`` steps per update, the update at the chunk's last step) and variable lengths (a sequence
+    is updated at its own last step, weight ``(end + 1) / len``, and neither fills nor reads the table after it).
+    Returns the table."""
     a, b = cfg.alpha, cfg.beta
     named = {n: (p, p.detach().clone(), torch.zeros_like(p)) for n, p in model.named_parameters()}
     optimizer = torch.optim.Adamax(model.parameters(), lr=cfg.lr)
-    table = torch.zeros(K, T, K)
+    parts = -(-T // chunk)
+    table = torch.zeros(K, parts, K)
+    lens = [T] * B if lengths is None else [int(n) for n in lengths]
     model.train()
     for x, y in batches:
         state = model.initial_state(B)
-        for p in range(T):
-            oracle_prob = table[y, p].clone() if p < T - 1 else F.one_hot(y, K).float()
-            logits, state = model.step(x[:, p], state)
-            prob, out = F.softmax(logits, dim=1), F.log_softmax(logits, dim=1)
-            if p < T - 1:
+        for p in range(parts):
+            t0, t1 = p * chunk, min(T, (p + 1) * chunk)
+            oracle_prob = table[y, p].clone()
+            outs = []
+            for t in range(t0, t1):
+                logits, state = model.step(x[:, t], state)
+                outs.append(logits)
+            alive = [lens[j] - 1 >= t0 for j in range(B)]
+            ends = [min(lens[j] - 1, t1 - 1) if alive[j] else t1 - 1 for j in range(B)]
+            picked = torch.stack([outs[ends[j] - t0][j] for j in range(B)])
+            prob, out = F.softmax(picked, dim=1), F.log_softmax(picked, dim=1)
+            if p < parts - 1:
                 with torch.no_grad():
                     filled, n_filled = [0] * K, 0
                     for j in range(B):
                         if n_filled == K:
                             break
                         c = int(y[j])
-                        if filled[c] == 0 and int(torch.argmax(prob[j])) != c:
+                        if alive[j] and filled[c] == 0 and int(torch.argmax(prob[j])) != c:
                             filled[c] = 1
                             table[c, p] = prob[j].detach()
                             n_filled += 1
-            loss = ((p + 1) / T * F.nll_loss(out, y, reduction="none")).mean()
-            if oracle:
-                loss = loss + (1 - (p + 1) / T) * torch.mean(-oracle_prob * out)
-            for w, sm, lm in named.values():
-                loss = loss - torch.sum(w * lm) + 0.5 * a * torch.sum(torch.square(w - sm))
+            loss = torch.zeros(())
+            for j in range(B):
+                if alive[j]:
+                    w = (ends[j] + 1) / lens[j]
+                    loss = loss + w * F.nll_loss(out[j:j + 1], y[j:j + 1]) / B
+                    if oracle:
+                        loss = loss + (1 - w) * torch.sum(-oracle_prob[j] * out[j]) / (B * K)
+            for w_, sm, lm in named.values():
+                loss = loss - torch.sum(w_ * lm) + 0.5 * a * torch.sum(torch.square(w_ - sm))
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
             with torch.no_grad():
-                for w, sm, lm in named.values():
-                    lm.add_(-a * (w - sm))
+                for w_, sm, lm in named.values():
+                    lm.add_(-a * (w_ - sm))
                     sm.mul_(1.0 - b)
-                    sm.add_(b * w - (b / a) * lm)
+                    sm.add_(b * w_ - (b / a) * lm)
             state = detach_state(state)
     return table
 
@@ -80,19 +96,25 @@ def _assert_close(got: torch.Tensor, want: torch.Tensor, lr: float) -> None:
     assert float(diff.max()) <= 0.1 * lr * T
 
 
-def test_eager_oracle_equals_the_authors_loop():
-    cfg = TrainConfig(batch_size=B, oracle=True)
+LENGTHS = torch.tensor([7, 3, 1, 5, 4, 6])
+
+
+@pytest.mark.parametrize("parts,with_lengths", [(0, False), (3, False), (0, True), (3, True)])  # (0, False): the authors' case
+def test_eager_oracle_equals_the_authors_loop(parts, with_lengths):
+    cfg = TrainConfig(batch_size=B, oracle=True, parts=parts)
+    chunk = 1 if parts == 0 else -(-T // parts)
+    lengths = LENGTHS if with_lengths else None
     batches = _batches()
     trainer, ref, plain = FPTTTrainer(_net(), cfg), _net(), _net()
     for x, y in batches:
-        trainer.train_batch(x, y)
-    table = _reference(ref, batches, cfg)
-    _reference(plain, batches, cfg, oracle=False)
+        trainer.train_batch(x, y, lengths)
+    table = _reference(ref, batches, cfg, chunk=chunk, lengths=lengths)
+    _reference(plain, batches, cfg, oracle=False, chunk=chunk, lengths=lengths)
     assert trainer.oracle is not None and trainer.oracle.table is not None
     assert torch.allclose(trainer.oracle.table, table, atol=1e-6), "the soft-target tables differ"
     assert float(table.abs().sum()) > 0, "vacuous: no misclassified example filled the table"
     _assert_close(trainer.flat.flat.detach(), _flat(ref), cfg.lr)
-    assert float((_flat(ref) - _flat(plain)).abs().max()) > 1e-3, "vacuous: the oracle term changed nothing"
+    assert float((_flat(ref) - _flat(plain)).abs().max()) > 1e-4, "vacuous: the oracle term changed nothing"
 
 
 def test_the_table_keeps_the_first_misclassified_sequence_per_class_and_ignores_ended_ones():
@@ -139,19 +161,45 @@ def test_a_bad_or_missing_table_is_refused_with_one_line(tmp_path):
         {**state, "oracle": {"classes": K, "table": table[:2]}},
         {**state, "oracle": {"classes": K + 1, "table": None}},
         {**state, "oracle": {"classes": K, "table": "not a tensor"}},
+        {**state, "oracle": {"classes": K, "table": table > 0.5}},  # not probabilities: bool
+        {**state, "oracle": {"classes": K, "table": torch.zeros(K, T, K, dtype=torch.int64)}},
+        {**state, "oracle": {"classes": K}},  # no table entry
         {k: v for k, v in state.items() if k != "oracle"},  # the run was started without the oracle
     ]
     for case in bad:
         with pytest.raises(loop.TrainingError) as info:
             loop._load_trainer(FPTTTrainer(_net(), cfg), case, tmp_path / "checkpoint.pt")
-        assert "\n" not in str(info.value) and "does not fit" in str(info.value)
+        assert "\n" not in str(info.value) and "oracle table state does not fit" in str(info.value)
+
+
+def test_a_table_loaded_on_the_cpu_follows_the_run_to_its_device():
+    """Checkpoints load on the CPU; the table moves to the labels' device at first use (here the meta device)."""
+    oracle = OracleTargets(K)
+    oracle.load_state_dict({"classes": K, "table": torch.full((K, T, K), 1.0 / K)})
+    y = torch.zeros(B, dtype=torch.long, device="meta")
+    assert oracle.targets(y, 0, T).device.type == "meta"
+    assert oracle.table is not None and oracle.table.device.type == "meta"
+
+
+def test_an_older_run_without_the_oracle_setting_resumes_and_refuses_turning_it_on(tmp_path):
+    cfg = TrainConfig(method="fptt", epochs=1, batch_size=8, val_fraction=0.0)
+    config = ModelConfig(input_shape=(C,), num_classes=K, hidden=(6,))
+    train, test = _data(24, 0), _data(8, 1)
+    loop.fit(config, cfg, train, test, tmp_path, progress=False)
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del payload["training_config"]["oracle"]  # written before the setting existed
+    torch.save(payload, tmp_path / "checkpoint.pt")
+    with pytest.raises(loop.TrainingError, match="oracle: False then, True now"):
+        loop.fit(config, TrainConfig(**{**cfg.to_dict(), "epochs": 2, "oracle": True}), train, test, tmp_path, resume=True, progress=False)
+    loop.fit(config, TrainConfig(**{**cfg.to_dict(), "epochs": 2}), train, test, tmp_path, resume=True, progress=False)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["progress"]["epoch"] == 2
 
 
 @pytest.mark.skipif(why_not_compiled(torch.nn.Linear(1, 1), torch.device("cpu"), 1, False) is not None,
                     reason="no compiler for torch.compile here")
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_compiled_oracle_equals_eager(with_lengths):
-    lengths = torch.tensor([7, 3, 1, 5, 4, 6]) if with_lengths else None
+    lengths = LENGTHS if with_lengths else None
     cfg = TrainConfig(batch_size=B, oracle=True)
     eager, compiled = FPTTTrainer(_net(), cfg), FPTTTrainer(_net(), cfg, compile=True)
     for x, y in _batches():
@@ -221,7 +269,7 @@ def _bptt_by_hand(model: LTCNetwork, x, y, lengths, table: torch.Tensor, cfg: Tr
 def test_bptt_oracle_equals_a_step_by_step_loss_and_fills_the_table_like_fptt(with_lengths):
     from fptt_edge.training.trainers import BPTTTrainer
 
-    lengths = torch.tensor([7, 3, 1, 5, 4, 6]) if with_lengths else None
+    lengths = LENGTHS if with_lengths else None
     cfg = TrainConfig(method="bptt", batch_size=B, oracle=True)
     x, y = _batches(1)[0]
     table = torch.softmax(torch.randn(K, T, K, generator=torch.Generator().manual_seed(3)), dim=2)

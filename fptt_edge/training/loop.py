@@ -303,7 +303,7 @@ def _resume_differences(payload: dict, model_config: ModelConfig, cfg: TrainConf
     options, file contents, sample counts, the loaded samples), one readable item each."""
     out = [f"model {k}: {_show(a)} then, {_show(b)} now" for k, a, b in _dict_diff(payload["model_config"], model_config.to_dict())]
     saved_cfg, now_cfg = payload["training_config"], cfg.to_dict()
-    defaults = TrainConfig().to_dict()  # a setting an older run did not record had its default
+    defaults = TrainConfig().to_dict()  # a setting an older run did not record had its default (a changed default needs its own rule here)
     out += [f"{k}: {_show(saved_cfg.get(k, defaults[k]))} then, {_show(now_cfg[k])} now" for k in now_cfg
             if k not in RESUME_MAY_CHANGE and not _same(saved_cfg.get(k, defaults[k]), now_cfg[k])]
     if saved_cfg.get("epochs") != cfg.epochs and (cfg.schedule == "cosine" or (cfg.schedule == "step" and not cfg.milestones)):
@@ -412,7 +412,7 @@ def _load_trainer(trainer, state: dict, path) -> None:
     try:
         trainer.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
-        raise TrainingError(f"{path}: the optimiser or FPTT trace state does not fit this model ({type(exc).__name__}: "
+        raise TrainingError(f"{path}: the optimiser, FPTT trace or oracle table state does not fit this model ({type(exc).__name__}: "
                             f"{str(exc)[:160]})") from None
     traces = getattr(trainer, "traces", None)
     if traces is not None:

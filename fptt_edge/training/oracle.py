@@ -34,7 +34,9 @@ class OracleTargets:
     def _table(self, parts: int, like: torch.Tensor) -> torch.Tensor:
         if self.table is None:
             self.table = torch.zeros(self.classes, parts, self.classes, dtype=torch.float32, device=like.device)
-        elif self.table.shape[1] != parts:
+        elif self.table.device != like.device:  # loaded from a checkpoint (on the CPU) for a run on another device
+            self.table = self.table.to(like.device)
+        if self.table.shape[1] != parts:
             raise ValueError(f"the oracle table holds {self.table.shape[1]} update points per sequence, "
                              f"this batch has {parts} (sequences of another length)")
         return self.table
@@ -52,7 +54,9 @@ class OracleTargets:
     @torch.no_grad()
     def observe(self, logits: torch.Tensor, y: torch.Tensor, part: int, parts: int, alive: torch.Tensor | None = None) -> None:
         """Row ``q[c, part]`` := softmax of the first sequence of class ``c`` (in batch order) misclassified at this update
-        (not at the last update point, whose target is the label: its weight ``1 - w`` is 0)."""
+        (not at the last update point, whose target is the label: its weight ``1 - w`` is 0). With variable lengths any
+        sequence still running at this update may fill the row (also one at its own last step): a row holds outputs at
+        update point ``part``, read by the sequences still running there."""
         table = self._table(parts, y)
         if part >= parts - 1:
             return
@@ -90,11 +94,14 @@ class OracleTargets:
         return {"classes": self.classes, "table": None if self.table is None else self.table.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        table = state.get("table")
+        if "table" not in state:
+            raise ValueError("oracle state without a table entry")
+        table = state["table"]
         if int(state.get("classes", -1)) != self.classes:
             raise ValueError(f"oracle table for {state.get('classes')} classes, the model has {self.classes}")
         if table is not None:
-            if not isinstance(table, torch.Tensor) or table.ndim != 3 or table.shape[0] != self.classes or table.shape[2] != self.classes:
+            if (not isinstance(table, torch.Tensor) or not table.is_floating_point() or table.ndim != 3
+                    or table.shape[0] != self.classes or table.shape[2] != self.classes):
                 raise ValueError(f"oracle table must be [{self.classes}, parts, {self.classes}]")
             if not torch.isfinite(table).all() or bool((table < 0).any()) or bool((table > 1).any()):
                 raise ValueError("oracle table must hold probabilities (finite, in [0, 1])")

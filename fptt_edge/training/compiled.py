@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from .oracle import OracleTargets
+
 AUTO_MIN_UPDATES = 20_000  # "auto": compile only when the run has this many FPTT updates (compiling takes ~10-40 s)
 
 
@@ -115,7 +117,6 @@ class CompiledFPTTUpdate:
     # the traced function: no Python value in it may change between calls
     def _update(self, weights, exp_avg, exp_inf, wbar, lam, anchor, step_size, x, y, w, *rest):
         from ..model import unflatten_state
-        from .oracle import OracleTargets
 
         model, names, shapes, sizes = self.model, self.names, self.shapes, self.sizes
         (q, ow), state = (rest[:2], rest[2:]) if self.with_oracle else ((None, None), rest)

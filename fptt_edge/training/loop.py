@@ -34,7 +34,7 @@ from ..model import LTCNetwork
 from ..reporting import plot_curves
 from .distributed import DistContext
 from .init import init_time_constants
-from .trainers import TrainConfig, evaluate, make_trainer, steps_per_update
+from .trainers import TrainConfig, evaluate, make_trainer
 
 MODEL_FILE, RESUME_FILE, METRICS_FILE, PLOT_FILE = "model.pt", "checkpoint.pt", "metrics.json", "curves.png"
 LOCK_FILE = ".lock"
@@ -163,7 +163,7 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
     if saved_progress is not None:
         _load_trainer(trainer, payload["trainer"], resume_path)
         table = getattr(getattr(trainer, "oracle", None), "table", None)
-        points = math.ceil(train.steps / steps_per_update(train.steps, cfg.parts)) if cfg.method == "fptt" else train.steps
+        points = trainer.update_points(train.steps)
         if table is not None and table.shape[1] != points:
             raise TrainingError(f"{resume_path}: the oracle table holds {table.shape[1]} update points per sequence, this run has {points}")
     meta = _metadata(train, model, cfg, val)

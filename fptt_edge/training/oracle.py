@@ -46,10 +46,25 @@ class OracleTargets:
         return self._table(parts, y)[y, part]
 
     @staticmethod
+    def early_weights(w: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
+        """The term's weights ``1 - w``, 0 where a sequence has ended (``alive`` False)."""
+        return 1.0 - w if alive is None else torch.where(alive, 1.0 - w, torch.zeros_like(w))
+
+    @staticmethod
     def term(logits: torch.Tensor, q: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """``sum_b weight_b * sum_c(-q[b, c] * log_softmax(logits)[b, c]) / (B * C)``; ``weight`` is ``1 - w`` per sequence (0 where it ended)."""
         logp = torch.log_softmax(logits, dim=1)
         return (weight * (-(q * logp).sum(1))).sum() / (logits.shape[0] * logits.shape[1])
+
+    def _rows(self, logits: torch.Tensor, y: torch.Tensor, wrong: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per class and step, the softmax of the first sequence (in batch order) marked ``wrong``, and whether there is one:
+        ``logits`` ``[B, T, C]``, ``wrong`` ``[B, T]`` -> rows ``[C, T, C]``, found ``[C, T]``. No host syncs (no boolean indexing)."""
+        batch, steps = wrong.shape
+        candidate = torch.where(wrong, torch.arange(batch, device=y.device).unsqueeze(1), torch.full_like(wrong, batch, dtype=torch.long))
+        first = torch.full((self.classes, steps), batch, dtype=torch.long, device=y.device)
+        first.scatter_reduce_(0, y.unsqueeze(1).expand(batch, steps), candidate, reduce="amin")
+        rows = torch.softmax(logits[first.clamp(max=batch - 1), torch.arange(steps, device=y.device)].float(), dim=2)
+        return rows, first < batch
 
     @torch.no_grad()
     def observe(self, logits: torch.Tensor, y: torch.Tensor, part: int, parts: int, alive: torch.Tensor | None = None) -> None:
@@ -60,16 +75,11 @@ class OracleTargets:
         table = self._table(parts, y)
         if part >= parts - 1:
             return
-        batch = y.shape[0]
         wrong = logits.argmax(1) != y
         if alive is not None:
             wrong &= alive
-        # the first wrong sequence of each class, without host syncs (no boolean indexing): batch where none
-        candidate = torch.where(wrong, torch.arange(batch, device=y.device), torch.full_like(y, batch))
-        first = torch.full((self.classes,), batch, dtype=torch.long, device=y.device)
-        first.scatter_reduce_(0, y, candidate, reduce="amin")
-        rows = torch.softmax(logits[first.clamp(max=batch - 1)].float(), dim=1)
-        table[:, part] = torch.where((first < batch).unsqueeze(1), rows, table[:, part])
+        rows, found = self._rows(logits.unsqueeze(1), y, wrong.unsqueeze(1))
+        table[:, part] = torch.where(found, rows[:, 0], table[:, part])
 
     def sequence_targets(self, y: torch.Tensor, steps: int) -> torch.Tensor:
         """``q[y_b, t]`` for every step: ``[B, T, C]`` (a copy)."""
@@ -78,17 +88,13 @@ class OracleTargets:
     @torch.no_grad()
     def observe_sequence(self, logits: torch.Tensor, y: torch.Tensor, alive: torch.Tensor | None = None) -> None:
         """:meth:`observe` for every step of a whole sequence at once: ``logits`` ``[B, T, C]``, ``alive`` ``[B, T]``."""
-        batch, steps = logits.shape[:2]
-        table = self._table(steps, y)
+        table = self._table(logits.shape[1], y)
         wrong = logits.argmax(2) != y.unsqueeze(1)  # [B, T]
         if alive is not None:
             wrong &= alive
         wrong[:, -1] = False  # the last step's row is never filled (its weight 1 - w is 0)
-        candidate = torch.where(wrong, torch.arange(batch, device=y.device).unsqueeze(1), torch.full_like(wrong, batch, dtype=torch.long))
-        first = torch.full((self.classes, steps), batch, dtype=torch.long, device=y.device)
-        first.scatter_reduce_(0, y.unsqueeze(1).expand(batch, steps), candidate, reduce="amin")  # [C, T]
-        rows = torch.softmax(logits[first.clamp(max=batch - 1), torch.arange(steps, device=y.device)].float(), dim=2)  # [C, T, C]
-        table.copy_(torch.where((first < batch).unsqueeze(2), rows, table))
+        rows, found = self._rows(logits, y, wrong)
+        table.copy_(torch.where(found.unsqueeze(2), rows, table))
 
     def state_dict(self) -> dict:
         return {"classes": self.classes, "table": None if self.table is None else self.table.clone()}

@@ -157,7 +157,7 @@ class FPTTTrainer:
         oracle = self.oracle
         if oracle is not None:
             alive = None if lengths is None else torch.arange(steps, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)  # [T, B]
-            oracle_w = (1.0 - weights) if alive is None else torch.where(alive, 1.0 - weights, torch.zeros((), device=x.device))
+            oracle_w = OracleTargets.early_weights(weights, alive)
         final = None
         for i in range(steps):
             if oracle is not None:
@@ -200,7 +200,7 @@ class FPTTTrainer:
             if lengths is None:
                 picked = logits[:, -1]
                 loss = (t1 / steps) * F.cross_entropy(picked, y)
-                weight = torch.full((batch,), t1 / steps, dtype=picked.dtype, device=x.device)
+                weight = None
                 final = picked.detach()
             else:
                 idx = (lengths - 1 - t0).clamp(0, t1 - t0 - 1)
@@ -213,7 +213,9 @@ class FPTTTrainer:
                 final = picked.detach() if final is None else torch.where(ends_here, picked.detach(), final)
             if self.oracle is not None:
                 part = t0 // chunk
-                oracle_w = 1.0 - weight if alive is None else torch.where(alive, 1.0 - weight, torch.zeros_like(weight))
+                if weight is None:  # no lengths: every sequence has w = t1 / T here
+                    weight = torch.full((batch,), t1 / steps, dtype=picked.dtype, device=x.device)
+                oracle_w = OracleTargets.early_weights(weight, alive)
                 loss = loss + self.oracle.term(picked, self.oracle.targets(y, part, parts), oracle_w)
                 self.oracle.observe(picked.detach(), y, part, parts, alive)
             self.apply_update(loss)
@@ -233,6 +235,10 @@ class FPTTTrainer:
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    def update_points(self, steps: int) -> int:
+        """Updates per sequence of ``steps`` steps (the oracle table's rows)."""
+        return math.ceil(steps / steps_per_update(steps, self.cfg.parts))
 
     def before_eval(self) -> None:
         """Put the weights to evaluate (and save) in place: ``Wbar`` unless ``eval_weights == "current"``."""
@@ -283,10 +289,9 @@ class BPTTTrainer:
         else:
             ce_t = F.cross_entropy(logits.flatten(0, 1), y.repeat_interleave(steps), reduction="none").view(batch, steps)
             t = torch.arange(1, steps + 1, device=x.device, dtype=logits.dtype)
-            alive = None
+            alive, lens = None, None
             if lengths is None:
                 w = t / steps
-                lens = torch.full((batch, 1), float(steps), dtype=logits.dtype, device=x.device)
                 loss = (ce_t * w).mean()
             else:
                 lens = lengths.to(logits.dtype).unsqueeze(1)
@@ -296,8 +301,8 @@ class BPTTTrainer:
             if self.oracle is not None:  # sum_t (1 - w_t) mean_c(-q log p) per sequence over its length, as FPTT's updates add it
                 q = self.oracle.sequence_targets(y, steps)  # every row read before this batch updates any
                 soft = -(q * torch.log_softmax(logits, dim=2)).sum(2) / logits.shape[2]  # [B, T]
-                ow = (1.0 - w) if alive is None else torch.where(alive, 1.0 - w, torch.zeros_like(w))
-                loss = loss + ((soft * ow).sum(1) / lens.squeeze(1)).mean()
+                per_seq = (soft * OracleTargets.early_weights(w, alive)).sum(1)
+                loss = loss + (per_seq / (steps if lens is None else lens.squeeze(1))).mean()
                 self.oracle.observe_sequence(logits.detach(), y, alive)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -308,6 +313,10 @@ class BPTTTrainer:
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    def update_points(self, steps: int) -> int:
+        """Steps whose loss terms the one update sums (the oracle table's rows)."""
+        return steps
 
     def before_eval(self) -> None:
         pass

@@ -117,6 +117,9 @@ def main():
 @click.option("--oracle/--no-oracle", default=False, show_default=True,
               help="Add the reference's soft-target term to early steps' loss, (1 - w_t) mean(-q[y, t] log_softmax), q the "
                    "outputs on misclassified examples per class and step (FPTT; BPTT with --bptt-loss weighted; off by default).")
+@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Evaluate, select and save a moving average of the evaluated weights, updated every batch with this decay "
+                   "(e.g. 0.97; either method); training goes on from its own weights. 0: off.")
 @click.option("--bptt-loss", type=click.Choice(["weighted", "last"]), default="weighted", show_default=True,
               help="BPTT: mean of (t+1)/T-weighted per-step CE, or CE at the last step.")
 @click.option("--val", "val_path", type=click.Path(dir_okay=False),
@@ -159,7 +162,7 @@ def main():
 def train(task, train_path, test_path, root, mode, source, steps, binning, downsample, normalisation, method, parts, hidden, layers, conv,
           epochs, batch_size, lr, alpha, beta, clip, b_j0, initial_u, eval_weights, bptt_loss, seed, max_train_samples,
           max_test_samples, checkpoint_interval, out_dir, resume, device, quiet, val_path, val_fraction, schedule, warmup, milestones, gamma,
-          patience, train_eval_samples, compile_mode, encoding, delta_threshold, tau_init, oracle):
+          patience, train_eval_samples, compile_mode, encoding, delta_threshold, tau_init, oracle, ema_decay):
     """Train an LTC spiking network with FPTT (or BPTT) and write DIR/model.pt and DIR/metrics.json.
 
     model.pt holds the epoch with the best accuracy on the validation data (--val, or --val-fraction
@@ -198,7 +201,7 @@ def train(task, train_path, test_path, root, mode, source, steps, binning, downs
                           schedule=schedule, warmup=warmup, milestones=tuple(_positive_ints(milestones, "--milestones")) if milestones else (),
                           gamma=gamma, val_fraction=val_fraction if val_path is None else 0.0, patience=patience,
                           train_eval_samples=train_eval_samples, compile=compile_mode, tau_init=tau_init,
-                          oracle=oracle)
+                          oracle=oracle, ema_decay=ema_decay)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     views = None

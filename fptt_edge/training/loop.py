@@ -32,6 +32,7 @@ from ..errors import FpttEdgeError
 from ..io import write_json_atomic
 from ..model import LTCNetwork
 from ..reporting import plot_curves
+from .averaging import WeightAverage
 from .distributed import DistContext
 from .init import init_time_constants
 from .trainers import TrainConfig, evaluate, make_trainer
@@ -160,8 +161,11 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
     if start_batch >= n_batches:
         raise TrainingError(f"{resume_path}: saved at batch {start_batch}, but an epoch of this data has {n_batches} batches")
     trainer = make_trainer(model, cfg, net, updates_planned=(cfg.epochs - start_epoch) * n_batches * train.steps)
+    average = WeightAverage(cfg.ema_decay) if cfg.ema_decay > 0 else None
     if saved_progress is not None:
         _load_trainer(trainer, payload["trainer"], resume_path)
+        if average is not None:
+            _load_average(average, payload.get("weight_average"), trainer, resume_path)
         table = getattr(getattr(trainer, "oracle", None), "table", None)
         points = trainer.update_points(train.steps)
         if table is not None and table.shape[1] != points:
@@ -175,7 +179,8 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
         prog = {"epoch": epoch, "batch": batch, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": int(sums[2]),
                 "generator": draws.get_state(), "elapsed": elapsed}
         save_checkpoint(resume_path, {"kind": "resume", **meta, "training_config": cfg.to_dict(), "state_dict": _own_tensors(model),
-                                      "trainer": trainer.state_dict(), "progress": prog, "history": history, "data": data})
+                                      "trainer": trainer.state_dict(), "progress": prog, "history": history, "data": data,
+                                      **({"weight_average": average.state_dict()} if average is not None else {})})
 
     for epoch in range(start_epoch, cfg.epochs):
         if _stop_early(history, cfg.patience, val is not None):
@@ -201,6 +206,8 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
             y = data_epoch.y[idx].to(ctx.device)
             lengths = None if data_epoch.lengths is None else data_epoch.lengths[idx].to(ctx.device)
             loss_sum, correct = trainer.train_batch(x, y, lengths, draws)
+            if average is not None:
+                average.update(trainer.evaluated_weights())
             loss_value = float(loss_sum)
             if loss_value != loss_value or loss_value in (float("inf"), float("-inf")):
                 raise TrainingError(f"training diverged (loss is {loss_value}) at epoch {epoch + 1}, batch {b + 1}; "
@@ -217,14 +224,15 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
         traces = trainer.traces.wbar + trainer.traces.lam if cfg.method == "fptt" else []
         divergence = ctx.divergence(list(model.parameters()) + traces)
         record = {"epoch": epoch + 1, "lr": lr, "online_loss": float(sums[0] / sums[2]), "online_accuracy": float(sums[1] / sums[2])}
-        for name, ds in (("train", scored), ("val", val), ("test", test)):
-            if ds is not None:
-                m = evaluate(model, ds.x, ds.y, ds.lengths, device=ctx.device)
-                record[f"{name}_loss"], record[f"{name}_accuracy"] = m["loss"], m["accuracy"]
-        record.update({"train_time_s": round(train_time, 3), "rank_divergence": divergence})
-        history.append(record)
-        if _best_index(history, val is not None) == len(history) - 1:
-            best_state = _own_tensors(model)
+        with average.swapped_in(trainer.params) if average is not None else contextlib.nullcontext():
+            for name, ds in (("train", scored), ("val", val), ("test", test)):
+                if ds is not None:
+                    m = evaluate(model, ds.x, ds.y, ds.lengths, device=ctx.device)
+                    record[f"{name}_loss"], record[f"{name}_accuracy"] = m["loss"], m["accuracy"]
+            record.update({"train_time_s": round(train_time, 3), "rank_divergence": divergence})
+            history.append(record)
+            if _best_index(history, val is not None) == len(history) - 1:
+                best_state = _own_tensors(model)
         if ctx.is_main:
             metrics = _metrics_summary(history, cfg, model, train, test, val, ctx)
             save_checkpoint(out / MODEL_FILE, {"kind": "model", **meta, "state_dict": best_state, "metrics": metrics})
@@ -429,6 +437,16 @@ def _load_trainer(trainer, state: dict, path) -> None:
                     raise TrainingError(f"{path}: optimiser state '{key}' has shape {list(value.shape)}, its weights {list(p.shape)}")
                 if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
                     raise TrainingError(f"{path}: optimiser state '{key}' holds NaN or Inf")
+
+
+def _load_average(average: WeightAverage, state, trainer, path) -> None:
+    """The saved weight average (``--ema-decay``), refused unless it fits the model and is finite."""
+    if not isinstance(state, dict):
+        raise TrainingError(f"{path}: the run averages its weights (--ema-decay), but the checkpoint holds no average")
+    try:
+        average.load_state_dict(state, trainer.evaluated_weights())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrainingError(f"{path}: the weight average does not fit this run ({str(exc)[:160]})") from None
 
 
 def _own_tensors(model) -> dict:

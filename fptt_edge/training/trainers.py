@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,7 @@ class TrainConfig:
     compile: str = "off"  # FPTT update as one compiled graph: "on", "off", "auto" (on when the run is long enough to repay compiling)
     tau_init: str = "default"  # gate time constants of a fresh model: "default" (zero biases, the reference) or "spread" (training/init.py)
     oracle: bool = False  # the reference's optional soft-target term for early updates (training/oracle.py); BPTT: weighted loss
+    ema_decay: float = 0.0  # evaluate, select and save a per-batch moving average of the evaluated weights (training/averaging.py); 0: off
 
     def __post_init__(self):
         self.milestones = tuple(int(m) for m in self.milestones)
@@ -81,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"compile must be one of {COMPILE_MODES}")
         if self.tau_init not in TAU_INITS:
             raise ValueError(f"tau_init must be one of {TAU_INITS}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("0 <= ema_decay < 1 is required (0: no weight average)")
         if self.oracle and self.method == "bptt" and self.bptt_loss != "weighted":
             raise ValueError("the oracle term weights the per-step loss: BPTT takes it with bptt_loss 'weighted' only")
 
@@ -240,6 +244,10 @@ class FPTTTrainer:
         """Updates per sequence of ``steps`` steps (the oracle table's rows)."""
         return math.ceil(steps / steps_per_update(steps, self.cfg.parts))
 
+    def evaluated_weights(self) -> Sequence[torch.Tensor]:
+        """What an epoch's evaluation would use (``--ema-decay`` averages these): ``Wbar``, or ``W`` with ``eval_weights == "current"``."""
+        return self.params if self.cfg.eval_weights == "current" else self.traces.wbar
+
     def before_eval(self) -> None:
         """Put the weights to evaluate (and save) in place: ``Wbar`` unless ``eval_weights == "current"``."""
         if self.cfg.eval_weights == "wbar-restore":
@@ -317,6 +325,10 @@ class BPTTTrainer:
     def update_points(self, steps: int) -> int:
         """Steps whose loss terms the one update sums (the oracle table's rows)."""
         return steps
+
+    def evaluated_weights(self) -> Sequence[torch.Tensor]:
+        """The weights an epoch's evaluation uses (``--ema-decay`` averages these)."""
+        return self.params
 
     def before_eval(self) -> None:
         pass

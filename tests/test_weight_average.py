@@ -2,6 +2,7 @@
 saves; training itself is untouched, the average resumes exactly, and crafted averages are refused."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -65,6 +66,8 @@ def test_model_pt_holds_the_average_of_the_evaluated_weights_and_training_is_unt
     a = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "ema" / "checkpoint.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a), "the resume checkpoint must hold the training weights, not the average"
+    notes = [json.loads((tmp_path / run / "metrics.json").read_text())["notes"] for run in ("plain", "ema")]
+    assert "weights" not in notes[0] and "moving average (decay 0.8)" in notes[1]["weights"]
     saved = torch.load(tmp_path / "ema" / "model.pt", weights_only=True)["state_dict"]
     names = [n for n, _ in LTCNetwork(_config()).named_parameters()]
     got = torch.cat([saved[n].reshape(-1) for n in names])

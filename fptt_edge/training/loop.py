@@ -480,5 +480,7 @@ def _metrics_summary(history, cfg, model, train, test, val, ctx) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "notes": {"online_accuracy": "FPTT/BPTT figure read during training (FPTT: after the weights were updated at every step of "
                                      "the very sequence with its label); not comparable with the others",
-                  "train_accuracy": "the training data (a fixed subset of train_scored_samples) scored like the test set"},
+                  "train_accuracy": "the training data (a fixed subset of train_scored_samples) scored like the test set",
+                  **({"weights": f"every accuracy and model.pt are of the per-batch moving average (decay {cfg.ema_decay}) of the "
+                                 "evaluated weights; training went on from its own weights"} if cfg.ema_decay > 0 else {})},
     }

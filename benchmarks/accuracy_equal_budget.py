@@ -19,7 +19,9 @@ epoch, its test accuracy reported (the test set selects nothing). Per task and m
 sample standard deviation over the seeds of the selected model's test accuracy, and of the last
 epoch's; the honest train accuracy; time; and FPTT - BPTT paired by seed (same split, order and
 initial draw), mean and std. Goal: FPTT mean >= BPTT mean on every task, and FPTT's
-seed-to-seed spread no larger than BPTT's.
+seed-to-seed spread no larger than BPTT's; each task's verdict is printed with a 95 % interval of
+the paired difference and a two-sided F-test of equal variances beside it (scipy; with 3 to 5
+seeds a spread ratio of 2 is well within chance).
 
 Results go to ``--out``/results.json (every run as it finishes, so an interrupted benchmark keeps
 what it measured and ``--resume`` skips finished runs) and a markdown table on stdout.
@@ -81,6 +83,37 @@ def run_one(task: str, spec: dict, method: str, seed: int, args) -> dict:
             "test_curve": [round(e["test_accuracy"], 4) for e in m["epochs"]], "val_curve": [round(e["val_accuracy"], 4) for e in m["epochs"]]}
 
 
+def paired_interval(diffs: list[float]) -> dict:
+    """95 % confidence interval of the mean paired difference (Student's t), where scipy is installed."""
+    try:
+        from scipy import stats
+    except ImportError:
+        return {}
+    n = len(diffs)
+    if n < 2:
+        return {}
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(diffs) / n ** 0.5
+    mean = statistics.fmean(diffs)
+    return {"ci95": [mean - half, mean + half]}
+
+
+def spread_test(fptt: list[float], bptt: list[float]) -> dict:
+    """FPTT's sample std over BPTT's, and the two-sided F-test p-value of equal variances (scipy): with 3 to 5 seeds
+    a ratio of 2 is well within chance, so the spread goal is read with this beside it."""
+    if len(fptt) < 2 or len(bptt) < 2:
+        return {}
+    sf, sb = statistics.stdev(fptt), statistics.stdev(bptt)
+    out: dict = {"spread_ratio": sf / sb if sb > 0 else float("inf")}
+    try:
+        from scipy import stats
+    except ImportError:
+        return out
+    if sb > 0 and sf > 0:
+        f, d1, d2 = sf ** 2 / sb ** 2, len(fptt) - 1, len(bptt) - 1
+        out["spread_p"] = float(min(1.0, 2 * min(stats.f.cdf(f, d1, d2), stats.f.sf(f, d1, d2))))
+    return out
+
+
 def summarise(runs: list[dict]) -> dict:
     out: dict = {}
     for r in runs:
@@ -103,7 +136,8 @@ def summarise(runs: list[dict]) -> dict:
             diffs = [acc["fptt"][sd] - acc["bptt"][sd] for sd in sorted(acc["fptt"].keys() & acc["bptt"].keys())]
             if diffs:
                 row["paired_difference"] = {"mean": statistics.fmean(diffs), "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-                                            "values": diffs}
+                                            "values": diffs, **paired_interval(diffs)}
+            row.update(spread_test(f["test"]["values"], b["test"]["values"]))
         table[task] = row
     return table
 
@@ -119,7 +153,13 @@ def markdown(table: dict) -> str:
                 lines.append(f"| {task} | {r['epochs']} | {method.upper()} | {f(r['test'])} | {f(r['last_test'])} | {f(r['train'])} | "
                              f"{len(r['seeds'])} | {r['train_time_s']['mean']:.0f} s |")
         if "paired_difference" in row:
-            lines.append(f"| {task} | | FPTT - BPTT, paired by seed | {f(row['paired_difference'])} | | | | |")
+            pd = row["paired_difference"]
+            ci = f" (95 % CI {pd['ci95'][0]:+.3f} .. {pd['ci95'][1]:+.3f})" if "ci95" in pd else ""
+            lines.append(f"| {task} | | FPTT - BPTT, paired by seed | {f(pd)}{ci} | | | | |")
+        if "goal_mean" in row:
+            p = f", F-test p = {row['spread_p']:.2f}" if "spread_p" in row else ""
+            lines.append(f"| {task} | | goals | mean {'met' if row['goal_mean'] else 'not met'}; spread "
+                         f"{'met' if row['goal_spread'] else 'not met'} (FPTT / BPTT std {row['spread_ratio']:.2f}{p}) | | | | |")
     return "\n".join(lines)
 
 

@@ -57,15 +57,44 @@ def task_args(args) -> dict[str, dict]:
     return {k: v for k, v in tasks.items() if k in args.tasks}
 
 
+class MixedResults(Exception):
+    """``--resume`` found a run in ``--out`` that was trained with other options."""
+
+
+def train_options(task: str, spec: dict, method: str, seed: int, args) -> list[str]:
+    """The ``fptt-edge train`` options of one run, but for its ``--out`` (the run's folder)."""
+    return [*spec["args"], "--method", method, "--epochs", str(spec["epochs"]), "--seed", str(seed), "--quiet",
+            "--checkpoint-interval", "0", *args.extra]
+
+
+def kept_run(task: str, spec: dict, method: str, seed: int, args) -> bool:
+    """With ``--resume``: whether this run's finished result is in ``--out``. Its ``DONE`` marker holds the options it
+    was trained with; a result made with other options (another ``--extra``, epochs, subset) is refused, not mixed in."""
+    out = Path(args.out) / f"{task}-{method}-s{seed}"
+    done, marker = out / "metrics.json", out / "DONE"
+    if not (args.resume and done.is_file() and marker.is_file()):
+        return False
+    try:
+        made_with = json.loads(marker.read_text() or "null")
+        finished = bool(json.loads(done.read_text()).get("epochs"))
+    except (OSError, ValueError, AttributeError):
+        made_with, finished = None, False
+    if made_with != train_options(task, spec, method, seed, args):
+        described = " ".join(map(str, made_with)) if isinstance(made_with, list) else "unknown"
+        raise MixedResults(f"{out} was trained with other options ({described}); "
+                           "use another --out, or leave out --resume to train it again")
+    return finished
+
+
 def run_one(task: str, spec: dict, method: str, seed: int, args) -> dict:
     out = Path(args.out) / f"{task}-{method}-s{seed}"
     done = out / "metrics.json"
-    if args.resume and done.is_file() and json.loads(done.read_text()).get("epochs") and (out / "DONE").is_file():
+    if kept_run(task, spec, method, seed, args):
         m = json.loads(done.read_text())
     else:
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, "-m", "fptt_edge", "train", *spec["args"], "--method", method, "--epochs", str(spec["epochs"]),
-               "--seed", str(seed), "--out", str(out), "--quiet", "--checkpoint-interval", "0", *args.extra]
+        options = train_options(task, spec, method, seed, args)
+        cmd = [sys.executable, "-m", "fptt_edge", "train", *options, "--out", str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -74,7 +103,7 @@ def run_one(task: str, spec: dict, method: str, seed: int, args) -> dict:
         m = json.loads(done.read_text())
         m["wall_s"] = round(time.perf_counter() - t0, 1)
         done.write_text(json.dumps(m, indent=2))
-        (out / "DONE").touch()
+        (out / "DONE").write_text(json.dumps(options))
     return {"task": task, "method": method, "seed": seed, "epochs": spec["epochs"], "test_accuracy": m["test_accuracy"],
             "val_accuracy": m["val_accuracy"], "train_accuracy": m["train_accuracy"], "selected_epoch": m["selected_epoch"],
             "last_test_accuracy": m["last_epoch"]["test_accuracy"], "last_train_accuracy": m["last_epoch"]["train_accuracy"],
@@ -163,7 +192,7 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["smnist_row", "psmnist", "nmnist"])
     parser.add_argument("--methods", nargs="+", default=["fptt", "bptt"])
@@ -176,11 +205,21 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="Runs at a time.")
     parser.add_argument("--threads", type=int, default=1, help="Threads per run.")
     parser.add_argument("--out", default="runs/bench-accuracy")
-    parser.add_argument("--resume", action="store_true", help="Keep finished runs in --out.")
+    parser.add_argument("--resume", action="store_true", help="Keep finished runs in --out (refused when made with other options).")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="More fptt-edge train options for every run (last).")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     tasks = task_args(args)
     jobs = [(t, spec, m, s) for t, spec in tasks.items() for s in args.seeds for m in args.methods]
+    try:  # refuse a mixed --out before anything runs
+        for job in jobs:
+            kept_run(*job, args)
+    except MixedResults as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     results_path = Path(args.out) / "results.json"
     Path(args.out).mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []

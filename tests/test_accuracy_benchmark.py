@@ -1,7 +1,8 @@
-"""The equal-budget benchmark's statistics (``benchmarks/accuracy_equal_budget.py``) against closed forms."""
+"""``benchmarks/accuracy_equal_budget.py``: its statistics against closed forms, and ``--resume`` never mixing settings."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import statistics
 from pathlib import Path
@@ -51,3 +52,42 @@ def test_summary_reports_the_goals_with_the_tests_beside_them():
     assert row["paired_difference"]["values"] == pytest.approx([0.04, 0.04, 0.09])
     text = bench.markdown({"t": row})
     assert "mean met; spread not met" in text and "F-test p =" in text and "95 % CI" in text
+
+
+def _finished_run(folder: Path, options) -> None:
+    folder.mkdir(parents=True)
+    epoch = {"test_accuracy": 0.5, "val_accuracy": 0.5, "train_time_s": 1.0}
+    (folder / "metrics.json").write_text(json.dumps({"epochs": [epoch], "test_accuracy": 0.5, "val_accuracy": 0.5, "train_accuracy": 0.5,
+                                                       "selected_epoch": 1, "last_epoch": {"test_accuracy": 0.5, "train_accuracy": 0.5,
+                                                                                           "online_accuracy": 0.5}}))
+    (folder / "DONE").write_text(options if isinstance(options, str) else json.dumps(options))
+
+
+def _main(monkeypatch, argv):
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("a kept run was trained again"))
+    bench.main(argv)
+
+
+def test_resume_keeps_a_run_made_with_the_same_options(tmp_path, monkeypatch, capsys):
+    argv = ["--tasks", "smnist_row", "--methods", "fptt", "--seeds", "0", "--out", str(tmp_path), "--resume", "--extra", "--oracle"]
+    args = bench.parse_args(argv)
+    spec = bench.task_args(args)["smnist_row"]
+    _finished_run(tmp_path / "smnist_row-fptt-s0", bench.train_options("smnist_row", spec, "fptt", 0, args))
+    _main(monkeypatch, argv)
+    assert "| smnist_row | 12 | FPTT | 0.500 +- 0.000 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("marker", ["other", "", "{\"a\": 1}", "[1, 2]", "not json"])
+def test_resume_refuses_a_run_made_with_other_options(tmp_path, monkeypatch, capsys, marker):
+    argv = ["--tasks", "smnist_row", "--methods", "fptt", "--seeds", "0", "--out", str(tmp_path), "--resume", "--extra", "--oracle"]
+    args = bench.parse_args(argv)
+    spec = bench.task_args(args)["smnist_row"]
+    options = bench.train_options("smnist_row", spec, "fptt", 0, args)[:-1] if marker == "other" else marker  # made without --oracle
+    _finished_run(tmp_path / "smnist_row-fptt-s0", options)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as exc:
+        _main(monkeypatch, argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "trained with other options" in err and "\n" not in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing removed, changed or written

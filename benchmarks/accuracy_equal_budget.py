@@ -57,6 +57,10 @@ def task_args(args) -> dict[str, dict]:
     return {k: v for k, v in tasks.items() if k in args.tasks}
 
 
+def run_folder(task: str, method: str, seed: int, args) -> Path:
+    return Path(args.out) / f"{task}-{method}-s{seed}"
+
+
 class MixedResults(Exception):
     """``--resume`` found a run in ``--out`` that was trained with other options."""
 
@@ -70,7 +74,7 @@ def train_options(task: str, spec: dict, method: str, seed: int, args) -> list[s
 def kept_run(task: str, spec: dict, method: str, seed: int, args) -> bool:
     """With ``--resume``: whether this run's finished result is in ``--out``. Its ``DONE`` marker holds the options it
     was trained with; a result made with other options (another ``--extra``, epochs, subset) is refused, not mixed in."""
-    out = Path(args.out) / f"{task}-{method}-s{seed}"
+    out = run_folder(task, method, seed, args)
     done, marker = out / "metrics.json", out / "DONE"
     if not (args.resume and done.is_file() and marker.is_file()):
         return False
@@ -87,7 +91,7 @@ def kept_run(task: str, spec: dict, method: str, seed: int, args) -> bool:
 
 
 def run_one(task: str, spec: dict, method: str, seed: int, args) -> dict:
-    out = Path(args.out) / f"{task}-{method}-s{seed}"
+    out = run_folder(task, method, seed, args)
     done = out / "metrics.json"
     if kept_run(task, spec, method, seed, args):
         m = json.loads(done.read_text())
@@ -112,14 +116,19 @@ def run_one(task: str, spec: dict, method: str, seed: int, args) -> dict:
             "test_curve": [round(e["test_accuracy"], 4) for e in m["epochs"]], "val_curve": [round(e["val_accuracy"], 4) for e in m["epochs"]]}
 
 
-def paired_interval(diffs: list[float]) -> dict:
-    """95 % confidence interval of the mean paired difference (Student's t), where scipy is installed."""
+def _scipy_stats():
+    """``scipy.stats``, or ``None`` where scipy is not installed (the intervals and tests are then left out)."""
     try:
         from scipy import stats
     except ImportError:
-        return {}
-    n = len(diffs)
-    if n < 2:
+        return None
+    return stats
+
+
+def paired_interval(diffs: list[float]) -> dict:
+    """95 % confidence interval of the mean paired difference (Student's t), where scipy is installed."""
+    stats, n = _scipy_stats(), len(diffs)
+    if stats is None or n < 2:
         return {}
     half = stats.t.ppf(0.975, n - 1) * statistics.stdev(diffs) / n ** 0.5
     mean = statistics.fmean(diffs)
@@ -133,11 +142,8 @@ def spread_test(fptt: list[float], bptt: list[float]) -> dict:
         return {}
     sf, sb = statistics.stdev(fptt), statistics.stdev(bptt)
     out: dict = {"spread_ratio": sf / sb if sb > 0 else float("inf")}
-    try:
-        from scipy import stats
-    except ImportError:
-        return out
-    if sb > 0 and sf > 0:
+    stats = _scipy_stats()
+    if stats is not None and sb > 0 and sf > 0:
         f, d1, d2 = sf ** 2 / sb ** 2, len(fptt) - 1, len(bptt) - 1
         out["spread_p"] = float(min(1.0, 2 * min(stats.f.cdf(f, d1, d2), stats.f.sf(f, d1, d2))))
     return out

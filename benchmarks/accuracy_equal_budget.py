@@ -39,6 +39,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fptt_edge.training.selection import SELECTIONS, selected_index
+
 NMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "nmnist-small"
 
 
@@ -113,7 +115,17 @@ def run_one(task: str, spec: dict, method: str, seed: int, args) -> dict:
             "last_test_accuracy": m["last_epoch"]["test_accuracy"], "last_train_accuracy": m["last_epoch"]["train_accuracy"],
             "online_accuracy": m["last_epoch"]["online_accuracy"],
             "train_time_s": round(sum(e["train_time_s"] for e in m["epochs"]), 1), "wall_s": m.get("wall_s"),
-            "test_curve": [round(e["test_accuracy"], 4) for e in m["epochs"]], "val_curve": [round(e["val_accuracy"], 4) for e in m["epochs"]]}
+            "test_curve": [round(e["test_accuracy"], 4) for e in m["epochs"]], "val_curve": [round(e["val_accuracy"], 4) for e in m["epochs"]],
+            "test_by_selection": replayed_selections(m)}
+
+
+def replayed_selections(metrics: dict) -> dict[str, float]:
+    """The test accuracy each selection rule (``--selection``) would have kept, replayed on the run's per-epoch record
+    (the rules read only the validation figures, so one run answers for all of them)."""
+    history, n = metrics["epochs"], metrics.get("val_samples") or 0
+    if n < 1 or not history:
+        return {}
+    return {rule: history[selected_index(history, rule, n)]["test_accuracy"] for rule in SELECTIONS}
 
 
 def _scipy_stats():
@@ -173,8 +185,29 @@ def summarise(runs: list[dict]) -> dict:
                 row["paired_difference"] = {"mean": statistics.fmean(diffs), "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
                                             "values": diffs, **paired_interval(diffs)}
             row.update(spread_test(f["test"]["values"], b["test"]["values"]))
+            row["by_selection"] = by_selection(by_method["fptt"], by_method["bptt"])
         table[task] = row
     return table
+
+
+def by_selection(fptt: list[dict], bptt: list[dict]) -> dict:
+    """Per selection rule, replayed on the same runs: both methods' mean and std of the kept epoch's test accuracy,
+    the goals, and the paired difference."""
+    out = {}
+    for rule in SELECTIONS:
+        acc = {m: {r["seed"]: r["test_by_selection"][rule] for r in rs if rule in r.get("test_by_selection", {})}
+               for m, rs in (("fptt", fptt), ("bptt", bptt))}
+        seeds = sorted(acc["fptt"].keys() & acc["bptt"].keys())
+        if len(seeds) < 2:
+            continue
+        f, b = ([acc[m][sd] for sd in seeds] for m in ("fptt", "bptt"))
+        diffs = [x - y for x, y in zip(f, b)]
+        out[rule] = {"seeds": seeds, **{m: {"mean": statistics.fmean(v), "std": statistics.stdev(v), "values": v} for m, v in (("fptt", f), ("bptt", b))},
+                     "goal_mean": statistics.fmean(f) >= statistics.fmean(b), "goal_spread": statistics.stdev(f) <= statistics.stdev(b),
+                     "paired_difference": {"mean": statistics.fmean(diffs), "std": statistics.stdev(diffs), "values": diffs,
+                                           **paired_interval(diffs)},
+                     **spread_test(f, b)}
+    return out
 
 
 def markdown(table: dict) -> str:
@@ -195,6 +228,16 @@ def markdown(table: dict) -> str:
             p = f", F-test p = {row['spread_p']:.2f}" if "spread_p" in row else ""
             lines.append(f"| {task} | | goals | mean {'met' if row['goal_mean'] else 'not met'}; spread "
                          f"{'met' if row['goal_spread'] else 'not met'} (FPTT / BPTT std {row['spread_ratio']:.2f}{p}) | | | | |")
+    rules = [(task, rule, r) for task, row in table.items() for rule, r in row.get("by_selection", {}).items()]
+    if rules:
+        lines += ["", "Selection rules replayed on the same runs (`--selection`; the runs' own rule is the table's above):", "",
+                  "| task | selection | FPTT | BPTT | FPTT - BPTT, paired | goals: mean, spread (FPTT / BPTT std, F-test p) |",
+                  "|---|---|---|---|---|---|"]
+        for task, rule, r in rules:
+            p = f", p = {r['spread_p']:.2f}" if "spread_p" in r else ""
+            lines.append(f"| {task} | {rule} | {f(r['fptt'])} | {f(r['bptt'])} | {f(r['paired_difference'])} | "
+                         f"{'met' if r['goal_mean'] else 'not met'}, {'met' if r['goal_spread'] else 'not met'} "
+                         f"({r['spread_ratio']:.2f}{p}) |")
     return "\n".join(lines)
 
 

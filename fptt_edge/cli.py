@@ -132,7 +132,10 @@ def main():
 @click.option("--milestones", default="", help="--schedule step: epochs after which lr *= --gamma, comma separated (default: 50% and 75% of --epochs).")
 @click.option("--gamma", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True, help="--schedule step: decay factor.")
 @click.option("--patience", type=click.IntRange(0), default=0, show_default=True,
-              help="Stop after this many epochs without a better validation accuracy (0: run all --epochs).")
+              help="Stop this many epochs after the selected one (--selection; 0: run all --epochs).")
+@click.option("--selection", type=click.Choice(["best", "one-se", "last"]), default="best", show_default=True,
+              help="The epoch model.pt keeps: the best validation accuracy; the latest within one standard error of it "
+                   "(one-se); or the last.")
 @click.option("--train-eval-samples", type=click.IntRange(0), default=1000, show_default=True,
               help="Training sequences re-scored like the test set after each epoch (the honest train accuracy; 0: all).")
 @click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
@@ -162,10 +165,10 @@ def main():
 def train(task, train_path, test_path, root, mode, source, steps, binning, downsample, normalisation, method, parts, hidden, layers, conv,
           epochs, batch_size, lr, alpha, beta, clip, b_j0, initial_u, eval_weights, bptt_loss, seed, max_train_samples,
           max_test_samples, checkpoint_interval, out_dir, resume, device, quiet, val_path, val_fraction, schedule, warmup, milestones, gamma,
-          patience, train_eval_samples, compile_mode, encoding, delta_threshold, tau_init, oracle, ema_decay):
+          patience, selection, train_eval_samples, compile_mode, encoding, delta_threshold, tau_init, oracle, ema_decay):
     """Train an LTC spiking network with FPTT (or BPTT) and write DIR/model.pt and DIR/metrics.json.
 
-    model.pt holds the epoch with the best accuracy on the validation data (--val, or --val-fraction
+    model.pt holds the epoch that --selection picks on the validation data (--val, or --val-fraction
     of the training data); metrics.json says which epoch, and reports the last one too.
 
     Runs under torchrun for data-parallel training: torchrun --nproc-per-node 2 -m fptt_edge train ...
@@ -199,7 +202,7 @@ def train(task, train_path, test_path, root, mode, source, steps, binning, downs
         cfg = TrainConfig(method=method, parts=parts, epochs=epochs, batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, clip=clip,
                           seed=seed, bptt_loss=bptt_loss, eval_weights=eval_weights, checkpoint_interval=checkpoint_interval,
                           schedule=schedule, warmup=warmup, milestones=tuple(_positive_ints(milestones, "--milestones")) if milestones else (),
-                          gamma=gamma, val_fraction=val_fraction if val_path is None else 0.0, patience=patience,
+                          gamma=gamma, val_fraction=val_fraction if val_path is None else 0.0, patience=patience, selection=selection,
                           train_eval_samples=train_eval_samples, compile=compile_mode, tau_init=tau_init,
                           oracle=oracle, ema_decay=ema_decay)
     except ValueError as exc:

@@ -91,3 +91,29 @@ def test_resume_refuses_a_run_made_with_other_options(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "trained with other options" in err and "\n" not in err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing removed, changed or written
+
+
+def _curves(val, test, n=400):
+    return {"epochs": [{"epoch": i + 1, "val_accuracy": v, "val_loss": 1.0, "test_accuracy": t} for i, (v, t) in enumerate(zip(val, test))],
+            "val_samples": n}
+
+
+def test_selection_rules_are_replayed_on_the_runs_curves():
+    # n = 400: SE(0.88) = 0.0162, so 0.865 is within one standard error of the best and 0.86 is not
+    assert bench.replayed_selections(_curves([0.80, 0.88, 0.87, 0.865], [0.1, 0.2, 0.3, 0.4])) == {"best": 0.2, "one-se": 0.4, "last": 0.4}
+    assert bench.replayed_selections(_curves([0.80, 0.88, 0.87, 0.86], [0.1, 0.2, 0.3, 0.4])) == {"best": 0.2, "one-se": 0.3, "last": 0.4}
+    assert bench.replayed_selections({**_curves([0.5], [0.5]), "val_samples": 0}) == {}  # no validation data: nothing to replay
+
+
+def test_the_summary_compares_the_methods_under_every_rule():
+    picks = {("fptt", 0): {"best": 0.80, "one-se": 0.84, "last": 0.85}, ("fptt", 1): {"best": 0.86, "one-se": 0.85, "last": 0.85},
+             ("bptt", 0): {"best": 0.81, "one-se": 0.81, "last": 0.80}, ("bptt", 1): {"best": 0.83, "one-se": 0.83, "last": 0.84}}
+    runs = [{"task": "t", "method": m, "seed": s, "epochs": 2, "test_accuracy": p["best"], "last_test_accuracy": p["last"],
+             "train_accuracy": 0.9, "train_time_s": 1.0, "test_by_selection": p} for (m, s), p in picks.items()]
+    rules = bench.summarise(runs)["t"]["by_selection"]
+    assert rules["best"]["fptt"]["values"] == [0.80, 0.86] and rules["best"]["goal_mean"] and not rules["best"]["goal_spread"]
+    assert rules["one-se"]["fptt"]["mean"] == pytest.approx(0.845) and rules["one-se"]["goal_spread"]  # 0.0071 <= 0.0141
+    assert rules["one-se"]["paired_difference"]["values"] == pytest.approx([0.03, 0.02])
+    assert rules["last"]["paired_difference"]["mean"] == pytest.approx(0.03)
+    text = bench.markdown(bench.summarise(runs))
+    assert "| t | one-se | 0.845 +- 0.007 | 0.820 +- 0.014 | 0.025 +- 0.007 | met, met (0.50, p = " in text

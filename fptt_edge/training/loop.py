@@ -35,6 +35,7 @@ from ..reporting import plot_curves
 from .averaging import WeightAverage
 from .distributed import DistContext
 from .init import init_time_constants
+from .selection import DESCRIPTIONS, selected_index
 from .trainers import TrainConfig, evaluate, make_trainer
 
 MODEL_FILE, RESUME_FILE, METRICS_FILE, PLOT_FILE = "model.pt", "checkpoint.pt", "metrics.json", "curves.png"
@@ -173,7 +174,8 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
     meta = _metadata(train, model, cfg, val)
     interval = cfg.checkpoint_interval if not ctx.enabled else 0.0
     scored = train.subset(_train_eval_indices(n, cfg.train_eval_samples, cfg.seed))
-    best_state = _best_state_on_resume(history, out / MODEL_FILE, val is not None) if history else None
+    pick = _Selection(cfg.selection, None if val is None else len(val))
+    best_state = _best_state_on_resume(history, out / MODEL_FILE, pick) if history else None
 
     def save_resume(epoch, batch, sums, draws, elapsed):
         prog = {"epoch": epoch, "batch": batch, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": int(sums[2]),
@@ -183,7 +185,7 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
                                       **({"weight_average": average.state_dict()} if average is not None else {})})
 
     for epoch in range(start_epoch, cfg.epochs):
-        if _stop_early(history, cfg.patience, val is not None):
+        if _stop_early(history, cfg.patience, pick):
             break
         order, draws = _epoch_generators(cfg.seed, epoch)
         perm = torch.randperm(n, generator=order)
@@ -231,10 +233,10 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
                     record[f"{name}_loss"], record[f"{name}_accuracy"] = m["loss"], m["accuracy"]
             record.update({"train_time_s": round(train_time, 3), "rank_divergence": divergence})
             history.append(record)
-            if _best_index(history, val is not None) == len(history) - 1:
+            if pick.index(history) == len(history) - 1:
                 best_state = _own_tensors(model)
         if ctx.is_main:
-            metrics = _metrics_summary(history, cfg, model, train, test, val, ctx)
+            metrics = _metrics_summary(history, cfg, model, train, test, val, ctx, pick)
             save_checkpoint(out / MODEL_FILE, {"kind": "model", **meta, "state_dict": best_state, "metrics": metrics})
         trainer.after_eval()
         if ctx.is_main:
@@ -247,22 +249,27 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
                            f"train acc {record['train_accuracy']:.4f}{shown} | test acc {record['test_accuracy']:.4f} | lr {lr:.2e} | "
                            f"{train_time:.1f}s")
         ctx.barrier()
-    return _metrics_summary(history, cfg, model, train, test, val, ctx)
+    return _metrics_summary(history, cfg, model, train, test, val, ctx, pick)
 
 
-SELECTION = "best validation accuracy (ties: lower validation loss, then the earlier epoch)"
+class _Selection:
+    """The run's selection rule (:mod:`.selection`) over its history; the last epoch without validation data."""
+
+    def __init__(self, rule: str, val_samples: int | None):
+        self.rule, self.val_samples = rule, val_samples
+
+    def index(self, history: list[dict]) -> int:
+        if self.val_samples is None:
+            return len(history) - 1
+        return selected_index(history, self.rule, self.val_samples)
+
+    def describe(self) -> str:
+        return DESCRIPTIONS[self.rule] if self.val_samples is not None else "last epoch (no validation data)"
 
 
-def _best_index(history: list[dict], has_val: bool) -> int:
-    """The selected epoch's index in ``history``: the best on validation, or the last without validation data."""
-    if not has_val:
-        return len(history) - 1
-    return min(range(len(history)), key=lambda i: (-history[i]["val_accuracy"], history[i]["val_loss"], i))
-
-
-def _stop_early(history: list[dict], patience: int, has_val: bool) -> bool:
-    """``patience`` epochs have passed since the best validation epoch."""
-    return bool(patience and has_val and history and len(history) - 1 - _best_index(history, True) >= patience)
+def _stop_early(history: list[dict], patience: int, pick: _Selection) -> bool:
+    """``patience`` epochs have passed since the selected epoch (never without validation data)."""
+    return bool(patience and pick.val_samples is not None and history and len(history) - 1 - pick.index(history) >= patience)
 
 
 def _train_eval_indices(n: int, samples: int, seed: int) -> torch.Tensor:
@@ -273,9 +280,9 @@ def _train_eval_indices(n: int, samples: int, seed: int) -> torch.Tensor:
     return torch.sort(torch.randperm(n, generator=g)[:samples]).values
 
 
-def _best_state_on_resume(history: list[dict], model_path: Path, has_val: bool) -> dict:
+def _best_state_on_resume(history: list[dict], model_path: Path, pick: _Selection) -> dict:
     """The selected weights of an interrupted run: ``model.pt`` holds them (written at every epoch end)."""
-    want = history[_best_index(history, has_val)]["epoch"]
+    want = history[pick.index(history)]["epoch"]
     try:
         payload = load_checkpoint(model_path, kind="model")
     except FpttEdgeError as exc:
@@ -305,13 +312,17 @@ def _saved_config(payload: dict, path) -> TrainConfig:
 RESUME_MAY_CHANGE = ("epochs", "checkpoint_interval", "patience", "train_eval_samples", "compile")
 
 
+# Settings added with a default other than the behaviour of the runs written before them.
+RECORDED_SINCE = {"selection": "best"}
+
+
 def _resume_differences(payload: dict, model_config: ModelConfig, cfg: TrainConfig, data: dict, path) -> list[str]:
     """What this command would change against the interrupted run: the model, the training
     settings (but :data:`RESUME_MAY_CHANGE`; ``epochs`` may grow) and the data (task and
     options, file contents, sample counts, the loaded samples), one readable item each."""
     out = [f"model {k}: {_show(a)} then, {_show(b)} now" for k, a, b in _dict_diff(payload["model_config"], model_config.to_dict())]
     saved_cfg, now_cfg = payload["training_config"], cfg.to_dict()
-    defaults = TrainConfig().to_dict()  # a setting an older run did not record had its default (a changed default needs its own rule here)
+    defaults = {**TrainConfig().to_dict(), **RECORDED_SINCE}  # what an older run that did not record a setting used
     out += [f"{k}: {_show(saved_cfg.get(k, defaults[k]))} then, {_show(now_cfg[k])} now" for k in now_cfg
             if k not in RESUME_MAY_CHANGE and not _same(saved_cfg.get(k, defaults[k]), now_cfg[k])]
     if saved_cfg.get("epochs") != cfg.epochs and (cfg.schedule == "cosine" or (cfg.schedule == "step" and not cfg.milestones)):
@@ -454,8 +465,8 @@ def _own_tensors(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _metrics_summary(history, cfg, model, train, test, val, ctx) -> dict:
-    best = history[_best_index(history, val is not None)]
+def _metrics_summary(history, cfg, model, train, test, val, ctx, pick: _Selection) -> dict:
+    best = history[pick.index(history)]
     last = history[-1]
     keys = ("epoch", "online_accuracy", "train_accuracy", "val_accuracy", "test_accuracy", "test_loss")
     return {
@@ -464,9 +475,9 @@ def _metrics_summary(history, cfg, model, train, test, val, ctx) -> dict:
         "val_accuracy": best.get("val_accuracy"),
         "online_accuracy": best["online_accuracy"],
         "selected_epoch": best["epoch"],
-        "selection": SELECTION if val is not None else "last epoch (no validation data)",
+        "selection": pick.describe(),
         "last_epoch": {k: last.get(k) for k in keys},
-        "stopped_early": _stop_early(history, cfg.patience, val is not None) and len(history) < cfg.epochs,
+        "stopped_early": _stop_early(history, cfg.patience, pick) and len(history) < cfg.epochs,
         "epochs": history,
         "method": cfg.method,
         "training_config": cfg.to_dict(),

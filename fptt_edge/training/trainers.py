@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 from .init import TAU_INITS
 from .oracle import OracleTargets
 from .schedule import SCHEDULES, lr_at
+from .selection import SELECTIONS
 
 METHODS = ("fptt", "bptt")
 # Which weights FPTT evaluates (and saves in model.pt) after each epoch:
@@ -56,7 +57,8 @@ class TrainConfig:
     milestones: tuple[int, ...] = ()  # step schedule: 1-based epochs after which lr *= gamma (empty: 50 % and 75 % of the run)
     gamma: float = 0.1
     val_fraction: float = 0.1  # stratified share of the training data held out for model selection (0: none)
-    patience: int = 0  # stop after this many epochs without a better validation accuracy (0: never)
+    patience: int = 0  # stop after this many epochs after the selected one (0: never)
+    selection: str = "best"  # which epoch model.pt keeps: training/selection.py (best, one-se, last)
     train_eval_samples: int = 1000  # training sequences re-scored like the test set after each epoch (0: all)
     compile: str = "off"  # FPTT update as one compiled graph: "on", "off", "auto" (on when the run is long enough to repay compiling)
     tau_init: str = "default"  # gate time constants of a fresh model: "default" (zero biases, the reference) or "spread" (training/init.py)
@@ -79,6 +81,10 @@ class TrainConfig:
             raise ValueError("0 <= warmup < epochs, 0 < gamma <= 1 and milestones >= 1 are required")
         if not 0 <= self.val_fraction < 1 or self.patience < 0 or self.train_eval_samples < 0:
             raise ValueError("0 <= val_fraction < 1, patience >= 0 and train_eval_samples >= 0 are required")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}")
+        if self.patience and self.selection == "last":
+            raise ValueError("patience stops a run some epochs after the selected one; with selection 'last' it would never stop")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}")
         if self.tau_init not in TAU_INITS:

@@ -312,7 +312,7 @@ def _saved_config(payload: dict, path) -> TrainConfig:
 RESUME_MAY_CHANGE = ("epochs", "checkpoint_interval", "patience", "train_eval_samples", "compile")
 
 
-# Settings added with a default other than the behaviour of the runs written before them.
+# What runs written before a setting existed did, for settings whose default may differ from that.
 RECORDED_SINCE = {"selection": "best"}
 
 

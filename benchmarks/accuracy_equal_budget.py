@@ -170,29 +170,36 @@ def summarise(runs: list[dict]) -> dict:
         row = {}
         for method, rs in by_method.items():
             def ms(key):
-                v = [r[key] for r in rs]
-                return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "values": v}
+                return _mean_std([r[key] for r in rs])
             row[method] = {"seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"], "test": ms("test_accuracy"),
                            "last_test": ms("last_test_accuracy"), "train": ms("train_accuracy"), "train_time_s": ms("train_time_s")}
         if "fptt" in row and "bptt" in row:
-            f, b = row["fptt"], row["bptt"]
-            row["goal_mean"] = f["test"]["mean"] >= b["test"]["mean"]
-            row["goal_spread"] = f["test"]["std"] <= b["test"]["std"]
-            # paired by seed (same data split and order): FPTT - BPTT, which the seed-to-seed spread does not blur
             acc = {m: {r["seed"]: r["test_accuracy"] for r in by_method[m]} for m in ("fptt", "bptt")}
-            diffs = [acc["fptt"][sd] - acc["bptt"][sd] for sd in sorted(acc["fptt"].keys() & acc["bptt"].keys())]
-            if diffs:
-                row["paired_difference"] = {"mean": statistics.fmean(diffs), "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-                                            "values": diffs, **paired_interval(diffs)}
-            row.update(spread_test(f["test"]["values"], b["test"]["values"]))
+            row.update(comparison(acc["fptt"], acc["bptt"]))
             row["by_selection"] = by_selection(by_method["fptt"], by_method["bptt"])
         table[task] = row
     return table
 
 
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+
+
+def comparison(fptt: dict[int, float], bptt: dict[int, float]) -> dict:
+    """FPTT against BPTT from per-seed test accuracies: the goals (means, sample stds), the difference paired by seed
+    (same data split and order, which the seed-to-seed spread does not blur) with its interval, and the spread test."""
+    f, b = list(fptt.values()), list(bptt.values())
+    out: dict = {"goal_mean": statistics.fmean(f) >= statistics.fmean(b),
+                 "goal_spread": _mean_std(f)["std"] <= _mean_std(b)["std"]}
+    diffs = [fptt[sd] - bptt[sd] for sd in sorted(fptt.keys() & bptt.keys())]
+    if diffs:
+        out["paired_difference"] = {**_mean_std(diffs), **paired_interval(diffs)}
+    return {**out, **spread_test(f, b)}
+
+
 def by_selection(fptt: list[dict], bptt: list[dict]) -> dict:
     """Per selection rule, replayed on the same runs: both methods' mean and std of the kept epoch's test accuracy,
-    the goals, and the paired difference."""
+    the goals, and the paired difference (seeds both methods ran)."""
     out = {}
     for rule in SELECTIONS:
         acc = {m: {r["seed"]: r["test_by_selection"][rule] for r in rs if rule in r.get("test_by_selection", {})}
@@ -200,13 +207,8 @@ def by_selection(fptt: list[dict], bptt: list[dict]) -> dict:
         seeds = sorted(acc["fptt"].keys() & acc["bptt"].keys())
         if len(seeds) < 2:
             continue
-        f, b = ([acc[m][sd] for sd in seeds] for m in ("fptt", "bptt"))
-        diffs = [x - y for x, y in zip(f, b)]
-        out[rule] = {"seeds": seeds, **{m: {"mean": statistics.fmean(v), "std": statistics.stdev(v), "values": v} for m, v in (("fptt", f), ("bptt", b))},
-                     "goal_mean": statistics.fmean(f) >= statistics.fmean(b), "goal_spread": statistics.stdev(f) <= statistics.stdev(b),
-                     "paired_difference": {"mean": statistics.fmean(diffs), "std": statistics.stdev(diffs), "values": diffs,
-                                           **paired_interval(diffs)},
-                     **spread_test(f, b)}
+        f, b = ({sd: acc[m][sd] for sd in seeds} for m in ("fptt", "bptt"))
+        out[rule] = {"seeds": seeds, "fptt": _mean_std(list(f.values())), "bptt": _mean_std(list(b.values())), **comparison(f, b)}
     return out
 
 

@@ -109,6 +109,8 @@ def test_compiled_update_equals_eager(compiled, with_lengths):
         diff = (got[name] - want[name]).abs()
         floor = float((noise[name] - want[name]).abs().max())  # eager against itself (batch summed in reverse): float32 rounding
         scale = max(float(want[name].abs().max()), 1e-3)
+        if name == "lam":  # lam accumulates -alpha (W - Wbar): a rounding in W reaches it alpha times the weights' scale
+            scale = max(scale, TrainConfig().alpha * float(want["weights"].abs().max()))
         # The compiled backward rounds differently (~1 ulp). Adamax turns that into a visible step only where a
         # gradient is near zero (|g| ~ eps); those few elements may differ by a fraction of lr per update.
         close = diff <= max(1e-6 * scale, 4 * floor)
@@ -136,6 +138,22 @@ def test_compiled_train_batch_reports_like_eager_and_never_recompiles(compiled):
     loss_e, correct_e = eager.train_batch(x, y, LENGTHS)
     assert int(correct_c) == int(correct_e) and float(loss_c) == pytest.approx(float(loss_e), rel=1e-4)
     assert int(compiled.optimizer.state[compiled.flat.flat]["step"]) == T == int(eager.optimizer.state[eager.flat.flat]["step"])
+
+
+def test_an_eager_update_after_compiled_ones_takes_the_current_traces(compiled):
+    """The graph updates lam and Wbar without the eager path's kept alpha Wbar + lam; an eager
+    update that follows (a short last batch) must still take dR/dW = alpha (W - Wbar) - lam."""
+    x, y = _batch(5)
+    _reset(compiled, FPTTTrainer(_net(), TrainConfig(batch_size=B)))
+    compiled.train_batch(x, y)
+    traces, flat = compiled.traces, compiled.flat.flat
+    with torch.no_grad():
+        flat.grad.zero_()
+        traces.add_regularizer_grad()
+        want = traces.alpha * (flat - traces.wbar[0]) - traces.lam[0]
+        assert float(traces.lam[0].abs().max()) > 1e-4, "vacuous: the traces did not move"
+        assert torch.allclose(flat.grad, want, rtol=1e-5, atol=1e-7)
+        flat.grad.zero_()
 
 
 def test_eager_fall_back_where_the_compiled_update_does_not_apply(compiled):

@@ -12,7 +12,8 @@ After each optimiser step, with the new ``W``::
 All updates are fused multi-tensor (``torch._foreach_*``) ops over every tensor at once (the
 trainer passes a single flat buffer holding all weights, so each is one kernel). Between trace
 updates ``alpha W - dR/dW = alpha Wbar + lam`` is constant and kept, so the regulariser's
-gradient costs one fused multiply-add per step.
+gradient costs one fused multiply-add per step. (The compiled update computes it from ``lam`` and
+``Wbar`` directly, one pass fewer over the weights, and marks the kept sum stale.)
 """
 from __future__ import annotations
 
@@ -36,11 +37,13 @@ class FPTTTraces:
             self._buf = [torch.empty_like(p) for p in self.params]
             self._anchor = [torch.empty_like(p) for p in self.params]  # alpha Wbar + lam
             self._refresh_anchor()
+        self.anchor_stale = False  # set by the compiled update, which changes lam and Wbar without it
 
     @torch.no_grad()
     def _refresh_anchor(self) -> None:
         torch._foreach_copy_(self._anchor, self.lam)
         torch._foreach_add_(self._anchor, self.wbar, alpha=self.alpha)
+        self.anchor_stale = False
 
     def regularizer(self) -> torch.Tensor:
         """``R(W)`` as a differentiable scalar (for logging and checks; training adds its gradient directly)."""
@@ -50,6 +53,8 @@ class FPTTTraces:
     @torch.no_grad()
     def add_regularizer_grad(self) -> None:
         """``grad += alpha (W - Wbar) - lam = alpha W - (alpha Wbar + lam)`` for every tensor (grads must exist)."""
+        if self.anchor_stale:
+            self._refresh_anchor()
         grads = [p.grad for p in self.params]
         torch._foreach_add_(grads, self._data, alpha=self.alpha)
         torch._foreach_sub_(grads, self._anchor)

@@ -117,3 +117,11 @@ def test_the_summary_compares_the_methods_under_every_rule():
     assert rules["last"]["paired_difference"]["mean"] == pytest.approx(0.03)
     text = bench.markdown(bench.summarise(runs))
     assert "| t | one-se | 0.845 +- 0.007 | 0.820 +- 0.014 | 0.025 +- 0.007 | met, met (0.50, p = " in text
+
+
+def test_one_seed_reports_the_mean_goal_and_no_spread_goal():
+    runs = [{"task": "t", "method": m, "seed": 0, "epochs": 2, "test_accuracy": a, "last_test_accuracy": a, "train_accuracy": 0.9,
+             "train_time_s": 1.0, "test_by_selection": {"best": a}} for m, a in (("fptt", 0.82), ("bptt", 0.79))]
+    row = bench.summarise(runs)["t"]
+    assert row["goal_mean"] and "goal_spread" not in row and row["paired_difference"]["values"] == pytest.approx([0.03])
+    assert "mean met; spread needs two seeds per method" in bench.markdown({"t": row})

@@ -162,3 +162,14 @@ def test_fptt_memory_does_not_grow_with_sequence_length():
     assert fptt[0] == fptt[1] == fptt[2], fptt  # one step's activations, whatever T is
     assert bptt[2] > 3.5 * bptt[1] > 3.5**2 * bptt[0] * 0.9, bptt  # linear in T
     assert bptt[2] > 100 * fptt[2]
+
+
+@pytest.mark.parametrize("n", [1, 2047, 2048, 2049, 3 * 2048 + 5])
+def test_blocked_norm_is_the_two_norm_of_every_element(n):
+    from fptt_edge.training.compiled import blocked_norm
+
+    g = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 3
+    g[-1] = 1e3  # the tail past the last whole row counts too
+    want = float(torch.linalg.vector_norm(g.double()))
+    assert float(blocked_norm(g)) == pytest.approx(want, rel=1e-6)
+    assert float(blocked_norm(g, row=7)) == pytest.approx(want, rel=1e-6)

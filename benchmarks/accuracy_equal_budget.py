@@ -23,6 +23,13 @@ seed-to-seed spread no larger than BPTT's; each task's verdict is printed with a
 the paired difference and a two-sided F-test of equal variances beside it (scipy; with 3 to 5
 seeds a spread ratio of 2 is well within chance).
 
+Learning rates (``--lr-grid``): by default both methods train at one rate (3e-3, the authors'), although
+BPTT makes T times fewer updates than FPTT. ``--lr-grid 1e-3 3e-3 1e-2 3e-2`` gives each method its own:
+per task and method, every rate of the grid is trained on the tuning seeds (``--tune-seeds``, default
+100 101 102, apart from the reported seeds), the rate with the best mean validation accuracy is kept
+(the test set chooses nothing), and the reported seeds are trained at it. The tuning runs are listed
+beside the table.
+
 Results go to ``--out``/results.json (every run as it finishes, so an interrupted benchmark keeps
 what it measured and ``--resume`` skips finished runs) and a markdown table on stdout.
 """
@@ -59,24 +66,34 @@ def task_args(args) -> dict[str, dict]:
     return {k: v for k, v in tasks.items() if k in args.tasks}
 
 
-def run_folder(task: str, method: str, seed: int, args) -> Path:
-    return Path(args.out) / f"{task}-{method}-s{seed}"
+def run_folder(task: str, method: str, seed: int, args, lr: float | None = None) -> Path:
+    return Path(args.out) / (f"{task}-{method}-s{seed}" if lr is None else f"{task}-{method}-lr{lr:g}-s{seed}")
+
+
+class TrainFailed(RuntimeError):
+    """A ``fptt-edge train`` run exited with an error (e.g. it diverged at a learning rate of ``--lr-grid``)."""
+
+    def __init__(self, cmd: list[str], stderr: str):
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        self.reason = lines[-1] if lines else "no message"
+        super().__init__(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
 
 
 class MixedResults(Exception):
     """``--resume`` found a run in ``--out`` that was trained with other options."""
 
 
-def train_options(task: str, spec: dict, method: str, seed: int, args) -> list[str]:
+def train_options(task: str, spec: dict, method: str, seed: int, args, lr: float | None = None) -> list[str]:
     """The ``fptt-edge train`` options of one run, but for its ``--out`` (the run's folder)."""
+    rate = [] if lr is None else ["--lr", f"{lr:g}"]
     return [*spec["args"], "--method", method, "--epochs", str(spec["epochs"]), "--seed", str(seed), "--quiet",
-            "--checkpoint-interval", "0", *args.extra]
+            "--checkpoint-interval", "0", *rate, *args.extra]
 
 
-def kept_run(task: str, spec: dict, method: str, seed: int, args) -> bool:
+def kept_run(task: str, spec: dict, method: str, seed: int, args, lr: float | None = None) -> bool:
     """With ``--resume``: whether this run's finished result is in ``--out``. Its ``DONE`` marker holds the options it
     was trained with; a result made with other options (another ``--extra``, epochs, subset) is refused, not mixed in."""
-    out = run_folder(task, method, seed, args)
+    out = run_folder(task, method, seed, args, lr)
     done, marker = out / "metrics.json", out / "DONE"
     if not (args.resume and done.is_file() and marker.is_file()):
         return False
@@ -85,32 +102,32 @@ def kept_run(task: str, spec: dict, method: str, seed: int, args) -> bool:
         finished = bool(json.loads(done.read_text()).get("epochs"))
     except (OSError, ValueError, AttributeError):
         made_with, finished = None, False
-    if made_with != train_options(task, spec, method, seed, args):
+    if made_with != train_options(task, spec, method, seed, args, lr):
         described = " ".join(map(str, made_with)) if isinstance(made_with, list) else "unknown"
         raise MixedResults(f"{out} was trained with other options ({described}); "
                            "use another --out, or leave out --resume to train it again")
     return finished
 
 
-def run_one(task: str, spec: dict, method: str, seed: int, args) -> dict:
-    out = run_folder(task, method, seed, args)
+def run_one(task: str, spec: dict, method: str, seed: int, args, lr: float | None = None) -> dict:
+    out = run_folder(task, method, seed, args, lr)
     done = out / "metrics.json"
-    if kept_run(task, spec, method, seed, args):
+    if kept_run(task, spec, method, seed, args, lr):
         m = json.loads(done.read_text())
     else:
         shutil.rmtree(out, ignore_errors=True)
-        options = train_options(task, spec, method, seed, args)
+        options = train_options(task, spec, method, seed, args, lr)
         cmd = [sys.executable, "-m", "fptt_edge", "train", *options, "--out", str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+            raise TrainFailed(cmd, proc.stderr)
         m = json.loads(done.read_text())
         m["wall_s"] = round(time.perf_counter() - t0, 1)
         done.write_text(json.dumps(m, indent=2))
         (out / "DONE").write_text(json.dumps(options))
-    return {"task": task, "method": method, "seed": seed, "epochs": spec["epochs"], "test_accuracy": m["test_accuracy"],
+    return {"task": task, "method": method, "seed": seed, "lr": lr, "epochs": spec["epochs"], "test_accuracy": m["test_accuracy"],
             "val_accuracy": m["val_accuracy"], "train_accuracy": m["train_accuracy"], "selected_epoch": m["selected_epoch"],
             "last_test_accuracy": m["last_epoch"]["test_accuracy"], "last_train_accuracy": m["last_epoch"]["train_accuracy"],
             "online_accuracy": m["last_epoch"]["online_accuracy"],
@@ -171,7 +188,7 @@ def summarise(runs: list[dict]) -> dict:
         for method, rs in by_method.items():
             def ms(key):
                 return _mean_std([r[key] for r in rs])
-            row[method] = {"seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"], "test": ms("test_accuracy"),
+            row[method] = {"seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"], "lr": rs[0].get("lr"), "test": ms("test_accuracy"),
                            "last_test": ms("last_test_accuracy"), "train": ms("train_accuracy"), "train_time_s": ms("train_time_s")}
         if "fptt" in row and "bptt" in row:
             acc = {m: {r["seed"]: r["test_accuracy"] for r in by_method[m]} for m in ("fptt", "bptt")}
@@ -221,7 +238,8 @@ def markdown(table: dict) -> str:
         for method in ("fptt", "bptt"):
             if method in row:
                 r = row[method]
-                lines.append(f"| {task} | {r['epochs']} | {method.upper()} | {f(r['test'])} | {f(r['last_test'])} | {f(r['train'])} | "
+                name = method.upper() + ("" if r.get("lr") is None else f" (lr {r['lr']:g})")
+                lines.append(f"| {task} | {r['epochs']} | {name} | {f(r['test'])} | {f(r['last_test'])} | {f(r['train'])} | "
                              f"{len(r['seeds'])} | {r['train_time_s']['mean']:.0f} s |")
         if "paired_difference" in row:
             pd = row["paired_difference"]
@@ -259,37 +277,109 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="Threads per run.")
     parser.add_argument("--out", default="runs/bench-accuracy")
     parser.add_argument("--resume", action="store_true", help="Keep finished runs in --out (refused when made with other options).")
+    parser.add_argument("--lr-grid", nargs="+", type=float, default=[],
+                        help="Give each method its own learning rate: the one of these with the best validation accuracy on --tune-seeds.")
+    parser.add_argument("--tune-seeds", nargs="+", type=int, default=[100, 101, 102], help="The seeds --lr-grid chooses on.")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="More fptt-edge train options for every run (last).")
     return parser.parse_args(argv)
 
 
+def choose_rates(runs: list[dict]) -> dict:
+    """Per task and method, every tried rate's validation (and, for the record, test) accuracy over the tuning seeds,
+    and the rate kept: the best mean validation accuracy (the first in the grid on a tie)."""
+    out: dict = {}
+    for r in runs:
+        if r.get("failed"):
+            out.setdefault(r["task"], {}).setdefault(r["method"], {"rates": {}, "failed": {}})["failed"].setdefault(r["lr"], []).append(r)
+            continue
+        if r["val_accuracy"] is None:
+            raise ValueError(f"{r['task']} {r['method']} seed {r['seed']} has no validation accuracy: --lr-grid needs a validation split")
+        rates = out.setdefault(r["task"], {}).setdefault(r["method"], {"rates": {}, "failed": {}})["rates"]
+        rates.setdefault(r["lr"], []).append(r)
+    for task, by_method in out.items():
+        for method, entry in by_method.items():
+            failed = entry["failed"]  # a rate with a failed (diverged) run is out
+            entry["failed"] = {lr: {"seeds": [r["seed"] for r in rs], "reason": rs[0]["failed"]} for lr, rs in failed.items()}
+            entry["rates"] = {lr: {"seeds": [r["seed"] for r in rs], "val": _mean_std([r["val_accuracy"] for r in rs]),
+                                   "test": _mean_std([r["test_accuracy"] for r in rs])} for lr, rs in entry["rates"].items()}
+            usable = [lr for lr in entry["rates"] if lr not in failed]
+            if not usable:
+                raise ValueError(f"{task} {method}: every rate of --lr-grid failed ({next(iter(entry['failed'].values()))['reason']})")
+            entry["chosen"] = max(usable, key=lambda lr: entry["rates"][lr]["val"]["mean"])
+    return out
+
+
+def tuning_markdown(tuning: dict) -> str:
+    lines = ["| task | method | lr | val acc (tuning seeds) | test acc (tuning seeds) | kept |", "|---|---|---|---|---|---|"]
+    for task, by_method in tuning.items():
+        for method, entry in by_method.items():
+            for lr, r in entry["rates"].items():
+                lines.append(f"| {task} | {method.upper()} | {lr:g} | {r['val']['mean']:.3f} +- {r['val']['std']:.3f} | "
+                             f"{r['test']['mean']:.3f} +- {r['test']['std']:.3f} | {'yes' if lr == entry['chosen'] else ''} |")
+            for lr, r in entry["failed"].items():
+                lines.append(f"| {task} | {method.upper()} | {lr:g} | failed, seeds {' '.join(map(str, r['seeds']))}: {r['reason']} | | |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.lr_grid and "--lr" in args.extra:
+        print("error: --lr-grid chooses each method's rate; leave --lr out of --extra", file=sys.stderr)
+        sys.exit(2)
+    if not all(0 < lr < float("inf") for lr in args.lr_grid) or len(set(args.lr_grid)) != len(args.lr_grid):
+        print(f"error: --lr-grid takes distinct positive rates, got {' '.join(map(str, args.lr_grid))}", file=sys.stderr)
+        sys.exit(2)
     tasks = task_args(args)
-    jobs = [(t, spec, m, s) for t, spec in tasks.items() for s in args.seeds for m in args.methods]
-    try:  # refuse a mixed --out before anything runs
-        for job in jobs:
-            kept_run(*job, args)
+    grid = args.lr_grid or [None]
+    tune_jobs = [(t, spec, m, s, lr) for t, spec in tasks.items() for lr in args.lr_grid for s in args.tune_seeds for m in args.methods]
+    jobs = [(t, spec, m, s, lr) for t, spec in tasks.items() for s in args.seeds for m in args.methods for lr in grid]
+    try:  # refuse a mixed --out before anything runs (every rate a reported seed might be trained at)
+        for job in tune_jobs + jobs:
+            kept_run(*job[:4], args, job[4])
     except MixedResults as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     results_path = Path(args.out) / "results.json"
     Path(args.out).mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
+    tuning_runs: list[dict] = []
+    tuning: dict = {}
 
-    def one(job):
-        r = run_one(*job, args)
-        runs.append(r)
-        results_path.write_text(json.dumps({"settings": vars(args), "runs": runs, "table": summarise(runs)}, indent=2))
-        print(json.dumps({k: r[k] for k in ("task", "method", "seed", "test_accuracy", "last_test_accuracy", "selected_epoch",
+    def save() -> None:
+        results_path.write_text(json.dumps({"settings": vars(args), "tuning": tuning, "tuning_runs": tuning_runs, "runs": runs,
+                                            "table": summarise(runs)}, indent=2))
+
+    def one(job, into: list[dict], tuning_run: bool = False):
+        try:
+            r = run_one(*job[:4], args, job[4])
+        except TrainFailed as exc:
+            if not tuning_run:
+                raise
+            r = {"task": job[0], "method": job[2], "seed": job[3], "lr": job[4], "failed": exc.reason, "test_accuracy": None,
+                 "last_test_accuracy": None, "selected_epoch": None, "train_time_s": None}
+        into.append(r)
+        save()
+        print(json.dumps({k: r[k] for k in ("task", "method", "seed", "lr", "test_accuracy", "last_test_accuracy", "selected_epoch",
                                             "train_time_s")}), file=sys.stderr, flush=True)
         return r
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        list(pool.map(one, jobs))
+        if tune_jobs:
+            list(pool.map(lambda j: one(j, tuning_runs, tuning_run=True), tune_jobs))
+            try:
+                tuning = choose_rates(tuning_runs)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(2)
+            jobs = [j for j in jobs if j[4] == tuning[j[0]][j[2]]["chosen"]]
+        list(pool.map(lambda j: one(j, runs), jobs))
+    save()
     table = summarise(runs)
-    print(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "out"}, "table": table}, indent=2))
+    print(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "out"}, "tuning": tuning, "table": table}, indent=2))
     print(markdown(table))
+    if tuning:
+        print("\nLearning rates tried on the tuning seeds (`--lr-grid`), the kept one by mean validation accuracy:\n")
+        print(tuning_markdown(tuning))
 
 
 if __name__ == "__main__":

@@ -125,3 +125,93 @@ def test_one_seed_reports_the_mean_goal_and_no_spread_goal():
     row = bench.summarise(runs)["t"]
     assert row["goal_mean"] and "goal_spread" not in row and row["paired_difference"]["values"] == pytest.approx([0.03])
     assert "mean met; spread needs two seeds per method" in bench.markdown({"t": row})
+
+
+def _fake_train(calls: list, val_of, test_bonus=lambda lr: 0.0):
+    """``subprocess.run`` standing in for ``fptt-edge train``: writes the run's metrics, validation accuracy ``val_of(method, lr, seed)``,
+    test accuracy 0.01 below it plus ``test_bonus(lr)``."""
+    def run(cmd, **_):
+        opt = {k: v for k, v in zip(cmd, cmd[1:]) if k.startswith("--")}
+        method, lr, seed = opt["--method"], float(opt["--lr"]), int(opt["--seed"])
+        calls.append((method, lr, seed))
+        out = Path(opt["--out"])
+        out.mkdir(parents=True)
+        val = val_of(method, lr, seed)
+        test = val - 0.01 + test_bonus(lr)
+        epoch = {"test_accuracy": test, "val_accuracy": val, "val_loss": 1.0, "train_time_s": 1.0}
+        (out / "metrics.json").write_text(json.dumps({"epochs": [epoch], "test_accuracy": test, "val_accuracy": val,
+                                                       "train_accuracy": val, "selected_epoch": 1, "val_samples": 100,
+                                                       "last_epoch": {"test_accuracy": test, "train_accuracy": val,
+                                                                      "online_accuracy": val}}))
+        return bench.subprocess.CompletedProcess(cmd, 0, "", "")
+    return run
+
+
+def test_lr_grid_gives_each_method_the_rate_best_on_validation_over_the_tuning_seeds(tmp_path, monkeypatch, capsys):
+    # FPTT is best at 1e-3, BPTT at 3e-2 (on the mean: tuning seed 101 alone would pick 1e-2 for BPTT, and so would the test set)
+    best = {"fptt": 1e-3, "bptt": 3e-2}
+    val_of = lambda m, lr, s: (0.6 if lr == best[m] else 0.5) + (0.15 if (m, lr, s) == ("bptt", 1e-2, 101) else 0.0)  # noqa: E731
+    calls: list = []
+    monkeypatch.setattr(bench.subprocess, "run", _fake_train(calls, val_of, lambda lr: 0.3 if lr == 1e-2 else 0.0))
+    bench.main(["--tasks", "smnist_row", "--seeds", "0", "1", "--tune-seeds", "100", "101", "--lr-grid", "1e-3", "1e-2", "3e-2",
+                "--out", str(tmp_path)])
+    tuned = sorted(c for c in calls if c[2] >= 100)
+    assert tuned == sorted((m, lr, s) for m in ("fptt", "bptt") for lr in (1e-3, 1e-2, 3e-2) for s in (100, 101))
+    assert sorted(c for c in calls if c[2] < 100) == sorted([("fptt", 1e-3, 0), ("fptt", 1e-3, 1), ("bptt", 3e-2, 0), ("bptt", 3e-2, 1)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {m: results["tuning"]["smnist_row"][m]["chosen"] for m in ("fptt", "bptt")} == best
+    assert results["tuning"]["smnist_row"]["bptt"]["rates"]["0.01"]["val"]["mean"] == pytest.approx(0.575)
+    assert {(r["method"], r["lr"], r["seed"]) for r in results["runs"]} == {("fptt", 1e-3, 0), ("fptt", 1e-3, 1), ("bptt", 3e-2, 0),
+                                                                            ("bptt", 3e-2, 1)}
+    out = capsys.readouterr().out
+    assert "| smnist_row | 12 | FPTT (lr 0.001) | 0.590 +- 0.000 |" in out and "| smnist_row | BPTT | 0.03 | 0.600 +- 0.000 |" in out
+
+
+def test_lr_grid_ties_keep_the_first_rate_and_resume_retrains_nothing(tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(bench.subprocess, "run", _fake_train(calls, lambda m, lr, s: 0.5))
+    argv = ["--tasks", "nmnist", "smnist_row", "--methods", "fptt", "--seeds", "0", "--tune-seeds", "100", "--lr-grid", "3e-3", "1e-3",
+            "--out", str(tmp_path), "--resume"]
+    bench.main(argv)
+    assert json.loads((tmp_path / "results.json").read_text())["tuning"]["smnist_row"]["fptt"]["chosen"] == 3e-3
+    _main(monkeypatch, argv)  # every run kept
+
+
+@pytest.mark.parametrize("bad", [["--lr-grid", "1e-3", "--extra", "--lr", "1e-2"], ["--lr-grid", "0"], ["--lr-grid=-1e-3"],
+                                 ["--lr-grid", "inf"], ["--lr-grid", "1e-3", "1e-3"]])
+def test_lr_grid_refuses_conflicting_or_absurd_rates(tmp_path, monkeypatch, capsys, bad):
+    with pytest.raises(SystemExit) as exc:
+        _main(monkeypatch, ["--tasks", "smnist_row", "--out", str(tmp_path / "o"), *bad])
+    assert exc.value.code == 2 and capsys.readouterr().err.startswith("error: ") and not (tmp_path / "o").exists()
+
+
+def test_lr_grid_without_a_validation_split_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench.subprocess, "run", _fake_train([], lambda m, lr, s: 0.5))
+    monkeypatch.setattr(bench, "run_one", lambda *a, **k: {"task": "smnist_row", "method": "fptt", "seed": 100, "lr": 1e-3,
+                                                          "val_accuracy": None, "test_accuracy": 0.5, "last_test_accuracy": 0.5,
+                                                          "selected_epoch": 1, "train_time_s": 1.0})
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--tasks", "smnist_row", "--methods", "fptt", "--tune-seeds", "100", "--lr-grid", "1e-3", "--out", str(tmp_path),
+                    "--extra", "--val-fraction", "0"])
+    assert exc.value.code == 2 and "needs a validation split" in capsys.readouterr().err
+
+
+def test_a_rate_that_fails_on_any_tuning_seed_is_left_out_and_reported(tmp_path, monkeypatch, capsys):
+    calls: list = []
+    fake = _fake_train(calls, lambda m, lr, s: 0.5 + lr)  # the largest rate would win ...
+
+    def run(cmd, **kw):
+        if "1" in cmd and "101" in cmd:  # ... but it diverges on one tuning seed
+            return bench.subprocess.CompletedProcess(cmd, 1, "", "Traceback ...\nerror: training diverged (loss is nan)\n")
+        return fake(cmd, **kw)
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    argv = ["--tasks", "smnist_row", "--methods", "fptt", "--seeds", "0", "--tune-seeds", "100", "101", "--lr-grid", "1e-2", "1",
+            "--out", str(tmp_path)]
+    bench.main(argv)
+    tuning = json.loads((tmp_path / "results.json").read_text())["tuning"]["smnist_row"]["fptt"]
+    assert tuning["chosen"] == 1e-2 and tuning["failed"] == {"1.0": {"seeds": [101], "reason": "error: training diverged (loss is nan)"}}
+    assert "| smnist_row | FPTT | 1 | failed, seeds 101: error: training diverged (loss is nan) | | |" in capsys.readouterr().out
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: bench.subprocess.CompletedProcess(cmd, 1, "", "error: diverged\n"))
+    with pytest.raises(SystemExit) as exc:  # no rate left
+        bench.main([*argv[:-2], "--out", str(tmp_path / "all")])
+    assert exc.value.code == 2 and "every rate of --lr-grid failed (error: diverged)" in capsys.readouterr().err

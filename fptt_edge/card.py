@@ -218,11 +218,12 @@ def input_rate(data, frame_shape) -> float | None:
     """The fraction of non-zero inputs per step in an ``.npz`` (``x`` ``[N, T, *frame]``)."""
     if data is None:
         return None
-    try:
-        with np.load(data, allow_pickle=False) as f:
-            x = f["x"]
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise CardError(f"{data}: not an .npz with frames 'x' ({type(exc).__name__})") from None
+    from .npzfile import read_npz
+
+    arrays = read_npz(data, CardError)
+    if "x" not in arrays:
+        raise CardError(f"{data}: not an .npz with frames 'x' (have {sorted(arrays)[:10]})")
+    x = arrays["x"]
     if tuple(x.shape[2:]) != tuple(frame_shape):
         raise CardError(f"{data}: frames have shape {tuple(x.shape[2:])}; the model takes {tuple(frame_shape)}")
     return float(np.count_nonzero(x) / max(x.size, 1))

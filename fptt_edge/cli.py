@@ -8,8 +8,10 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import math
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -22,9 +24,25 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class FiniteFloat(click.FloatRange):
+    """A float option, optionally bounded, that refuses NaN and +-Inf (NaN passes any range check)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+SEED = click.IntRange(0, 2 ** 63 - 1)  # what numpy's and torch's generators both take
+
+
 def _friendly(fn):
-    """Any :class:`FpttEdgeError` (bad input, file or option) and a full disk become one line on
-    stderr and exit status 2; any other exception is a bug and keeps its traceback."""
+    """Any :class:`FpttEdgeError` (bad input, file or option) and the file system's refusals (a full disk, no
+    permission, a folder where a file was named, ...) become one line on stderr and exit status 2; any other
+    exception is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -33,9 +51,12 @@ def _friendly(fn):
         except FpttEdgeError as exc:
             raise UserError(_one_line(exc)) from None
         except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            raise UserError(f"no space left on device writing {exc.filename or 'an output file'}") from None
+            if exc.errno == errno.ENOSPC:
+                raise UserError(f"no space left on device writing {exc.filename or 'an output file'}") from None
+            if exc.errno is None:
+                raise  # not the file system's answer: a bug
+            where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None) or "a file"
+            raise UserError(f"{where}: {exc.strerror or os.strerror(exc.errno)}") from None
 
     return wrapper
 
@@ -104,11 +125,11 @@ def main():
 @click.option("--conv", default="", help="Conv LTC channels for frame input, comma separated (e.g. '16,32'); empty = dense only.")
 @click.option("--epochs", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="Adamax learning rate.")
-@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True, help="FPTT regulariser strength.")
-@click.option("--beta", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="FPTT running-average rate.")
-@click.option("--clip", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Gradient-norm clip.")
-@click.option("--b-j0", type=float, default=0.1, show_default=True, help="Baseline threshold b_j0 (also the initial adaptation b_0).")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=3e-3, show_default=True, help="Adamax learning rate.")
+@click.option("--alpha", type=FiniteFloat(min=0, min_open=True), default=0.1, show_default=True, help="FPTT regulariser strength.")
+@click.option("--beta", type=FiniteFloat(0, 1, min_open=True), default=0.5, show_default=True, help="FPTT running-average rate.")
+@click.option("--clip", type=FiniteFloat(min=0, min_open=True), default=1.0, show_default=True, help="Gradient-norm clip.")
+@click.option("--b-j0", type=FiniteFloat(), default=0.1, show_default=True, help="Baseline threshold b_j0 (also the initial adaptation b_0).")
 @click.option("--initial-u", type=click.Choice(["zero", "uniform"]), default="zero", show_default=True,
               help="Initial membrane during training (evaluation and export always use u_0 = 0).")
 @click.option("--eval-weights", type=click.Choice(["wbar", "wbar-restore", "current"]), default="wbar", show_default=True,
@@ -117,20 +138,20 @@ def main():
 @click.option("--oracle/--no-oracle", default=False, show_default=True,
               help="Add the reference's soft-target term to early steps' loss, (1 - w_t) mean(-q[y, t] log_softmax), q the "
                    "outputs on misclassified examples per class and step (FPTT; BPTT with --bptt-loss weighted; off by default).")
-@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+@click.option("--ema-decay", type=FiniteFloat(0, 1, max_open=True), default=0.0, show_default=True,
               help="Evaluate, select and save a moving average of the evaluated weights, updated every batch with this decay "
                    "(e.g. 0.97; either method); training goes on from its own weights. 0: off.")
 @click.option("--bptt-loss", type=click.Choice(["weighted", "last"]), default="weighted", show_default=True,
               help="BPTT: mean of (t+1)/T-weighted per-step CE, or CE at the last step.")
 @click.option("--val", "val_path", type=click.Path(dir_okay=False),
               help="Validation data for model selection (nmnist: a split list; otherwise an .npz); default: --val-fraction of --train.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+@click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.1, show_default=True,
               help="Share of the training data held out (stratified, fixed by --seed) to select the epoch model.pt keeps; 0: keep the last.")
 @click.option("--schedule", type=click.Choice(["constant", "cosine", "step"]), default="cosine", show_default=True,
               help="Learning-rate schedule over the run (per batch): cosine to 0, step (x --gamma after each of --milestones), or constant.")
-@click.option("--warmup", type=click.FloatRange(0), default=0.0, show_default=True, help="Epochs of linear learning-rate warm-up.")
+@click.option("--warmup", type=FiniteFloat(0), default=0.0, show_default=True, help="Epochs of linear learning-rate warm-up.")
 @click.option("--milestones", default="", help="--schedule step: epochs after which lr *= --gamma, comma separated (default: 50% and 75% of --epochs).")
-@click.option("--gamma", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True, help="--schedule step: decay factor.")
+@click.option("--gamma", type=FiniteFloat(0, 1, min_open=True), default=0.1, show_default=True, help="--schedule step: decay factor.")
 @click.option("--patience", type=click.IntRange(0), default=0, show_default=True,
               help="Stop this many epochs after the selected one (--selection; 0: run all --epochs).")
 @click.option("--selection", type=click.Choice(["best", "one-se", "last"]), default="best", show_default=True,
@@ -145,15 +166,15 @@ def main():
 @click.option("--encoding", type=click.Choice(["none", "standardize", "delta", "standardize+delta"]), default="none", show_default=True,
               help="Analog channel data ([N, T, C]): per-channel standardisation and/or level-crossing ON/OFF spike channels, fitted on "
                    "the training split, recorded in model.pt and the exported model, applied alike on the device.")
-@click.option("--delta-threshold", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+@click.option("--delta-threshold", type=FiniteFloat(min=0, min_open=True), default=0.1, show_default=True,
               help="--encoding delta: level spacing in standard deviations of each channel.")
 @click.option("--tau-init", type=click.Choice(["default", "spread"]), default="default", show_default=True,
               help="Gate time constants of the fresh model: zero biases (the reference, ~2 steps) or spread log-uniformly over "
                    "the sequence length (long analog sequences).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--max-train-samples", type=click.IntRange(1), default=None, help="Use only the first N training samples.")
 @click.option("--max-test-samples", type=click.IntRange(1), default=None, help="Use only the first N test samples.")
-@click.option("--checkpoint-interval", type=click.FloatRange(0), default=300.0, show_default=True,
+@click.option("--checkpoint-interval", type=FiniteFloat(0), default=300.0, show_default=True,
               help="Seconds between mid-epoch resume checkpoints (0: only at epoch ends).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/latest", show_default=True,
               help="Folder for model.pt, checkpoint.pt, metrics.json and curves.png.")
@@ -380,9 +401,9 @@ def backend_option(fn):
 @click.option("--continuous", is_flag=True,
               help="--events as one live stream: fixed frame windows, no resets, a decision rule emits gestures (start, class, confidence); "
                    "with --labels, scored against the segments (accuracy, detection delay, false alarms per minute).")
-@click.option("--window-ms", type=click.FloatRange(min=0, min_open=True), help="--continuous: frame window (default: the step span the model trained with).")
+@click.option("--window-ms", type=FiniteFloat(min=0, min_open=True), help="--continuous: frame window (default: the step span the model trained with).")
 @click.option("--smooth", type=click.IntRange(1), default=3, show_default=True, help="--continuous: steps of probability smoothing.")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+@click.option("--threshold", type=FiniteFloat(0, 1, min_open=True), default=0.5, show_default=True,
               help="--continuous: smoothed class probability that starts a gesture (it ends below half of it).")
 @click.option("--hold", type=click.IntRange(1), default=2, show_default=True, help="--continuous: confident steps before a gesture is emitted.")
 @_friendly
@@ -653,14 +674,14 @@ def card(model_path, compare, data_path, devices, output, as_json):
 @click.option("--guard", "guard_path", type=click.Path(dir_okay=False),
               help="Labelled original-domain data (.npz) checked against forgetting (default: MODEL.guard.npz).")
 @click.option("--trainable", type=click.Choice(["all", "readout", "last", "input"]), default="all", show_default=True, help="Which tensors learn.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate (default: the one the model was trained with).")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None, help="Learning rate (default: the one the model was trained with).")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=1, show_default=True, help="Passes over the training part of the data.")
-@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True,
+@click.option("--holdout", type=FiniteFloat(0, 1, max_open=True), default=0.3, show_default=True,
               help="Fraction of the data held out to score before/after.")
-@click.option("--max-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True, help="Guard-accuracy drop that rolls the weights back.")
+@click.option("--max-drop", type=FiniteFloat(0, 1), default=0.02, show_default=True, help="Guard-accuracy drop that rolls the weights back.")
 @click.option("--check-every", type=click.IntRange(1), default=500, show_default=True, help="Updates between guard checks (and at the end).")
 @click.option("--backend", type=click.Choice(["ort", "ort-cuda"]), default="ort", show_default=True, help="ONNX Runtime provider for the train step.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--factory", is_flag=True, help="Start from the shipped weights, not the latest adapted generation.")
 @click.option("--score", "score_paths", multiple=True, type=click.Path(dir_okay=False),
               help="More labelled data (.npz or split list) to score before and after, e.g. new-domain test data and original-domain data (repeatable).")
@@ -677,10 +698,15 @@ def adapt(model_path, data_path, events_path, labels_path, guard_path, trainable
     """
     from .runtime.adaptation import adapt as run_adaptation
 
-    warn = (lambda m: None) if as_json else (lambda m: click.echo(f"warning: {m}", err=True))
-    with click.progressbar(length=1, label="adapting", file=sys.stderr, show_pos=True) if not as_json else _null_bar() as bar:
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if not as_json:
+            click.echo(f"warning: {message}", err=True)
+
+    with _LazyBar("adapting", enabled=not as_json) as bar:  # drawn from the first update on: a refused input prints one line
         def progress(n: int) -> None:
-            bar.length = None  # unknown total: data pass over epochs
             bar.update(n)
 
         report = run_adaptation(model_path, data=data_path, events=events_path, labels=labels_path, guard=guard_path, trainable=trainable,
@@ -703,7 +729,7 @@ def adapt(model_path, data_path, events_path, labels_path, guard_path, trainable
         for line in report["events"]:
             click.echo(f"  {line}")
     else:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps({**report, "warnings": warnings}, indent=2))
 
 
 @main.command("shift")
@@ -715,7 +741,7 @@ def adapt(model_path, data_path, events_path, labels_path, guard_path, trainable
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True, help="Skip the first N samples (keeps sets disjoint).")
 @click.option("--samples", type=click.IntRange(1), default=200, show_default=True, help="Samples to write.")
 @click.option("--shift", "spec", required=True, help="gain:G, columns:K, polarity-swap, dropout:P or hot-pixels:P.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help=".npz to write (x, y, lengths).")
 @_friendly
 def shift_cmd(task, data_path, mode, source, steps, binning, downsample, normalisation, split, offset, samples, spec, seed, output):
@@ -729,6 +755,8 @@ def shift_cmd(task, data_path, mode, source, steps, binning, downsample, normali
     from .shifts import apply, parse
 
     parse(spec)
+    if task in ("nmnist", "npz") and not data_path:
+        raise UserError(f"--task {task} needs --data FILE ({'the split list beside the .bs2 recordings' if task == 'nmnist' else 'your .npz'})")
     if data_path and Path(output).resolve() == Path(data_path).resolve():
         raise UserError(f"-o {output} is the input data; choose another file")
     ds = load_task(task, split, data_path, mode=mode, source=source, steps=steps, binning=binning, downsample=downsample,
@@ -745,19 +773,27 @@ def shift_cmd(task, data_path, mode, source, steps, binning, downsample, normali
     click.echo(json.dumps({"output": str(output), "shift": spec, "samples": len(x), "from": f"{task} {split}[{offset}:{offset + len(x)}]"}))
 
 
-class _null_bar:
-    """A stand-in for click's progress bar (with --json)."""
+class _LazyBar:
+    """click's progress bar (unknown total) on stderr, opened at the first update, so that nothing is drawn before
+    the work starts (an input refused earlier prints its one error line alone); ``enabled=False`` draws nothing."""
 
-    length = None
+    def __init__(self, label: str, enabled: bool = True):
+        self.label, self.enabled = label, enabled
+        self._bar: Any = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
-        pass
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
 
     def update(self, n: int) -> None:
-        pass
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self._bar = click.progressbar(length=None, label=self.label, file=sys.stderr, show_pos=True).__enter__()
+        self._bar.update(n)
 
 
 if __name__ == "__main__":  # pragma: no cover

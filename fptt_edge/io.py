@@ -3,30 +3,55 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
 import re
 import tempfile
-import time
 from pathlib import Path
 
-STALE_AFTER_S = 3600.0  # a temporary file of another name this old is a killed writer's
+from .errors import FpttEdgeError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process lock on temporaries (leftovers are then never removed)
+    fcntl = None  # type: ignore[assignment]
+
+
+class OutputPathError(FpttEdgeError, OSError):
+    """An output path that is not (a link to) a regular file, e.g. a folder, a FIFO or a device."""
+
+
+def output_target(path: Path) -> Path:
+    """Where a write to ``path`` lands: ``path``, or the regular file a symbolic link names (the link is kept).
+
+    Anything else that exists there (a folder, a FIFO, a device, a socket, a dangling link) is refused:
+    an atomic replace would swap it for a regular file."""
+    if not os.path.lexists(path):
+        return path
+    target = Path(os.path.realpath(path))
+    if not target.is_file():
+        what = "a folder" if target.is_dir() else "a broken link" if not target.exists() else "not a regular file (a FIFO, device or socket)"
+        raise OutputPathError(f"{path}: {what}; name a file to write")
+    return target
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
-    Temporary files a killed writer left in the folder are removed first (those of ``path`` at
-    once, others after :data:`STALE_AFTER_S`). A full disk raises ``OSError(ENOSPC)`` naming ``path``."""
-    path = Path(path)
-    tmp = None
+    ``path`` may be a link to a regular file (that file is replaced, the link kept); anything else
+    but a regular file is refused (:func:`output_target`). The temporary file is locked while it is
+    written; leftovers of a killed writer of the same ``path`` (unlocked) are removed first, and no
+    other file is touched. A full disk raises ``OSError(ENOSPC)`` naming ``path``."""
+    path = output_target(Path(path))
+    tmp: str | None = None
+    held: int | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        held, tmp = _locked_temporary(path)
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -38,21 +63,41 @@ def atomic_path(path: str | os.PathLike):
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
         raise
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+def _locked_temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path`` and its descriptor, locked for as long as it is open."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if fcntl is None:
+            return fd, tmp
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink > 0:
+            return fd, tmp
+        os.close(fd)  # another writer's clean-up removed it before the lock: make another
 
 
 _TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")  # what mkstemp(prefix=".<name>.", suffix=".tmp") makes
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Remove ``.<name>.XXXXXXXX.tmp`` files beside ``path``: of ``path`` itself, or older than :data:`STALE_AFTER_S`."""
-    now = time.time()
-    for tmp in path.parent.glob(".*.tmp"):
+    """Remove the ``.<name>.XXXXXXXX.tmp`` files of ``path`` that no live writer holds (a killed writer's leftovers)."""
+    if fcntl is None:
+        return
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         match = _TEMPORARY.fullmatch(tmp.name)
-        if match is None:
+        if match is None or match.group(1) != path.name or tmp.is_symlink() or not tmp.is_file():
             continue
         with contextlib.suppress(OSError):
-            if match.group(1) == path.name or now - tmp.stat().st_mtime > STALE_AFTER_S:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while its writer lives
                 tmp.unlink()
+            finally:
+                os.close(fd)
 
 
 def write_bytes_atomic(path, data: bytes) -> None:

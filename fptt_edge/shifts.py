@@ -48,8 +48,15 @@ def apply(x: np.ndarray, spec: str, seed: int = 0) -> np.ndarray:
     if kind == "none":
         return x.copy()
     if kind == "gain":
-        return x * np.float32(amount)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = x * np.float32(amount)  # a gain beyond float32 is Inf here
+        if not np.isfinite(out).all():
+            raise ShiftError(f"gain:{value:g} takes these data beyond float32's range (NaN or Inf)")
+        return out
     if kind == "columns":
+        if x.ndim < 3 or x.shape[-1] < 2:
+            raise ShiftError(f"columns:K shifts along the last axis of each frame, which is {x.shape[-1] if x.ndim >= 3 else 'missing'} wide "
+                             f"here (x {list(x.shape)}; for S-MNIST use --mode row)")
         return np.roll(x, int(amount), axis=-1)
     if x.ndim != 5 or x.shape[2] != 2:
         raise ShiftError(f"{kind} needs event frames [N, T, 2, H, W], got {list(x.shape)}")

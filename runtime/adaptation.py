@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import StepContract, read_contract
+from ..npzfile import read_npz
 from .errors import AdaptationError
 from .inputs import Recording, from_contract_source, from_events, from_npz
 
@@ -67,12 +68,15 @@ def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_guard(path) -> tuple[np.ndarray, np.ndarray]:
-    """A guard set ``.npz`` (``x [N, T, *frame]``, ``y [N]``); never unpickles."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return np.asarray(f["x"], np.float32), np.asarray(f["y"])
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise AdaptationError(f"{path}: not a usable guard set ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    """A guard set ``.npz`` (``x [N, T, *frame]`` real numbers, ``y [N]``); never unpickles. Shapes, labels and values are
+    checked against the model by the learner."""
+    arrays = read_npz(path, AdaptationError)
+    if "x" not in arrays or "y" not in arrays:
+        raise AdaptationError(f"{path}: a guard set needs arrays 'x' and 'y' (have {sorted(arrays)[:10]})")
+    x, y = arrays["x"], arrays["y"]
+    if x.dtype.kind not in "fiub":
+        raise AdaptationError(f"{path}: guard x must hold real numbers (float32), got {x.dtype}")
+    return x, y
 
 
 def adapt(model, *, data=None, events=None, labels=None, guard=None, trainable: str = "all", lr: float | None = None, epochs: int = 1,

@@ -45,6 +45,7 @@ NAME = re.compile(r"^gen-(\d{6,})\.safetensors$")  # gen-000007 ... gen-999999, 
 MAX_BYTES = 1 << 31  # refuse absurd files before reading them
 MAX_HEADER = 1 << 20  # header (tensor table + metadata) bytes beyond the tensors' own
 LOCK = ".lock"
+MAX_GENERATION = 10 ** 12 - 1  # the largest number the loader accepts (at most 12 digits)
 
 
 @dataclass
@@ -80,6 +81,14 @@ class AdaptedStore:
 
     def __init__(self, folder, base_sha256: str, train_sha256: str, contract: TrainContract):
         self.folder, self.base_sha256, self.train_sha256, self.contract = Path(folder), base_sha256, train_sha256, contract
+
+    def check_folder(self) -> None:
+        """Refuse, before any work is done, a store path that cannot hold generations."""
+        if os.path.lexists(self.folder) and not self.folder.is_dir():
+            raise AdaptationError(f"{self.folder}: exists and is not a folder (adapted weights are kept in a folder of this name)")
+        lock = self.folder / LOCK
+        if os.path.lexists(lock) and (lock.is_symlink() or not lock.is_file()):
+            raise AdaptationError(f"{lock}: exists and is not a regular file (the store's lock)")
 
     def generations(self) -> list[int]:
         """Generation numbers present, newest first (names that do not match are ignored)."""
@@ -125,8 +134,12 @@ class AdaptedStore:
             info_json = json.dumps(info or {}, sort_keys=True, default=_plain)
         except (TypeError, ValueError) as exc:
             raise AdaptationError(f"refusing to save adapted weights: info is not plain JSON ({str(exc).splitlines()[0][:200]})") from None
+        self.check_folder()
         with _locked(self.folder):
             number = (self.generations() or [0])[0] + 1
+            if number > MAX_GENERATION:
+                raise AdaptationError(f"{self.folder}: generation numbers are used up (the newest is {number - 1}); "
+                                      "move the folder away to start again from the shipped weights")
             meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "generation": str(number),
                     "base_sha256": self.base_sha256, "train_sha256": self.train_sha256, "layout": layout(self.contract),
                     "checksum": checksum(tensors), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "info": info_json}
@@ -171,7 +184,7 @@ class AdaptedStore:
         if meta.get("checksum") != checksum(tensors):
             raise AdaptationError(f"{path}: checksum mismatch (the file was changed or damaged)")
         generation = meta.get("generation", "")
-        if not (generation.isascii() and generation.isdigit() and len(generation) <= 12) or int(generation) < 1:
+        if not (generation.isascii() and generation.isdigit() and len(generation) <= 12) or not 1 <= int(generation) <= MAX_GENERATION:
             raise AdaptationError(f"{path}: invalid generation number {generation[:20]!r}")
         number = int(generation)
         named = NAME.match(path.name)

@@ -1,8 +1,6 @@
 """Recordings to stream: event files (binned with the model's recorded binning) or an ``.npz`` of frames."""
 from __future__ import annotations
 
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +8,7 @@ import numpy as np
 
 from ..contract import StepContract
 from ..encoding import Encoding
+from ..npzfile import read_npz
 from .errors import EventFileError, RuntimeInputError
 from .events import read_events, read_gesture_labels
 from .frames import FrameBinner
@@ -48,16 +47,15 @@ def csv_class_offset(contract: StepContract) -> int:
 
 
 def from_npz(path, contract: StepContract) -> list[Recording]:
-    """``x`` float32 ``[N, T, *frame]`` (or ``[T, *frame]``), optional ``y`` ``[N]`` integer labels.
+    """``x`` float32 ``[N, T, *frame]`` (or ``[T, *frame]``), optional ``y`` ``[N]`` integer labels and ``lengths``
+    ``[N]`` (each recording's steps, 1..T; the rest of ``x`` is padding and is not streamed).
 
     For a model that records an input encoding (``contract.input.encoding``), ``x`` holds the raw
     steps ``[.., T, C]`` and the encoding is applied here, with the code training used."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            x, y = f["x"], (f["y"] if "y" in f.files else None)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise RuntimeInputError(f"{path}: not a usable .npz with an 'x' array ({detail})") from None
+    arrays = read_npz(path, RuntimeInputError)
+    if "x" not in arrays:
+        raise RuntimeInputError(f"{path}: not a usable .npz with an 'x' array (have {sorted(arrays)[:10]})")
+    x, y, lengths = arrays["x"], arrays.get("y"), arrays.get("lengths")
     encoding = Encoding.from_dict(contract.input.encoding)  # validated with the contract
     frame = contract.input.frame_shape if encoding.kind == "none" else (encoding.channels,)
     if x.dtype.kind not in "fiub":
@@ -70,7 +68,14 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
     x = encoding.encode(x)
     if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu"):
         raise RuntimeInputError(f"{path}: y must be [N = {len(x)}] integer labels, got {y.dtype} {list(y.shape)}")
-    return [Recording(f"{Path(path).name}[{i}]", x[i], None if y is None else int(y[i])) for i in range(len(x))]
+    steps = [x.shape[1]] * len(x)
+    if lengths is not None:  # variable-length recordings, zero padded to T: each is cut to its own length
+        if lengths.shape != (len(x),) or lengths.dtype.kind not in "iu":
+            raise RuntimeInputError(f"{path}: lengths must be [N = {len(x)}] integers, got {lengths.dtype} {list(lengths.shape)}")
+        if len(lengths) and (lengths.min() < 1 or lengths.max() > x.shape[1]):
+            raise RuntimeInputError(f"{path}: lengths must lie in [1, T = {x.shape[1]}]")
+        steps = [int(n) for n in lengths]
+    return [Recording(f"{Path(path).name}[{i}]", x[i, :steps[i]], None if y is None else int(y[i])) for i in range(len(x))]
 
 
 def from_contract_source(contract: StepContract, path, limit: int | None = 20) -> list[Recording]:

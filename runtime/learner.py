@@ -126,8 +126,10 @@ class Learner:
         self.batch, self.frame_shape, self.classes = tc.batch, tuple(tc.frame_shape), tc.num_classes
         self.backend = TrainStepBackend(self.train_path, tc, threads, backend)
         self.base_lr = float(lr) if lr is not None else tc.hyper.lr
-        if not (np.isfinite(self.base_lr) and self.base_lr > 0):
-            raise AdaptationError(f"lr must be a positive finite number, got {lr!r}")
+        with np.errstate(over="ignore", under="ignore"):
+            lr32 = np.float32(self.base_lr)  # what the train graph computes with
+        if not (np.isfinite(lr32) and lr32 > 0):
+            raise AdaptationError(f"lr must be a positive number within float32's range (1.2e-38 .. 3.4e38), got {lr!r}")
         self.backend.lr[:] = self.base_lr
         self.trainable = trainable
         self.set_trainable(trainable)
@@ -145,6 +147,8 @@ class Learner:
         self._good = {k: v.copy() for k, v in self._factory.items()}
         self.backend.load(self._factory)
         self.store = AdaptedStore(store_dir(self.model_path), base_sha, file_sha256(self.train_path), tc) if store else None
+        if self.store is not None:
+            self.store.check_folder()
         self.generation: Generation | None = None
         if self.store is not None and resume:
             self.generation = self.store.latest_good(warn=self._warn)
@@ -269,6 +273,9 @@ class Learner:
     def train(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None, epochs: int = 1, seed: int = 0, progress=None) -> int:
         """Adapt on labelled recordings ``x`` ``[N, T, *frame]`` (``y`` ``[N]``), ``epochs`` passes in a seeded order."""
         x, y = np.asarray(x), np.asarray(y)
+        if x.dtype.kind not in "fiub":
+            raise AdaptationError(f"guard x must hold real numbers (float32), got {x.dtype}")
+        x = np.ascontiguousarray(x, np.float32)  # checked as float32: a float64 beyond its range is Inf here
         if x.ndim != len(self.frame_shape) + 2 or x.shape[2:] != self.frame_shape or len(x) == 0 or x.shape[1] == 0:
             raise AdaptationError(f"x must be [N, T, {', '.join(map(str, self.frame_shape))}] with N, T >= 1, got {list(x.shape)}")
         if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= self.classes:
@@ -292,13 +299,16 @@ class Learner:
     # --- safety --------------------------------------------------------------------------------
     def _guard_arrays(self, x, y):
         x, y = np.asarray(x), np.asarray(y)
+        if x.dtype.kind not in "fiub":
+            raise AdaptationError(f"guard x must hold real numbers (float32), got {x.dtype}")
+        x = np.ascontiguousarray(x, np.float32)  # checked as float32: a float64 beyond its range is Inf here
         if x.ndim != len(self.frame_shape) + 2 or x.shape[2:] != self.frame_shape or len(x) == 0 or x.shape[1] == 0:
             raise AdaptationError(f"guard x must be [N, T, {', '.join(map(str, self.frame_shape))}], got {list(x.shape)}")
         if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= self.classes:
             raise AdaptationError(f"guard y must be [N] integer labels in 0..{self.classes - 1}")
         if not np.isfinite(x).all():
-            raise AdaptationError("guard x holds NaN or Inf")
-        return np.ascontiguousarray(x, np.float32), y.astype(np.int64)
+            raise AdaptationError("guard x holds NaN or Inf (as float32)")
+        return x, y.astype(np.int64)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray | None = None, wbar: np.ndarray | None = None) -> GuardResult:
         """Accuracy (at each recording's last step) and spike rates of ``wbar`` (default: the current ``Wbar``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..train_contract import FLAT_IO, LR, MASK, STEP, WEIGHTS_OUT, TrainContract, W, X, Y
-from .errors import BackendUnavailable
+from .errors import AdaptationError, BackendUnavailable
 
 FLAT = ("weights", "wbar", "lam", "m", "u")
 OUT = "_out"
@@ -33,7 +33,12 @@ class TrainStepBackend:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(str(path), opts, providers=provider_options(backend, None, False))
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=provider_options(backend, None, False))
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types (InvalidGraph, Fail, InvalidProtobuf, ...)
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise AdaptationError(f"{path}: ONNX Runtime cannot load this train-step graph, damaged or foreign "
+                                  f"({type(exc).__name__}{': ' + first if first else ''}); export it again with --adapt") from None
         session_providers(self.session, backend)  # refuse a silent fall-back to the CPU
         self.contract = contract
         b, n = contract.batch, contract.size

@@ -2,14 +2,12 @@
 ``y`` integer labels ``[N]`` and optional ``lengths`` ``[N]`` (1 <= length <= T)."""
 from __future__ import annotations
 
-import tokenize
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..npzfile import read_npz
 from .dataset import DataError, SequenceDataset
 
 MAX_CLASSES = 100_000  # without a model to say how many, labels beyond this are taken for corrupt data
@@ -19,12 +17,7 @@ def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, zlib.error, TypeError, SyntaxError,
-            OverflowError, KeyError, RecursionError, tokenize.TokenError) as exc:  # what numpy raises on corrupt archives and headers
-        raise DataError(f"{path}: not a readable .npz file ({_why(exc)})") from None
+    arrays = read_npz(path, DataError)
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{path}: missing field '{key}' (have {sorted(arrays)})")
@@ -44,26 +37,14 @@ def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
         raise DataError(f"{path}: no samples")
     if y.min() < 0 or y.max() >= (num_classes or MAX_CLASSES):
         raise DataError(f"{path}: field 'y' labels must be in [0, {num_classes or MAX_CLASSES}), got range [{y.min()}, {y.max()}]")
-    lengths = None
+    lengths: torch.Tensor | None = None
     if "lengths" in arrays:
-        lengths = arrays["lengths"]
-        if lengths.shape != (len(x),) or not np.issubdtype(lengths.dtype, np.integer):
-            raise DataError(f"{path}: field 'lengths' must be integer [N], got {lengths.dtype} {lengths.shape}")
-        if lengths.min() < 1 or lengths.max() > x.shape[1]:
+        given = arrays["lengths"]
+        if given.shape != (len(x),) or not np.issubdtype(given.dtype, np.integer):
+            raise DataError(f"{path}: field 'lengths' must be integer [N], got {given.dtype} {given.shape}")
+        if given.min() < 1 or given.max() > x.shape[1]:
             raise DataError(f"{path}: field 'lengths' must lie in [1, T={x.shape[1]}]")
-        lengths = torch.from_numpy(lengths.astype(np.int64))
+        lengths = torch.from_numpy(given.astype(np.int64))
     classes = int(num_classes or y.max() + 1)
     spec = {"task": "npz", "file": path.name, "steps": int(x.shape[1]), "shape": list(x.shape[2:]), "normalisation": "as provided"}
     return SequenceDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), [str(i) for i in range(max(classes, 2))], spec, lengths)
-
-
-def _why(exc: Exception) -> str:
-    """Why numpy refused a file, in words that never quote the file (numpy's own messages can
-    echo an array header, i.e. the file's bytes)."""
-    if isinstance(exc, TypeError):  # np.load gave a single array: a .npy, not an .npz archive
-        return "a single .npy array, not an .npz archive"
-    if isinstance(exc, ValueError) and "pickle" in str(exc):
-        return "not an .npz archive, or one holding Python objects (pickle), which are refused"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return f"corrupt or truncated: {type(exc).__name__}"

@@ -1,0 +1,79 @@
+"""Reading a user's ``.npz`` safely (numpy only, no torch): never unpickles, never allocates what the file does not hold.
+
+Every reader of user ``.npz`` files (training data, device data, guard sets, card data) goes through
+:func:`read_npz`: a corrupt, truncated, foreign or crafted file becomes one :class:`NpzError` line.
+Before any array is read, each member's declared shape is checked against the bytes the archive
+says it holds, so a 1 KB file declaring a petabyte array is refused instead of allocated.
+"""
+from __future__ import annotations
+
+import tokenize
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+from .errors import FpttEdgeError
+
+# what numpy and zipfile raise on corrupt archives and headers
+_CORRUPT = (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, zlib.error, TypeError, SyntaxError,
+            OverflowError, KeyError, RecursionError, tokenize.TokenError, MemoryError, IndexError, AttributeError, UnicodeDecodeError)
+
+
+class NpzError(FpttEdgeError, ValueError):
+    """A file that is not a readable ``.npz`` of plain arrays."""
+
+
+def read_npz(path, error: type[Exception] = NpzError) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` archive ``path`` by name; ``error`` (one line, never quoting the file's bytes) otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: not found or not a regular file")
+    try:
+        _check_declared_sizes(path)
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FpttEdgeError as exc:
+        raise error(str(exc)) from None
+    except _CORRUPT as exc:
+        raise error(f"{path}: not a readable .npz file ({_why(exc)})") from None
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Refuse members whose header declares more data than the archive holds for them, or Python objects."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            if f.read(6) == npy_format.MAGIC_PREFIX:
+                raise NpzError(f"{path}: not a readable .npz file (a single .npy array, not an .npz archive)")
+        return  # np.load says what else it is (a pickle, text, ...)
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = npy_format.read_magic(member)
+                read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+                shape, _, dtype = read_header(member, max_header_size=10_000)
+                if dtype.hasobject:
+                    raise NpzError(f"{path}: {info.filename[:-4]!r} holds Python objects (pickle), which are refused")
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                held = info.file_size - member.tell()
+            if declared > held:
+                raise NpzError(f"{path}: {info.filename[:-4]!r} declares shape {list(shape)[:6]} ({declared:,} bytes) "
+                               f"but holds {max(held, 0):,} bytes: truncated or crafted")
+
+
+def _why(exc: BaseException) -> str:
+    """Why numpy refused a file, in words that never quote the file (numpy's own messages can
+    echo an array header, i.e. the file's bytes)."""
+    if isinstance(exc, TypeError):  # np.load gave a single array: a .npy, not an .npz archive
+        return "a single .npy array, not an .npz archive"
+    if isinstance(exc, ValueError) and "pickle" in str(exc):
+        return "not an .npz archive, or one holding Python objects (pickle), which are refused"
+    if isinstance(exc, MemoryError):
+        return "its arrays do not fit in memory"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"corrupt or truncated: {type(exc).__name__}"

@@ -1,0 +1,282 @@
+"""Hostile input to on-device adaptation and ``shift``: damaged guard sets, crafted ``.npz`` files, absurd options, output
+paths that are not files. Each case: one line, exit status 2, nothing written or changed; and ``lengths`` are honoured."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from numpy.lib import format as npy_format
+from test_adapt import digits, exported  # noqa: F401 - the module fixture: a small model exported with --adapt
+from test_hostile import refused_cli
+
+from fptt_edge.cli import main
+
+
+@pytest.fixture
+def model(exported, tmp_path):  # noqa: F811 - the imported fixture
+    """A fresh copy of the exported model folder (model.onnx, model.train.onnx, model.guard.npz)."""
+    folder, _ = exported
+    dst = tmp_path / "m"
+    dst.mkdir()
+    for name in ("model.onnx", "model.train.onnx", "model.guard.npz"):
+        if (folder / name).is_file():
+            shutil.copy(folder / name, dst / name)
+    return dst / "model.onnx"
+
+
+@pytest.fixture
+def data(tmp_path):
+    x, y = digits(12, offset=200)
+    path = tmp_path / "new.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def _declared(shape, path):
+    """An .npz of 1 KB whose 'x' header declares ``shape`` float32 (a petabyte for the big ones)."""
+    def header(shape, descr):
+        buf = io.BytesIO()
+        npy_format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+        return buf.getvalue()
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", header(shape, "<f4") + b"\0" * 1000)
+        z.writestr("y.npy", header((4,), "<i8") + b"\0" * 32)
+
+
+def _flip(path: Path, at: float):
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _guard_like(model: Path, path: Path, **change):
+    with np.load(model.with_name("model.guard.npz")) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays.update(change)
+    np.savez(path, **arrays)
+
+
+GUARD_CASES = {  # (what to do to the guard set (a copy of it for --guard), where the damaged file goes: 'default' = MODEL.guard.npz, 'option' = --guard)
+    "bitflip-compressed": (lambda m, p: _flip(p, 0.5), "default"),
+    "truncated": (lambda m, p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "default"),
+    "npy-not-npz": (lambda m, p: np.save(open(p, "wb"), np.zeros((2, 3, 8), np.float32)), "option"),  # noqa: SIM115
+    "declared-petabyte": (lambda m, p: _declared((10 ** 12, 28, 28), p), "option"),
+    "x-complex": (lambda m, p: _guard_like(m, p, x=np.load(m.with_name("model.guard.npz"))["x"].astype(np.complex64)), "option"),
+    "x-text": (lambda m, p: _guard_like(m, p, x=np.full((2, 3, 8), "1.0")), "option"),
+    "x-datetime": (lambda m, p: _guard_like(m, p, x=np.zeros((2, 3, 8), "datetime64[s]")), "option"),
+    "x-beyond-float32": (lambda m, p: _guard_like(m, p, x=np.load(m.with_name("model.guard.npz"))["x"].astype(np.float64) * 1e39), "option"),
+    "no-y": (lambda m, p: np.savez(p, x=np.zeros((2, 3, 8), np.float32)), "option"),
+}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", list(GUARD_CASES))
+def test_hostile_guard_set(model, data, tmp_path, name):
+    if not model.with_name("model.guard.npz").is_file():
+        pytest.skip("no guard set was exported")
+    make, where = GUARD_CASES[name]
+    target = model.with_name("model.guard.npz") if where == "default" else tmp_path / "guard.npz"
+    if where == "option":
+        shutil.copy(model.with_name("model.guard.npz"), target)
+    make(model, target)
+    args = ["adapt", model, "--data", data] + (["--guard", target] if where == "option" else [])
+    out = refused_cli(args, model.parent, tmp_path)
+    assert "guard" in out or str(target) in out, out  # refused for the guard set, not for anything else
+    assert not model.with_name("model.adapted").exists()
+
+
+DATA_CASES = {
+    "npy-not-npz": lambda p: np.save(open(p, "wb"), np.zeros((2, 3, 8), np.float32)),  # noqa: SIM115
+    "declared-petabyte": lambda p: _declared((10 ** 12, 8, 8), p),
+    "lengths-zero": lambda p: np.savez(p, x=digits(4)[0], y=digits(4)[1], lengths=np.array([0, 8, 8, 8])),
+    "lengths-past-end": lambda p: np.savez(p, x=digits(4)[0], y=digits(4)[1], lengths=np.array([9, 8, 8, 8])),
+    "lengths-float": lambda p: np.savez(p, x=digits(4)[0], y=digits(4)[1], lengths=np.full(4, 2.5)),
+    "lengths-short": lambda p: np.savez(p, x=digits(4)[0], y=digits(4)[1], lengths=np.array([3, 3])),
+}
+
+
+@pytest.mark.parametrize("flag", ["--data", "--score"])
+@pytest.mark.parametrize("name", list(DATA_CASES))
+def test_hostile_adapt_data(model, data, tmp_path, name, flag):
+    bad = tmp_path / "bad.npz"
+    DATA_CASES[name](bad)
+    args = ["adapt", model, "--data", bad] if flag == "--data" else ["adapt", model, "--data", data, "--score", bad]
+    assert str(bad) in refused_cli(args, model.parent, tmp_path)
+
+
+def _file_as_store(m: Path, t: Path):
+    m.with_name("model.adapted").write_text("not a folder")
+
+
+def _folder_as_lock(m: Path, t: Path):
+    (m.with_name("model.adapted") / ".lock").mkdir(parents=True)
+
+
+ADAPT_OPTION_CASES = {  # -> (extra arguments, a usage error?)
+    "seed-negative": (lambda m, t: ["--seed", "-1"], True),
+    "max-drop-nan": (lambda m, t: ["--max-drop", "nan"], True),
+    "lr-nan": (lambda m, t: ["--lr", "nan"], True),
+    "lr-inf": (lambda m, t: ["--lr", "inf"], True),
+    "lr-beyond-float32": (lambda m, t: ["--lr", "1e300"], False),
+    "lr-below-float32": (lambda m, t: ["--lr", "1e-300"], False),
+    "holdout-nan": (lambda m, t: ["--holdout", "nan"], True),
+    "store-is-a-file": (lambda m, t: (_file_as_store(m, t), [])[1], False),
+    "store-lock-is-a-folder": (lambda m, t: (_folder_as_lock(m, t), [])[1], False),
+}
+
+
+@pytest.mark.parametrize("name", list(ADAPT_OPTION_CASES))
+def test_hostile_adapt_options(model, data, tmp_path, name):
+    make, usage = ADAPT_OPTION_CASES[name]
+    extra = make(model, tmp_path)
+    out = refused_cli(["adapt", model, "--data", data, "--holdout", "0", *extra], model.parent, tmp_path, usage=usage)
+    assert str(data) not in out  # refused for the option, not for the data
+    assert not list(model.parent.rglob("gen-*"))
+
+
+def test_a_damaged_train_graph_is_refused_before_any_work(model, data):
+    import onnx
+
+    train = model.with_name("model.train.onnx")
+    m = onnx.load(str(train))
+    m.graph.node[len(m.graph.node) // 2].op_type = "NoSuchOperator"  # the metadata still matches; the graph does not load
+    train.write_bytes(m.SerializeToString())
+    out = refused_cli(["adapt", model, "--data", data], model.parent)
+    assert "cannot load this train-step graph" in out
+
+
+def _generation_weights(model: Path) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    (gen,) = sorted(model.with_name("model.adapted").glob("gen-*.safetensors"))
+    return load_file(str(gen))["wbar"]
+
+
+def test_adapt_honours_the_lengths_in_the_data(exported, tmp_path):  # noqa: F811 - the imported fixture
+    """Adapting on zero-padded recordings with ``lengths`` = adapting on the recordings cut to those lengths."""
+    folder, _ = exported
+    x, y = digits(12, offset=300)
+    lengths = np.array([3, 8, 5, 8, 2, 6, 8, 4, 7, 8, 3, 5])
+    padded = x.copy()
+    for i, n in enumerate(lengths):
+        padded[i, n:] = 0.0
+    np.savez(tmp_path / "padded.npz", x=padded, y=y, lengths=lengths)
+    np.savez(tmp_path / "garbage-tail.npz", x=x, y=y, lengths=lengths)  # past each length: real data, which must be ignored too
+    reports = {}
+    for name in ("padded", "garbage-tail", "whole"):
+        case = tmp_path / name
+        shutil.copytree(folder, case, ignore=shutil.ignore_patterns("model.adapted", "*.pt"))
+        data = tmp_path / ("padded.npz" if name == "whole" else f"{name}.npz")
+        if name == "whole":  # the same recordings without lengths: trained on the padding too
+            np.savez(data := tmp_path / "whole.npz", x=padded, y=y)
+        res = CliRunner().invoke(main, ["adapt", str(case / "model.onnx"), "--data", str(data), "--holdout", "0", "--max-drop", "1",
+                                        "--json"])
+        assert res.exit_code == 0, res.output
+        reports[name] = json.loads(res.output)
+    assert reports["padded"]["updates"] == reports["garbage-tail"]["updates"]
+    a, b, c = (_generation_weights(tmp_path / n / "model.onnx") for n in ("padded", "garbage-tail", "whole"))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_adapt_json_reports_the_generations_it_skipped(model, data):
+    store = model.with_name("model.adapted")
+    store.mkdir()
+    (store / "gen-000001.safetensors").write_bytes(b"not safetensors at all")
+    res = CliRunner().invoke(main, ["adapt", str(model), "--data", str(data), "--holdout", "0", "--max-drop", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["started_from"] == "factory weights" and any("gen-000001" in w for w in report["warnings"])
+
+
+def test_the_store_refuses_a_generation_number_its_loader_would_not_read(model, monkeypatch):
+    from fptt_edge.runtime import adapted
+    from fptt_edge.runtime.adapted import AdaptedStore
+    from fptt_edge.runtime.errors import AdaptationError
+    from fptt_edge.runtime.learner import factory_weights, train_path_for
+    from fptt_edge.train_contract import read_train_contract
+
+    train = train_path_for(model)
+    contract = read_train_contract(train)
+    store = AdaptedStore(model.with_name("model.adapted"), "a" * 64, "b" * 64, contract)
+    w = factory_weights(model, contract)
+    buffers = {"weights": w, "wbar": w, "lam": 0 * w, "m": 0 * w, "u": 0 * w, "step": np.zeros(1, np.float32)}
+    monkeypatch.setattr(adapted, "MAX_GENERATION", 2)
+    assert [store.save(buffers).number for _ in range(2)] == [1, 2]
+    with pytest.raises(AdaptationError, match="generation numbers are used up"):
+        store.save(buffers)
+    assert store.generations() == [2, 1]
+
+
+# ---------------------------------------------------------------- shift and the writers behind every artefact
+
+SHIFT = ["shift", "--mode", "row", "--samples", "3"]
+
+
+def _fifo(t: Path) -> Path:
+    os.mkfifo(t / "pipe")
+    return t / "pipe"
+
+
+def _link_to_fifo(t: Path) -> Path:
+    (t / "stdout").symlink_to(_fifo(t))
+    return t / "stdout"
+
+
+SHIFT_CASES = {  # -> (arguments after SHIFT, a usage error?)
+    "gain-beyond-float32": (lambda t: ["--shift", "gain:1e39", "-o", t / "o.npz"], False),
+    "columns-on-pixels": (lambda t: ["--mode", "pixel", "--shift", "columns:3", "-o", t / "o.npz"], False),
+    "seed-negative": (lambda t: ["--shift", "dropout:0.5", "--seed", "-1", "-o", t / "o.npz"], True),
+    "npz-without-data": (lambda t: ["--task", "npz", "--shift", "none", "-o", t / "o.npz"], False),
+    "output-empty": (lambda t: ["--shift", "none", "-o", ""], False),
+    "output-under-a-file": (lambda t: ((t / "f").write_text("mine"), ["--shift", "none", "-o", t / "f" / "o.npz"])[1], False),
+    "output-a-folder": (lambda t: ((t / "d").mkdir(), ["--shift", "none", "-o", t / "d"])[1], True),
+    "output-a-fifo": (lambda t: ["--shift", "none", "-o", _fifo(t)], False),
+    "output-a-link-to-a-fifo": (lambda t: ["--shift", "none", "-o", _link_to_fifo(t)], False),
+    "output-a-dangling-link": (lambda t: ((t / "dangling").symlink_to(t / "nowhere" / "x.npz"), ["--shift", "none", "-o", t / "dangling"])[1],
+                               False),
+}
+
+
+@pytest.mark.parametrize("name", list(SHIFT_CASES))
+def test_hostile_shift(tmp_path, name):
+    make, usage = SHIFT_CASES[name]
+    out = refused_cli([*SHIFT, *make(tmp_path)], tmp_path, usage=usage)
+    assert "--test" not in out  # shift's own option is --data
+    if "fifo" in name:
+        assert (tmp_path / "pipe").is_fifo()  # not replaced by a regular file
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_shift_writes_through_a_link_to_a_regular_file_and_keeps_the_link(tmp_path):
+    target = tmp_path / "real.npz"
+    target.write_bytes(b"old")
+    (tmp_path / "link.npz").symlink_to(target)
+    res = CliRunner().invoke(main, [*SHIFT, "--shift", "none", "-o", str(tmp_path / "link.npz")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "link.npz").is_symlink() and np.load(target)["x"].shape[0] == 3
+
+
+def test_a_write_removes_only_its_own_dead_writers_temporaries(tmp_path):
+    import fcntl
+
+    from fptt_edge.io import write_bytes_atomic
+
+    dead = tmp_path / ".m.onnx.k1ll3d_x.tmp"  # a killed writer of m.onnx: nobody holds it
+    live = tmp_path / ".m.onnx.w0rk1ng_.tmp"  # a writer of m.onnx still at work
+    other = tmp_path / ".thesis.draft_v2.tmp"  # someone else's file of the same pattern, old
+    for p in (dead, live, other):
+        p.write_bytes(b"x")
+    os.utime(other, (0, 0))
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        write_bytes_atomic(tmp_path / "m.onnx", b"new")
+        assert not dead.exists() and live.exists() and other.exists() and (tmp_path / "m.onnx").read_bytes() == b"new"
+    write_bytes_atomic(tmp_path / "m.onnx", b"newer")  # the writer is gone now: its leftover goes
+    assert not live.exists() and other.exists()

@@ -81,6 +81,10 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     missing = [f.name for f in fields(DeviceProfile) if f.name not in data and f.name not in optional]
     if missing:
         raise DeviceProfileError(f"{path}: missing fields {missing}")
+    wrong = [k for k, v in data.items() if not _of_type(k, v)]
+    if wrong:
+        raise DeviceProfileError(f"{path}: invalid profile (wrong type for {', '.join(sorted(wrong))}: versions are quoted text, "
+                                 "e.g. python = \"3.10\"; counts are whole numbers; unconfirmed is a list of field names)")
     try:
         profile = DeviceProfile(**{**data, "unconfirmed": tuple(data.get("unconfirmed", ()))})
         profile.tensorrt_major, profile.python_tuple  # noqa: B018 - validate the version strings
@@ -95,6 +99,24 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     except (TypeError, ValueError) as exc:
         raise DeviceProfileError(f"{path}: invalid profile ({exc})") from None
     return profile
+
+
+_TEXT = {"name", "module", "gpu_arch", "compute_capability", "jetpack", "tensorrt", "cuda", "python", "peak_source"}
+_COUNTS = {"dla_cores", "min_opset", "max_opset"}
+_NUMBERS = {"memory_gb", "memory_bandwidth_gbs", "peak_fp32_gflops", "peak_fp16_gflops"}
+
+
+def _of_type(name: str, value) -> bool:
+    """Whether a profile field's TOML value has the type the field needs."""
+    if name in _TEXT:
+        return isinstance(value, str)
+    if name in _COUNTS:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if name in _NUMBERS:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name == "unconfirmed":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return False
 
 
 def all_profiles() -> list[DeviceProfile]:

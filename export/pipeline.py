@@ -12,7 +12,7 @@ from ..checkpoint import load_model
 from ..contract import OUTPUT_SUFFIX, InputSpec, StateSpec, StepContract, stamp_checksum
 from ..data.dataset import DataError
 from ..devices import DEFAULT_PROFILE, load_profile
-from ..io import file_sha256, write_bytes_atomic, write_json_atomic
+from ..io import file_sha256, output_target, write_bytes_atomic, write_json_atomic
 from ..model import LTCNetwork, flatten_state
 from .errors import ExportError
 from .graph_passes import default_opset
@@ -53,10 +53,12 @@ def build_contract(net: LTCNetwork, payload: dict, sha256: str, batch: int | Non
 
 
 def _refuse_overwrite(checkpoint: Path, outputs: list[Path]) -> None:
-    """Never write over the input checkpoint (same path after resolving links and ``..``)."""
+    """Never write over the input checkpoint (same path after resolving links and ``..``), and refuse any output that
+    cannot be written as a file (a folder, a FIFO, ...) before the first one is written."""
     for path in outputs:
         if path.resolve() == checkpoint.resolve() or (path.exists() and path.samefile(checkpoint)):
             raise ExportError(f"{path} is the input checkpoint {checkpoint}; choose another -o")
+        output_target(path)
 
 
 def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset: int | None = None, batch: int | None = 1,
@@ -74,8 +76,12 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
         raise ExportError("--batch must be >= 1 or 'dynamic'")
     net, payload = load_model(checkpoint)
     out = Path(out) if out else checkpoint.with_suffix(".onnx")
+    if out.name.lower().endswith((".train.onnx", ".fp16.onnx")):
+        raise ExportError(f"{out}: names ending in .train.onnx and .fp16.onnx are the ones export gives the train-step graph and "
+                          "the FP16 variant beside MODEL.onnx; choose another -o")
     report_path = out.with_suffix(".report.json")
-    _refuse_overwrite(checkpoint, [out, report_path, *([out.with_suffix(".fp16.onnx")] if fp16 else [])])
+    _refuse_overwrite(checkpoint, [out, report_path, *([out.with_suffix(".fp16.onnx")] if fp16 else []),
+                                   *([out.with_suffix(".train.onnx"), out.with_name(out.stem + ".guard.npz")] if adapt else [])])
     if opset is None:
         opset = max(min(profile.max_opset, 20), 18) if profile.max_opset >= 18 else profile.max_opset
     t0 = time.perf_counter()

@@ -157,10 +157,11 @@ def _source(path: Path) -> dict:
             out["metrics"] = _read_json(ckpt.parent / "metrics.json", "metrics")
         return out
     if suffix == ".pt":
-        from .checkpoint import load_checkpoint
+        from .checkpoint import load_checkpoint, model_from_payload
         from .io import file_sha256
 
         payload = load_checkpoint(path)
+        model_from_payload(payload, path)  # the weights must fit the config the card describes
         metrics = payload.get("metrics") or _read_json(path.parent / "metrics.json", "metrics")
         return {"kind": "checkpoint", "config": payload["model_config"], "classes": list(payload.get("class_names") or []),
                 "input_spec": dict(payload.get("input_spec") or {}), "checkpoint_sha256": file_sha256(path), "checkpoint": str(path),
@@ -169,12 +170,9 @@ def _source(path: Path) -> dict:
 
 
 def _checkpoint_beside(model: Path, sha: str) -> Path | None:
-    from .io import file_sha256
+    from .io import file_with_sha256
 
-    for cand in sorted(model.parent.glob("*.pt")):
-        if cand.is_file() and file_sha256(cand) == sha:
-            return cand
-    return None
+    return file_with_sha256(model.parent, "*.pt", sha)
 
 
 def _report(path: Path, sha: str) -> dict | None:
@@ -184,6 +182,20 @@ def _report(path: Path, sha: str) -> dict | None:
     if report is not None and report.get("checkpoint_sha256") == sha:
         return {**report, "_path": str(cand)}
     return None
+
+
+def _check_metrics(metrics, training, where: str) -> None:
+    """The fields of a run's metrics (and training record) the card reads, with the types training writes."""
+    def number(v):
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    fields = {"method": lambda v: v is None or isinstance(v, str), "test_accuracy": number, "train_accuracy": number,
+              "epochs": lambda v: v is None or isinstance(v, list), "input_spec": lambda v: v is None or isinstance(v, dict),
+              "model_config": lambda v: v is None or isinstance(v, dict)}
+    bad = [k for k, ok in fields.items() if isinstance(metrics, dict) and not ok(metrics.get(k))]
+    if not isinstance(metrics, dict) or bad or not (training is None or isinstance(training, dict)):
+        raise CardError(f"{where}: not the metrics of a training run (malformed {', '.join(bad) or 'record'})")
+    if training is not None and not (training.get("method") is None or isinstance(training.get("method"), str)):
+        raise CardError(f"{where}: malformed training record (method)")
 
 
 def _accuracy(src: dict, compare: list) -> dict:
@@ -206,6 +218,7 @@ def _accuracy(src: dict, compare: list) -> dict:
     for where, metrics, training in entries:
         if not metrics:
             continue
+        _check_metrics(metrics, training, where)
         method = metrics.get("method") or (training or {}).get("method")
         same = metrics.get("model_config") in (None, src["config"]) and (metrics.get("input_spec") or {}).get("task") in (None, src["input_spec"].get("task"))
         rows.append({"method": method, "test_accuracy": metrics.get("test_accuracy"), "train_accuracy": metrics.get("train_accuracy"),
@@ -231,9 +244,18 @@ def input_rate(data, frame_shape) -> float | None:
 
 def build_card(path, *, compare=(), data=None, devices=None) -> dict:
     """The card of ``path`` (``.pt`` or ``.onnx``) as a JSON-ready dict."""
+    try:
+        return _build_card(Path(path), compare, data, devices)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a field the loaders let through, of a wrong type
+        if isinstance(exc, FpttEdgeError):
+            raise
+        raise CardError(f"{path}: a field of the model's description (input_spec, training or metrics) is malformed "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+
+
+def _build_card(path: Path, compare, data, devices) -> dict:
     from .devices import all_profiles, load_profile
 
-    path = Path(path)
     if not path.is_file():
         raise CardError(f"{path}: no such file")
     src = _source(path)
@@ -370,10 +392,11 @@ def render_markdown(card: dict) -> str:
 
 def write_card(card: dict, out_base) -> tuple[Path, Path]:
     """``OUT.card.md`` and ``OUT.card.json``."""
-    from .io import write_bytes_atomic, write_json_atomic
+    from .io import atomic_path
 
     base = Path(out_base)
     md, js = base.with_name(base.name + ".card.md"), base.with_name(base.name + ".card.json")
-    write_bytes_atomic(md, render_markdown(card).encode())
-    write_json_atomic(js, card)
+    with atomic_path(md) as tmp_md, atomic_path(js) as tmp_js:  # both written before either replaces its file
+        tmp_md.write_bytes(render_markdown(card).encode())
+        tmp_js.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     return md, js

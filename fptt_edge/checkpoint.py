@@ -107,7 +107,7 @@ def load_checkpoint(path, kind: str | None = None) -> dict:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused: the file holds objects other than tensors and plain data "
-            f"(a checkpoint is never unpickled into arbitrary objects). Detail: {str(exc).splitlines()[0][:200]}"
+            f"(a checkpoint is never unpickled into arbitrary objects){_refused_global(exc)}"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, IndexError, struct.error) as exc:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
@@ -126,9 +126,18 @@ def load_checkpoint(path, kind: str | None = None) -> dict:
     return payload
 
 
+def _refused_global(exc: Exception) -> str:
+    """What torch's refusal names (e.g. ``posix.system``), printable ASCII only; never its advice to load unsafely."""
+    for line in str(exc).splitlines():
+        if "GLOBAL" in line or line.startswith("Unsupported"):
+            shown = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in line.strip())[:160]
+            return f". Detail: {shown}"
+    return ""
+
+
 _FIELDS = {"kind": str, "model_config": dict, "state_dict": dict}
 _OPTIONAL = {"class_names": list, "input_spec": dict, "training": dict, "metrics": dict, "history": list, "training_config": dict,
-             "trainer": dict, "progress": dict}
+             "trainer": dict, "progress": dict, "selected_state": dict}
 _SPEC_CHOICES = {"mode": ("pixel", "row"), "source": ("mnist", "digits8x8"), "normalisation": ("binary", "counts", "log1p")}
 
 
@@ -146,6 +155,9 @@ def _check_fields(payload: dict, path) -> None:
         raise CheckpointError(f"{path}: class_names must be a list of names")
     if not isinstance(payload.get("metrics", {}).get("epochs", []), list):
         raise CheckpointError(f"{path}: metrics.epochs must be a list")
+    for key in ("training", "input_spec", "metrics", "training_config", "history"):  # described as JSON by info, card and metrics.json
+        if key in payload and not _plain_json(payload[key]):
+            raise CheckpointError(f"{path}: '{key}' must hold plain values (numbers, text, lists, dicts), not tensors or objects")
     _check_input_spec(payload.get("input_spec", {}), path)
 
 
@@ -165,6 +177,19 @@ def _check_input_spec(spec: dict, path) -> None:
         raise CheckpointError(f"{path}: input_spec of task {str(task)[:20]!r} has invalid {', '.join(bad)}")
 
 
+def _plain_json(v, depth: int = 0) -> bool:
+    """Whether ``v`` is made of JSON's own values only (finite or not: NaN is how a diverged loss is recorded)."""
+    if depth > 32:
+        return False
+    if v is None or isinstance(v, (str, bool, int, float)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_plain_json(x, depth + 1) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain_json(x, depth + 1) for k, x in v.items())
+    return False
+
+
 def _count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
@@ -180,7 +205,7 @@ def _check_config(d: dict, path) -> ModelConfig:
         raise CheckpointError(f"{path}: invalid model_config: {str(exc)[:200]}") from None
 
 
-def _check_weights(config: ModelConfig, state: dict, path) -> None:
+def check_weights(config: ModelConfig, state: dict, path) -> None:
     """Names, shapes and dtypes of ``state`` against the model the config describes (built without memory)."""
     try:
         with torch.device("meta"):
@@ -203,7 +228,7 @@ def _check_weights(config: ModelConfig, state: dict, path) -> None:
 def model_from_payload(payload: dict, path="checkpoint") -> LTCNetwork:
     config = _check_config(payload["model_config"], path)
     state = payload["state_dict"]
-    _check_weights(config, state, path)
+    check_weights(config, state, path)
     names = payload.get("class_names")
     if names is not None and len(names) != config.num_classes:
         raise CheckpointError(f"{path}: {len(names)} class names for {config.num_classes} classes")

@@ -5,6 +5,7 @@ commands that do not need torch never import it.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -36,6 +37,7 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+MAX_COUNT = 1_000_000  # streams, batch sizes: beyond this no device has the memory
 SEED = click.IntRange(0, 2 ** 63 - 1)  # what numpy's and torch's generators both take
 
 
@@ -50,15 +52,32 @@ def _friendly(fn):
             return fn(*args, **kwargs)
         except FpttEdgeError as exc:
             raise UserError(_one_line(exc)) from None
+        except MemoryError as exc:  # numpy's "Unable to allocate ..." among them
+            raise UserError(f"not enough memory for the sizes asked for ({_one_line(exc)[:160] or 'MemoryError'})") from None
+        except RuntimeError as exc:
+            if "can't allocate memory" not in str(exc) and "not enough memory" not in str(exc):
+                raise
+            raise UserError(f"not enough memory for the sizes asked for ({_one_line(exc)[:160]})") from None
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise UserError(f"no space left on device writing {exc.filename or 'an output file'}") from None
             if exc.errno is None:
                 raise  # not the file system's answer: a bug
+            if exc.errno == errno.EPIPE:  # the reader of our output went away (`... | head`): stop quietly, as SIGPIPE would
+                with contextlib.suppress(OSError):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise SystemExit(128 + 13) from None
             where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None) or "a file"
             raise UserError(f"{where}: {exc.strerror or os.strerror(exc.errno)}") from None
 
     return wrapper
+
+
+def _named_path(value, option: str):
+    """An option's path, refused when empty (it would mean the current folder)."""
+    if value is not None and not str(value).strip():
+        raise click.BadParameter("an empty path; name a folder", param_hint=option)
+    return value
 
 
 def _one_line(exc: Exception) -> str:
@@ -71,8 +90,8 @@ def _positive_ints(text: str, option: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or min(values) < 1:
-        raise click.BadParameter(f"expected comma-separated positive integers, got {text[:40]!r}", param_hint=option)
+    if not values or min(values) < 1 or max(values) > MAX_COUNT:
+        raise click.BadParameter(f"expected comma-separated integers in 1..{MAX_COUNT:,}, got {text[:40]!r}", param_hint=option)
     return values
 
 
@@ -176,7 +195,8 @@ def main():
 @click.option("--max-test-samples", type=click.IntRange(1), default=None, help="Use only the first N test samples.")
 @click.option("--checkpoint-interval", type=FiniteFloat(0), default=300.0, show_default=True,
               help="Seconds between mid-epoch resume checkpoints (0: only at epoch ends).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/latest", show_default=True,
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, dir_okay=True, allow_dash=False), callback=lambda c, p, v: _named_path(v, "--out"),
+              default="runs/latest", show_default=True,
               help="Folder for model.pt, checkpoint.pt, metrics.json and curves.png.")
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out (same data, model and settings, else refused saying what differs; --epochs may grow).")
@@ -212,6 +232,8 @@ def train(task, train_path, test_path, root, mode, source, steps, binning, downs
             opts["downsample"] = 4  # 128x128 -> 32x32, as in the paper
     elif root is not None:
         raise UserError("--root is the DVS128 Gesture folder of --task dvsgesture")
+    if task in ("smnist", "psmnist") and (train_path or test_path):
+        raise UserError(f"--task {task} uses the MNIST digits shipped with the package; --train/--test are files of --task nmnist or npz")
     train_ds = load_task(task, "train", train_path, limit=max_train_samples, **opts)
     test_ds = load_task(task, "test", root if task == "dvsgesture" else test_path, limit=max_test_samples, num_classes=len(train_ds.class_names), **opts)
     if test_path:
@@ -313,7 +335,7 @@ def info(model_path):
 @click.option("--data", "data_path", type=click.Path(dir_okay=False),
               help="Check data (nmnist split list or .npz); needed for file-based tasks (a path recorded in the checkpoint is never opened).")
 @click.option("--parity-steps", type=click.IntRange(1), default=500, show_default=True, help="Steps per parity stream (real recordings back to back).")
-@click.option("--parity-streams", type=click.IntRange(1), default=4, show_default=True, help="Independent parity streams.")
+@click.option("--parity-streams", type=click.IntRange(1, MAX_COUNT), default=4, show_default=True, help="Independent parity streams.")
 @click.option("--precision-samples", type=click.IntRange(1), default=200, show_default=True, help="Sequences for the FP16 emulation.")
 @click.option("--strict-parity", is_flag=True, help="Fail on rounding ties too (a spike within 1e-5 of its threshold that only one backend fires).")
 @click.option("--fp16-variant", is_flag=True, help="Also write MODEL.fp16.onnx: FP16 with FP32 I/O and the threshold/state path in FP32.")
@@ -346,8 +368,8 @@ def export(checkpoint, output, device, opset, batch, check, data_path, parity_st
             batch_size = int(batch)
         except ValueError:
             raise click.BadParameter("expected a positive integer or 'dynamic'", param_hint="--batch") from None
-        if batch_size < 1:
-            raise click.BadParameter("expected a positive integer or 'dynamic'", param_hint="--batch")
+        if not 1 <= batch_size <= MAX_COUNT:
+            raise click.BadParameter(f"expected an integer in 1..{MAX_COUNT:,} or 'dynamic'", param_hint="--batch")
     report = export_checkpoint(checkpoint, output, device=device, opset=opset, batch=batch_size, check=check, data=data_path,
                                streams=parity_streams, steps=parity_steps, precision_samples=precision_samples, fp16=fp16_variant, strict_parity=strict_parity,
                                adapt=adapt, trainable=trainable, adapt_batch=adapt_batch, adapt_updates=adapt_updates, guard_samples=guard_samples,
@@ -401,7 +423,8 @@ def backend_option(fn):
 @click.option("--continuous", is_flag=True,
               help="--events as one live stream: fixed frame windows, no resets, a decision rule emits gestures (start, class, confidence); "
                    "with --labels, scored against the segments (accuracy, detection delay, false alarms per minute).")
-@click.option("--window-ms", type=FiniteFloat(min=0, min_open=True), help="--continuous: frame window (default: the step span the model trained with).")
+@click.option("--window-ms", type=FiniteFloat(min=0, max=3.6e6, min_open=True),
+              help="--continuous: frame window (default: the step span the model trained with; at most an hour).")
 @click.option("--smooth", type=click.IntRange(1), default=3, show_default=True, help="--continuous: steps of probability smoothing.")
 @click.option("--threshold", type=FiniteFloat(0, 1, min_open=True), default=0.5, show_default=True,
               help="--continuous: smoothed class probability that starts a gesture (it ends below half of it).")
@@ -544,6 +567,12 @@ def lint_cmd(model_path, device, as_json):
         model = onnx.load(model_path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf decode errors vary
         raise ContractError(f"{model_path}: not an ONNX model ({_one_line(exc)[:300]})") from None
+    if not model.graph.node or not model.opset_import:  # an empty file parses as an empty ModelProto
+        raise ContractError(f"{model_path}: not an ONNX model (no graph nodes or no opset)")
+    try:  # a graph ONNX itself rejects (undefined inputs, cycles, unknown types) builds nowhere
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ContractError(f"{model_path}: not a valid ONNX graph ({_one_line(exc)[:300]})") from None
     try:
         result = lint(model, profile)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:

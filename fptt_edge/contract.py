@@ -109,6 +109,8 @@ class StepContract:
 
     @classmethod
     def from_metadata(cls, props: dict[str, str], source: str = "model") -> StepContract:
+        if not isinstance(props, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in props.items()):
+            raise ContractError(f"{source}: the metadata must map names to text")
         props = {k[len("fptt_edge."):]: v for k, v in props.items() if k.startswith("fptt_edge.")}
         if props.get("model_type") != MODEL_TYPE:
             raise ContractError(f"{source}: not an fptt-edge step model (metadata 'fptt_edge.model_type' is {props.get('model_type')!r})")
@@ -150,8 +152,8 @@ def _json(props: dict, key: str, kind: type, source: str):
     """Metadata entry ``key`` parsed as JSON of type ``kind`` (list or dict)."""
     try:
         value = json.loads(props[key])
-    except ValueError:
-        _fail(source, f"fptt_edge.{key} is not valid JSON")
+    except (ValueError, RecursionError):
+        _fail(source, f"fptt_edge.{key} is not valid JSON (or nested beyond reason)")
     if not isinstance(value, kind):
         _fail(source, f"fptt_edge.{key} must be a JSON {'list' if kind is list else 'object'}, got {type(value).__name__}")
     return value

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -68,10 +69,32 @@ def atomic_path(path: str | os.PathLike):
             os.close(held)
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc tells)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions a written ``path`` gets: those of the file it replaces, else what the umask gives a new file."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def _locked_temporary(path: Path) -> tuple[int, str]:
-    """A new temporary file beside ``path`` and its descriptor, locked for as long as it is open."""
+    """A new temporary file beside ``path`` (with the permissions ``path`` will have) and its descriptor, locked for as
+    long as it is open."""
     while True:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, _mode_for(path))  # mkstemp makes 0600
         if fcntl is None:
             return fd, tmp
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -115,3 +138,13 @@ def file_sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_with_sha256(folder: Path, pattern: str, sha: str) -> Path | None:
+    """The first regular file in ``folder`` matching ``pattern`` whose SHA-256 is ``sha`` (e.g. the checkpoint an exported
+    model names); anything else there (FIFOs, devices, folders, unreadable files) is passed over, never opened."""
+    for cand in sorted(Path(folder).glob(pattern)):
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.stat(cand).st_mode) and file_sha256(cand) == sha:
+                return cand
+    return None

@@ -15,7 +15,14 @@ def summarize(path) -> dict:
     files, else :func:`checkpoint_summary`."""
     name = str(path).lower()
     if name.endswith(".train.onnx"):
-        return train_summary(path)
+        from .contract import ContractError
+
+        try:
+            return train_summary(path)
+        except ContractError as exc:
+            if "not an fptt-edge train-step model" not in str(exc):
+                raise
+            return contract_summary(path)  # an inference graph under a train graph's name
     return contract_summary(path) if name.endswith(EXPORTED_SUFFIXES) else checkpoint_summary(path)
 
 

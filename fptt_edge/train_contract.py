@@ -119,8 +119,8 @@ class TrainContract:
             )
         except ContractError:
             raise
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ContractError(f"{source}: malformed fptt-edge train metadata ({type(exc).__name__}: {exc})") from None
+        except (KeyError, ValueError, TypeError, RecursionError) as exc:
+            raise ContractError(f"{source}: malformed fptt-edge train metadata ({type(exc).__name__}: {str(exc)[:160]})") from None
         contract.validate(source)
         return contract
 

@@ -54,7 +54,8 @@ def bench_session(model, backend: str, streams: int, steps: int, threads: int = 
 
 def bench_blas_floor(model_path, streams: int, steps: int) -> dict | None:
     """The step's Gemms alone as numpy matmuls into preallocated outputs: a floor for any backend.
-    None for graphs with convolutions (no numpy equivalent worth timing)."""
+    None for graphs with convolutions (no numpy equivalent worth timing) or with a Gemm whose weight is not a 2-D
+    initializer (a graph edited by hand)."""
     import onnx
     from onnx import numpy_helper
 
@@ -65,7 +66,9 @@ def bench_blas_floor(model_path, streams: int, steps: int) -> dict | None:
     ops = []
     for n in model.graph.node:
         if n.op_type == "Gemm":
-            w = inits[n.input[1]]
+            w = inits.get(n.input[1]) if len(n.input) > 1 else None
+            if w is None or w.ndim != 2:
+                return None
             trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
             w = np.ascontiguousarray(w.T) if trans_b else w
             ops.append((np.random.default_rng(0).random((streams, w.shape[0]), dtype=np.float32), w, np.empty((streams, w.shape[1]), np.float32)))
@@ -79,13 +82,9 @@ def bench_blas_floor(model_path, streams: int, steps: int) -> dict | None:
 
 def find_checkpoint(model_path) -> Path | None:
     """A checkpoint beside the model whose SHA-256 is the one the model was exported from."""
-    from ..io import file_sha256
+    from ..io import file_with_sha256
 
-    want = read_contract(model_path).checkpoint_sha256
-    for cand in sorted(Path(model_path).parent.glob("*.pt")):
-        if file_sha256(cand) == want:
-            return cand
-    return None
+    return file_with_sha256(Path(model_path).parent, "*.pt", read_contract(model_path).checkpoint_sha256)
 
 
 def bench_matrix(model_path, streams: Iterable[int], backends: Iterable[str], steps: int, *,

@@ -28,10 +28,16 @@ class FrameBinner:
     def from_contract(cls, contract: StepContract) -> FrameBinner:
         src = contract.input.source
         try:
-            binner = cls(tuple(src["sensor_size"]), int(src["binning"]["steps"]), src["binning"]["by"], int(src.get("downsample", 1)),
+            binner = cls(tuple(src["sensor_size"]), src["binning"]["steps"], src["binning"]["by"], src.get("downsample", 1),
                          src.get("normalisation", "binary"))
         except (KeyError, TypeError) as exc:
             raise RuntimeInputError(f"the model's metadata records no event binning ({exc}); it was not trained on event frames") from None
+        count = lambda v, top: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= top  # noqa: E731
+        if not (len(binner.sensor_size) == 3 and all(count(v, 1 << 16) for v in binner.sensor_size) and count(binner.steps, 1 << 20)
+                and count(binner.downsample, 1 << 16) and binner.by in ("time", "events")
+                and binner.normalisation in ("binary", "counts", "log1p")):
+            raise RuntimeInputError("the model's metadata records an invalid event binning (sensor_size [W, H, P], steps, by, "
+                                    "downsample, normalisation)")
         if binner.frame_shape != contract.input.frame_shape:
             raise RuntimeInputError(f"binning gives frames {binner.frame_shape}, the model takes {contract.input.frame_shape}")
         return binner

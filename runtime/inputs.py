@@ -31,7 +31,11 @@ def from_events(path, contract: StepContract, labels=None) -> list[Recording]:
         return [Recording(Path(path).name, binner(events))]
     offset = csv_class_offset(contract)
     out = []
+    classes = len(contract.class_names)
     for label, start, end in read_gesture_labels(labels):
+        if not 0 <= label - offset < classes:
+            raise RuntimeInputError(f"{labels}: class {label} is outside the model's {classes} classes"
+                                    f"{' (numbered from 1 in the CSV)' if offset else ''}")
         seg = events[(events["t"] >= start) & (events["t"] < end)]
         out.append(Recording(f"{Path(path).name}[{start}:{end}]", binner(seg), label - offset))
     return out
@@ -68,6 +72,9 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
     x = encoding.encode(x)
     if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu"):
         raise RuntimeInputError(f"{path}: y must be [N = {len(x)}] integer labels, got {y.dtype} {list(y.shape)}")
+    classes = len(contract.class_names)
+    if y is not None and len(y) and (y.min() < 0 or y.max() >= classes):
+        raise RuntimeInputError(f"{path}: y holds labels outside the model's classes 0..{classes - 1} (range {y.min()}..{y.max()})")
     steps = [x.shape[1]] * len(x)
     if lengths is not None:  # variable-length recordings, zero padded to T: each is cut to its own length
         if lengths.shape != (len(x),) or lengths.dtype.kind not in "iu":

@@ -55,7 +55,7 @@ def import_tensorrt():
 def read_build_info(engine_path) -> dict:
     try:
         data = json.loads(Path(str(engine_path) + ".json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     build = data.get("build") if isinstance(data, dict) else None
     return build if isinstance(build, dict) else {}

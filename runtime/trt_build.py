@@ -226,7 +226,7 @@ def read_engine_build(engine_path) -> dict:
     path = contract_path(engine_path)
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     build = data.get("build") if isinstance(data, dict) else None
     return build if isinstance(build, dict) else {}
@@ -239,8 +239,10 @@ def load_engine_contract(engine_path) -> StepContract:
     try:
         data = json.loads(path.read_text())
         metadata = data["metadata"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         raise BackendUnavailable(f"{path}: not a readable engine contract; rebuild with `fptt-edge build`") from None
+    if not isinstance(metadata, dict):
+        raise BackendUnavailable(f"{path}: not a readable engine contract (its metadata is not an object); rebuild with `fptt-edge build`")
     want = (data.get("build") or {}).get("engine_sha256") if isinstance(data.get("build"), dict) else None
     if want and Path(engine_path).is_file() and file_sha256(engine_path) != want:
         raise BackendUnavailable(f"{engine_path} and {path.name} are not a pair (the engine was rebuilt or replaced without its "

@@ -505,6 +505,8 @@ ONNX_CASES = {
     "opset-text": _onnx_meta(opset="x"),
     "parameter-map-list": _onnx_meta(parameter_map="[1]"),
     "exporter-number": _onnx_meta(exporter="5"),
+    "exporter-nested-deep": _onnx_meta(exporter="[" * 100_000 + "]" * 100_000),
+    "state-nested-deep": _onnx_meta(state="[" * 100_000 + "]" * 100_000),
     "external-data-parent": _external("../secret.bin"),
     "external-data-absolute": lambda art, path: _external(str(path.parent.parent / "secret.bin"))(art, path),
     "external-data-symlink-out": _symlinked_external,
@@ -524,6 +526,52 @@ def test_hostile_onnx(art, tmp_path, name, cmd):
     ONNX_CASES[name](art, bad)
     out = refused_cli(ONNX_COMMANDS[cmd](bad, art), tmp_path, art.root)
     assert "TOPSECRET" not in out
+
+
+def _source_edit(**kw):
+    return _onnx_meta(input=lambda v: json.dumps({**json.loads(v), "source": {**json.loads(v)["source"], **kw}}))
+
+
+BINNING_CASES = {  # the event binning a model records, crafted: refused before any frame is made
+    "sensor-size-2d": _source_edit(sensor_size=[34, 34]),
+    "sensor-size-float": _source_edit(sensor_size=[34.0, 34, 2]),
+    "sensor-size-huge": _source_edit(sensor_size=[34, 34, 10 ** 9]),
+    "downsample-zero": _source_edit(downsample=0),
+    "downsample-text": _source_edit(downsample="2"),
+    "steps-text": _source_edit(binning={"by": "time", "steps": "abc"}),
+    "steps-negative": _source_edit(binning={"by": "time", "steps": -3}),
+    "steps-huge": _source_edit(binning={"by": "time", "steps": 10 ** 12}),
+    "by-unknown": _source_edit(binning={"by": "magic", "steps": 20}),
+    "normalisation-unknown": _source_edit(normalisation="cubic"),
+}
+
+
+@pytest.mark.parametrize("name", list(BINNING_CASES))
+def test_hostile_event_binning(art, tmp_path, name):
+    bad = tmp_path / "bad.onnx"
+    BINNING_CASES[name](art, bad)
+    refused_cli(["run", bad, "--events", art.events], tmp_path, art.root)
+
+
+ENGINE_CONTRACTS = {  # MODEL.engine.json beside an engine: malformed in every way a hand edit can
+    "metadata-text": lambda meta: json.dumps({"metadata": "abc"}),
+    "metadata-list": lambda meta: json.dumps({"metadata": [1, 2]}),
+    "version-list": lambda meta: json.dumps({"metadata": {**meta, "fptt_edge.contract_version": [1]}}),
+    "input-object": lambda meta: json.dumps({"metadata": {**meta, "fptt_edge.input": json.loads(meta["fptt_edge.input"])}}),
+    "nested-deep": lambda meta: '{"metadata":' + "[" * 100_000 + "]" * 100_000 + "}",
+    "not-json": lambda meta: "{",
+}
+
+
+@pytest.mark.parametrize("name", list(ENGINE_CONTRACTS))
+def test_hostile_engine_contract(art, tmp_path, name):
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(art.onnx)).metadata_props}
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not an engine")
+    (tmp_path / "m.engine.json").write_text(ENGINE_CONTRACTS[name](meta))
+    refused_cli(["info", engine], tmp_path)
 
 
 # ---------------------------------------------------------------- npz data

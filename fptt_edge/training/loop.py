@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ except ImportError:  # pragma: no cover - not POSIX: no run lock
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, model_from_payload, save_checkpoint
+from ..checkpoint import check_weights, load_checkpoint, model_from_payload, save_checkpoint
 from ..config import ModelConfig
 from ..data.dataset import SequenceDataset, split_validation
 from ..data.tasks import data_identity
@@ -134,6 +135,10 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
     saved_progress: dict | None = None
     if resume_path.exists() and not resume:
         raise TrainingError(f"{out} already holds a run ({RESUME_FILE}); pass --resume to continue it or choose another --out")
+    results = [f for f in (MODEL_FILE, METRICS_FILE) if os.path.lexists(out / f)]
+    if results and not resume_path.exists():
+        raise TrainingError(f"{out} already holds results ({', '.join(results)}) but no {RESUME_FILE} to resume; "
+                            "choose another --out (or move them away): a new run would overwrite them")
     torch.manual_seed(cfg.seed)
     data = {"train": data_identity(train), "test": data_identity(test)}  # the training data as given (before any split)
     if val is not None:
@@ -175,14 +180,23 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
     interval = cfg.checkpoint_interval if not ctx.enabled else 0.0
     scored = train.subset(_train_eval_indices(n, cfg.train_eval_samples, cfg.seed))
     pick = _Selection(cfg.selection, None if val is None else len(val))
-    best_state = _best_state_on_resume(history, out / MODEL_FILE, pick) if history else None
+    best_state = _best_state_on_resume(history, payload, model_config, out / MODEL_FILE, pick) if history else None
+    ran = 0  # epochs trained by this call
 
     def save_resume(epoch, batch, sums, draws, elapsed):
         prog = {"epoch": epoch, "batch": batch, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": int(sums[2]),
                 "generator": draws.get_state(), "elapsed": elapsed}
         save_checkpoint(resume_path, {"kind": "resume", **meta, "training_config": cfg.to_dict(), "state_dict": _own_tensors(model),
                                       "trainer": trainer.state_dict(), "progress": prog, "history": history, "data": data,
+                                      **({"selected_state": best_state} if best_state is not None else {}),
                                       **({"weight_average": average.state_dict()} if average is not None else {})})
+
+    def write_results() -> None:
+        """``model.pt`` (the selected weights), ``metrics.json`` and ``curves.png`` from the history so far."""
+        metrics = _metrics_summary(history, cfg, model, train, test, val, ctx, pick)
+        save_checkpoint(out / MODEL_FILE, {"kind": "model", **meta, "state_dict": best_state, "metrics": metrics})
+        write_json_atomic(out / METRICS_FILE, metrics)
+        plot_curves(history, out / PLOT_FILE, title=f"{train.input_spec.get('task', '')} - {cfg.method.upper()}")
 
     for epoch in range(start_epoch, cfg.epochs):
         if _stop_early(history, cfg.patience, pick):
@@ -212,8 +226,9 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
                 average.update(trainer.evaluated_weights())
             loss_value = float(loss_sum)
             if loss_value != loss_value or loss_value in (float("inf"), float("-inf")):
-                raise TrainingError(f"training diverged (loss is {loss_value}) at epoch {epoch + 1}, batch {b + 1}; "
-                                    f"the last good state is in {resume_path}. Try a lower --lr.")
+                kept = f"the last good state is in {resume_path}" if resume_path.is_file() else "no state was saved yet"
+                raise TrainingError(f"training diverged (loss is {loss_value}) at epoch {epoch + 1}, batch {b + 1}; {kept}. "
+                                    "Try a lower --lr, or check the data for extreme values.")
             sums += torch.tensor([loss_value, float(correct), float(len(y))], dtype=torch.float64)
             bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", online_acc=f"{sums[1] / sums[2]:.3f}")
             if interval > 0 and time.perf_counter() - t_saved > interval and b + 1 < n_batches and ctx.is_main:
@@ -235,20 +250,19 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
             history.append(record)
             if pick.index(history) == len(history) - 1:
                 best_state = _own_tensors(model)
-        if ctx.is_main:
-            metrics = _metrics_summary(history, cfg, model, train, test, val, ctx, pick)
-            save_checkpoint(out / MODEL_FILE, {"kind": "model", **meta, "state_dict": best_state, "metrics": metrics})
         trainer.after_eval()
-        if ctx.is_main:
+        ran += 1
+        if ctx.is_main:  # the resume state first (it holds the selected weights too): a kill between the writes loses nothing
             save_resume(epoch + 1, 0, torch.zeros(3), draws, 0.0)
-            write_json_atomic(out / METRICS_FILE, metrics)
-            plot_curves(history, out / PLOT_FILE, title=f"{train.input_spec.get('task', '')} - {cfg.method.upper()}")
+            write_results()
             if progress:
                 shown = f" | val acc {record['val_accuracy']:.4f}" if val is not None else ""
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: online loss {record['online_loss']:.4f} acc {record['online_accuracy']:.4f} | "
                            f"train acc {record['train_accuracy']:.4f}{shown} | test acc {record['test_accuracy']:.4f} | lr {lr:.2e} | "
                            f"{train_time:.1f}s")
         ctx.barrier()
+    if ran == 0 and history and ctx.is_main:  # resumed with nothing left to train (killed after the last save): finish the results
+        write_results()
     return _metrics_summary(history, cfg, model, train, test, val, ctx, pick)
 
 
@@ -280,17 +294,24 @@ def _train_eval_indices(n: int, samples: int, seed: int) -> torch.Tensor:
     return torch.sort(torch.randperm(n, generator=g)[:samples]).values
 
 
-def _best_state_on_resume(history: list[dict], model_path: Path, pick: _Selection) -> dict:
-    """The selected weights of an interrupted run: ``model.pt`` holds them (written at every epoch end)."""
+def _best_state_on_resume(history: list[dict], payload: dict, model_config: ModelConfig, model_path: Path, pick: _Selection) -> dict:
+    """The selected weights of an interrupted run: kept in its resume checkpoint (older checkpoints: in ``model.pt``,
+    written at every epoch end)."""
     want = history[pick.index(history)]["epoch"]
+    if "selected_state" in payload:
+        state = payload["selected_state"]
+        if not isinstance(state, dict):
+            raise TrainingError(f"{model_path.with_name(RESUME_FILE)}: selected_state must be a dict of tensors")
+        check_weights(model_config, state, model_path.with_name(RESUME_FILE))
+        return state
     try:
-        payload = load_checkpoint(model_path, kind="model")
+        saved = load_checkpoint(model_path, kind="model")
     except FpttEdgeError as exc:
         raise TrainingError(f"{model_path}: the selected weights of the interrupted run are unreadable ({exc}); start a new run") from None
-    got = (payload.get("metrics") or {}).get("selected_epoch")
+    got = (saved.get("metrics") or {}).get("selected_epoch")
     if got != want:
         raise TrainingError(f"{model_path}: holds epoch {got!r}, the interrupted run selected epoch {want}; start a new run")
-    return payload["state_dict"]
+    return saved["state_dict"]
 
 
 HISTORY_KEYS = ("epoch", "online_loss", "online_accuracy", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -442,6 +463,13 @@ def _load_trainer(trainer, state: dict, path) -> None:
     for group in trainer.optimizer.param_groups:
         if not all(_number(group.get(k)) for k in ("lr", "eps", "weight_decay")):
             raise TrainingError(f"{path}: optimiser lr, eps and weight_decay must be finite numbers")
+        betas = group.get("betas")
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_number(b) and b < 1 for b in betas)):
+            raise TrainingError(f"{path}: optimiser betas must be two numbers in [0, 1)")
+        flags = [k for k, v in group.items() if k in ("foreach", "maximize", "differentiable", "capturable", "fused")
+                 and v is not None and not isinstance(v, bool)]
+        if flags:
+            raise TrainingError(f"{path}: optimiser options {', '.join(flags)} must be true or false")
         for p in group["params"]:
             for key, value in trainer.optimizer.state.get(p, {}).items():
                 if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:

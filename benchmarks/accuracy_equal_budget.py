@@ -343,20 +343,22 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
     tuning_runs: list[dict] = []
+    failed: list[dict] = []  # reported runs whose training failed (e.g. diverged): listed, left out of the table
     tuning: dict = {}
 
     def save() -> None:
         results_path.write_text(json.dumps({"settings": vars(args), "tuning": tuning, "tuning_runs": tuning_runs, "runs": runs,
-                                            "table": summarise(runs)}, indent=2))
+                                            "failed_runs": failed, "table": summarise(runs)}, indent=2))
 
     def one(job, into: list[dict], tuning_run: bool = False):
         try:
             r = run_one(*job[:4], args, job[4])
         except TrainFailed as exc:
-            if not tuning_run:
-                raise
+            if not (tuning_run or args.lr_grid):
+                raise  # at one shared rate a failed run is a broken benchmark, not a result
             r = {"task": job[0], "method": job[2], "seed": job[3], "lr": job[4], "failed": exc.reason, "test_accuracy": None,
                  "last_test_accuracy": None, "selected_epoch": None, "train_time_s": None}
+            into = into if tuning_run else failed
         into.append(r)
         save()
         print(json.dumps({k: r[k] for k in ("task", "method", "seed", "lr", "test_accuracy", "last_test_accuracy", "selected_epoch",
@@ -377,6 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     table = summarise(runs)
     print(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "out"}, "tuning": tuning, "table": table}, indent=2))
     print(markdown(table))
+    for r in failed:
+        print(f"\nleft out: {r['task']} {r['method'].upper()} seed {r['seed']} at lr {r['lr']:g} failed: {r['failed']}")
     if tuning:
         print("\nLearning rates tried on the tuning seeds (`--lr-grid`), the kept one by mean validation accuracy:\n")
         print(tuning_markdown(tuning))

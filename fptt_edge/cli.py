@@ -185,7 +185,7 @@ def main():
 @click.option("--encoding", type=click.Choice(["none", "standardize", "delta", "standardize+delta"]), default="none", show_default=True,
               help="Analog channel data ([N, T, C]): per-channel standardisation and/or level-crossing ON/OFF spike channels, fitted on "
                    "the training split, recorded in model.pt and the exported model, applied alike on the device.")
-@click.option("--delta-threshold", type=FiniteFloat(min=0, min_open=True), default=0.1, show_default=True,
+@click.option("--delta-threshold", type=FiniteFloat(min=1e-6, max=1e6), default=0.1, show_default=True,
               help="--encoding delta: level spacing in standard deviations of each channel.")
 @click.option("--tau-init", type=click.Choice(["default", "spread"]), default="default", show_default=True,
               help="Gate time constants of the fresh model: zero biases (the reference, ~2 steps) or spread log-uniformly over "

@@ -215,3 +215,19 @@ def test_a_rate_that_fails_on_any_tuning_seed_is_left_out_and_reported(tmp_path,
     with pytest.raises(SystemExit) as exc:  # no rate left
         bench.main([*argv[:-2], "--out", str(tmp_path / "all")])
     assert exc.value.code == 2 and "every rate of --lr-grid failed (error: diverged)" in capsys.readouterr().err
+
+
+def test_with_lr_grid_a_reported_run_that_fails_is_listed_and_left_out(tmp_path, monkeypatch, capsys):
+    fake = _fake_train([], lambda m, lr, s: 0.6)
+
+    def run(cmd, **kw):
+        if "bptt" in cmd and cmd[cmd.index("--seed") + 1] == "1":  # diverges on a reported seed at the kept rate
+            return bench.subprocess.CompletedProcess(cmd, 1, "", "error: training diverged (loss is nan)\n")
+        return fake(cmd, **kw)
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    bench.main(["--tasks", "smnist_row", "--seeds", "0", "1", "2", "--tune-seeds", "100", "--lr-grid", "1e-2", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["method"], r["seed"]) for r in results["failed_runs"]] == [("bptt", 1)]
+    assert results["table"]["smnist_row"]["bptt"]["seeds"] == [0, 2] and results["table"]["smnist_row"]["fptt"]["seeds"] == [0, 1, 2]
+    assert results["table"]["smnist_row"]["paired_difference"]["values"] == pytest.approx([0.0, 0.0])  # seeds both methods ran
+    assert "left out: smnist_row BPTT seed 1 at lr 0.01 failed: error: training diverged (loss is nan)" in capsys.readouterr().out

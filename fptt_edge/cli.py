@@ -821,7 +821,8 @@ class _LazyBar:
         if not self.enabled:
             return
         if self._bar is None:
-            self._bar = click.progressbar(length=None, label=self.label, file=sys.stderr, show_pos=True).__enter__()
+            self._bar = click.progressbar(length=1, label=self.label, file=sys.stderr, show_pos=True).__enter__()
+            self._bar.length = None  # the total is not known in advance (click needs one to start)
         self._bar.update(n)
 
 

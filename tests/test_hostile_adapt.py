@@ -280,3 +280,9 @@ def test_a_write_removes_only_its_own_dead_writers_temporaries(tmp_path):
         assert not dead.exists() and live.exists() and other.exists() and (tmp_path / "m.onnx").read_bytes() == b"new"
     write_bytes_atomic(tmp_path / "m.onnx", b"newer")  # the writer is gone now: its leftover goes
     assert not live.exists() and other.exists()
+
+
+def test_adapt_without_json_draws_its_progress_and_commits(model, data):
+    res = CliRunner().invoke(main, ["adapt", str(model), "--data", str(data), "--holdout", "0", "--max-drop", "1"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "adapting" in res.output and "weights: " in res.output and list(model.with_name("model.adapted").glob("gen-*.safetensors"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..contract import stamp_checksum
 from ..devices import DeviceProfile
 from ..io import file_sha256, write_bytes_atomic
 from ..model import LTCNetwork
@@ -79,6 +80,7 @@ def export_train_step(net: LTCNetwork, payload: dict, checkpoint: Path, model_pa
         model.metadata_props.add(key=key, value=value)
     model.producer_name = "fptt-edge"
     model.doc_string = "FPTT train step: one update per call; contract in metadata_props (fptt_edge.train.*)"
+    stamp_checksum(model)  # fptt_edge.graph_sha256: the learner verifies graph and weights before it trains through them
     data = model.SerializeToString()
     session = ort_session(data)
     out = train_path_for(model_path)

@@ -45,6 +45,7 @@ NAME = re.compile(r"^gen-(\d{6,})\.safetensors$")  # gen-000007 ... gen-999999, 
 MAX_BYTES = 1 << 31  # refuse absurd files before reading them
 MAX_HEADER = 1 << 20  # header (tensor table + metadata) bytes beyond the tensors' own
 LOCK = ".lock"
+LEARNER_LOCK = ".learner.lock"
 MAX_GENERATION = 10 ** 12 - 1  # the largest number the loader accepts (at most 12 digits)
 
 
@@ -86,9 +87,28 @@ class AdaptedStore:
         """Refuse, before any work is done, a store path that cannot hold generations."""
         if os.path.lexists(self.folder) and not self.folder.is_dir():
             raise AdaptationError(f"{self.folder}: exists and is not a folder (adapted weights are kept in a folder of this name)")
-        lock = self.folder / LOCK
-        if os.path.lexists(lock) and (lock.is_symlink() or not lock.is_file()):
-            raise AdaptationError(f"{lock}: exists and is not a regular file (the store's lock)")
+        for lock in (self.folder / LOCK, self.folder / LEARNER_LOCK):
+            if os.path.lexists(lock) and (lock.is_symlink() or not lock.is_file()):
+                raise AdaptationError(f"{lock}: exists and is not a regular file (the store's lock)")
+
+    def hold_for_learning(self) -> int | None:
+        """Take the store for one learner until :meth:`release` (``flock`` on ``folder/.learner.lock``, dropped by the kernel
+        if the learner's process dies): two learners would each build a generation on the same start, and the newer would
+        silently drop the other's learning. ``None`` where there is no ``flock``."""
+        if fcntl is None:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LEARNER_LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AdaptationError(f"{self.folder}: another adaptation of this model is running; wait for it to end") from None
+        return fd
+
+    @staticmethod
+    def release(held: int) -> None:
+        os.close(held)  # drops the lock
 
     def generations(self) -> list[int]:
         """Generation numbers present, newest first (names that do not match are ignored)."""

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import StepContract, read_contract
+from ..contract import ContractError, StepContract, read_contract, verify_checksum
 from ..io import file_sha256
 from ..train_contract import TrainContract, read_train_contract
 from .adapted import AdaptedStore, Generation, store_dir
@@ -103,7 +103,6 @@ class Learner:
     def __init__(self, model, train_model=None, *, streams: int = 1, ring: int = 512, threads: int = 1, lr: float | None = None,
                  trainable: str = "all", guard=None, check_every: int = 500, max_drop: float = 0.02, rate_band: float = 4.0,
                  max_failures: int = 3, store: bool = True, resume: bool = True, backend: str = "ort", session=None, warn=None):
-        from .ort_backend import OrtBackend
 
         self.model_path = Path(model)
         self.train_path = Path(train_model) if train_model else train_path_for(self.model_path)
@@ -111,6 +110,12 @@ class Learner:
             raise AdaptationError(f"{self.train_path}: no train-step graph; export with `fptt-edge export MODEL.pt --adapt`")
         self.contract: StepContract = read_contract(self.model_path)
         self.train_contract: TrainContract = read_train_contract(self.train_path)
+        try:  # graph and weights as exported: a tampered graph that still loads would train wrongly
+            verify_checksum(self.train_path)
+        except ContractError:
+            raise AdaptationError(f"{self.train_path}: its graph or weights do not match (or it lacks) its checksum "
+                                  "fptt_edge.graph_sha256: a corrupt copy, an edited file or an older export; "
+                                  "export it again with `fptt-edge export MODEL.pt --adapt`") from None
         base_sha = file_sha256(self.model_path)
         if self.train_contract.inference_sha256 != base_sha:
             raise AdaptationError(f"{self.train_path} was exported with another {self.model_path.name} "
@@ -146,9 +151,26 @@ class Learner:
                          "u": np.zeros_like(factory), "step": np.zeros(1, np.float32)}
         self._good = {k: v.copy() for k, v in self._factory.items()}
         self.backend.load(self._factory)
+        self.guard = None if guard is None else self._guard_arrays(*guard)  # checked before the store is taken
+        if session is not None and (not hasattr(session.backend, "set_initializers") or session.streams != self.streams):
+            raise AdaptationError("the live session must be a StreamSession over ONNX Runtime or TensorRT with the learner's streams")
         self.store = AdaptedStore(store_dir(self.model_path), base_sha, file_sha256(self.train_path), tc) if store else None
+        self._held = None
         if self.store is not None:
             self.store.check_folder()
+            self._held = self.store.hold_for_learning()  # one learner per model: another would build on a stale generation
+        try:
+            self._open_sessions(session, resume, threads)
+        except BaseException:
+            self._release_store()
+            raise
+        self.events = LearnerEvents()
+        self.baseline = self._score(self._factory["wbar"]) if self.guard is not None else None
+
+    def _open_sessions(self, session, resume: bool, threads: int) -> None:
+        """Resume from the latest good generation (unless ``resume`` is off); open the live and the evaluation sessions."""
+        from .ort_backend import OrtBackend
+
         self.generation: Generation | None = None
         if self.store is not None and resume:
             self.generation = self.store.latest_good(warn=self._warn)
@@ -158,16 +180,16 @@ class Learner:
         wbar = self.backend.views(self.backend.buffers()["wbar"])
         if session is None:
             session = StreamSession(OrtBackend(str(self.model_path), self.contract, self.streams, "ort", threads, initializers=wbar), self.contract)
-        elif not hasattr(session.backend, "set_initializers") or session.streams != self.streams:
-            raise AdaptationError("the live session must be a StreamSession over ONNX Runtime or TensorRT with the learner's streams")
         self.session = session  # a TensorRT session (open_session(..., backend="tensorrt")) is refitted on push
         if self.generation is not None:
             self.push()
         inf_batch = self.contract.batch if isinstance(self.contract.batch, int) else 1
         self._eval = OrtBackend(str(self.model_path), self.contract, inf_batch, "ort", threads, initializers=wbar)
-        self.guard = None if guard is None else self._guard_arrays(*guard)
-        self.events = LearnerEvents()
-        self.baseline = self._score(self._factory["wbar"]) if self.guard is not None else None
+
+    def _release_store(self) -> None:
+        if self._held is not None and self.store is not None:
+            self.store.release(self._held)
+            self._held = None
 
     # --- configuration -------------------------------------------------------------------------
     def set_trainable(self, choice: str) -> None:
@@ -440,10 +462,11 @@ class Learner:
                 "generation": None if self.generation is None else self.generation.number}
 
     def close(self) -> None:
-        """Free the live session, the guard evaluator and the train step."""
+        """Free the live session, the guard evaluator and the train step; let another learner take the store."""
         self.session.close()
         self._eval.close()
         self.backend.close()
+        self._release_store()
 
     def __enter__(self) -> Learner:
         return self

@@ -169,8 +169,9 @@ def write_build_script(plan: BuildPlan, profile, contract: StepContract) -> Path
     tmp_engine = plan.engine.name + ".partial"
     want = ".".join(map(str, version_tuple(profile.tensorrt)))
     q = shlex.quote
+    mismatch = (f"this plan is for TensorRT {profile.tensorrt} ({profile.name}); this machine has TensorRT ", " (FORCE=1 to build anyway)")
     text = f"""#!/usr/bin/env bash
-# Build {plan.engine.name} on the target: {profile.module} (JetPack {profile.jetpack}, TensorRT {profile.tensorrt}).
+# Build {_comment(plan.engine.name)} on the target: {_comment(f"{profile.module} (JetPack {profile.jetpack}, TensorRT {profile.tensorrt})")}.
 # An engine runs only with the TensorRT version and the GPU it was built with: run this on the device.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -180,7 +181,7 @@ DEVICE="$(tr -d '\\0' </proc/device-tree/model 2>/dev/null || echo unknown)"
 case "$TRT_VERSION" in
   {want}|{want}.*) ;;
   *) if [ "${{FORCE:-0}}" != 1 ]; then
-       echo "this plan is for TensorRT {profile.tensorrt} ({profile.name}); this machine has TensorRT $TRT_VERSION (FORCE=1 to build anyway)" >&2
+       echo {q(mismatch[0])}"$TRT_VERSION"{q(mismatch[1])} >&2
        exit 1
      fi ;;
 esac
@@ -193,11 +194,16 @@ sed -e "s|@ENGINE_SHA256@|$SHA|" -e "s|@TRT_VERSION@|$TRT_VERSION|" -e "s|@DEVIC
 {contract_json}
 CONTRACT
 mv {q(plan.engine.name + '.json.partial')} {q(plan.engine.name + '.json')}
-echo "built {plan.engine.name}; run it with: fptt-edge run {plan.engine.name} --backend tensorrt --events FILE"
+echo {q(f"built {plan.engine.name}; run it with: fptt-edge run {q(plan.engine.name)} --backend tensorrt --events FILE")}
 """
     write_bytes_atomic(script, text.encode())
     script.chmod(0o755)
     return script
+
+
+def _comment(text: str) -> str:
+    """``text`` for a shell comment line: control characters (a newline would end the comment) shown as ``?``."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))
 
 
 def engine_contract(contract: StepContract, plan: BuildPlan, profile, trt_version: str, built_on: dict | None = None,

@@ -141,15 +141,46 @@ def test_hostile_adapt_options(model, data, tmp_path, name):
     assert not list(model.parent.rglob("gen-*"))
 
 
-def test_a_damaged_train_graph_is_refused_before_any_work(model, data):
+def _edit_train_graph(model: Path, edit, restamp: bool) -> None:
     import onnx
+
+    from fptt_edge.contract import stamp_checksum
 
     train = model.with_name("model.train.onnx")
     m = onnx.load(str(train))
-    m.graph.node[len(m.graph.node) // 2].op_type = "NoSuchOperator"  # the metadata still matches; the graph does not load
+    edit(m)
+    if restamp:  # an edit that also forges the checksum
+        stamp_checksum(m)
     train.write_bytes(m.SerializeToString())
-    out = refused_cli(["adapt", model, "--data", data], model.parent)
-    assert "cannot load this train-step graph" in out
+
+
+def test_a_train_graph_onnx_runtime_cannot_load_is_refused_before_any_work(model, data):
+    def unknown_op(m):
+        m.graph.node[len(m.graph.node) // 2].op_type = "NoSuchOperator"  # the metadata still matches; the graph does not load
+    _edit_train_graph(model, unknown_op, restamp=True)
+    assert "cannot load this train-step graph" in refused_cli(["adapt", model, "--data", data], model.parent)
+
+
+@pytest.mark.parametrize("restamp", [False])
+def test_a_train_graph_edited_after_export_is_refused_by_its_checksum(model, data, restamp):
+    def sigmoid_to_tanh(m):  # still loads and trains, wrongly
+        next(n for n in m.graph.node if n.op_type == "Sigmoid").op_type = "Tanh"
+    _edit_train_graph(model, sigmoid_to_tanh, restamp)
+    assert "graph_sha256" in refused_cli(["adapt", model, "--data", data], model.parent)
+
+
+def test_a_second_learner_on_the_same_model_is_refused_until_the_first_closes(model, data):
+    from fptt_edge.runtime.errors import AdaptationError
+    from fptt_edge.runtime.learner import open_learner
+
+    first = open_learner(model)
+    try:
+        with pytest.raises(AdaptationError, match="another adaptation of this model is running"):
+            open_learner(model)
+        refused_cli(["adapt", model, "--data", data], model.parent)
+    finally:
+        first.close()
+    open_learner(model).close()  # free again
 
 
 def _generation_weights(model: Path) -> np.ndarray:

@@ -433,6 +433,31 @@ def test_build_script_checks_the_tensorrt_version_and_installs_engine_and_contra
     assert json.loads(Path(str(plan.engine) + ".json").read_text())["build"]["precision"] == "fp16"
 
 
+def test_build_script_runs_nothing_that_names_or_profile_fields_hold(model, tmp_path):
+    """A file name or a profile field with a newline, quotes or $(...) stays text in the script."""
+    import dataclasses
+
+    if not shutil.which("bash") or not shutil.which("sha256sum"):
+        pytest.skip("needs bash and sha256sum")
+    work = tmp_path / "w"
+    work.mkdir()
+    evil = work / "a\ntouch PWNED1\n$(touch PWNED2)`touch PWNED3`.onnx"
+    shutil.copy(model, evil)
+    profile = dataclasses.replace(ORIN, module='Orin "$(touch PWNED4)"\ntouch PWNED5', name="orin$(touch PWNED6)")
+    plan, contract = plan_build(evil, "fp32", tensorrt=ORIN.tensorrt)
+    script = write_build_script(plan, profile, contract)
+    fake = tmp_path / "trtexec"
+    fake.write_text('#!/usr/bin/env bash\nfor a in "$@"; do case "$a" in --saveEngine=*) echo ENGINE > "${a#--saveEngine=}";; esac; done\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "TRTEXEC": str(fake)}
+    mismatch = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, cwd=tmp_path)  # the version check's message
+    built = subprocess.run(["bash", str(script)], env={**env, "FORCE": "1"}, capture_output=True, text=True, cwd=tmp_path)
+    assert mismatch.returncode == 1 and "$(touch PWNED6)" in mismatch.stderr
+    assert built.returncode == 0, built.stderr
+    assert not [p.name for p in (*tmp_path.rglob("PWNED*"), *Path.cwd().glob("PWNED*"))]
+    assert plan.engine.read_text() == "ENGINE\n"
+
+
 # install, doctor, extras --------------------------------------------------------------------------------------
 
 def test_extras_never_install_onnxruntime_and_onnxruntime_gpu_together():

@@ -186,8 +186,8 @@ def _report(path: Path, sha: str) -> dict | None:
 
 def _check_metrics(metrics, training, where: str) -> None:
     """The fields of a run's metrics (and training record) the card reads, with the types training writes."""
-    def number(v):
-        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    def number(v):  # an accuracy
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1)
     fields = {"method": lambda v: v is None or isinstance(v, str), "test_accuracy": number, "train_accuracy": number,
               "epochs": lambda v: v is None or isinstance(v, list), "input_spec": lambda v: v is None or isinstance(v, dict),
               "model_config": lambda v: v is None or isinstance(v, dict)}
@@ -220,7 +220,8 @@ def _accuracy(src: dict, compare: list) -> dict:
             continue
         _check_metrics(metrics, training, where)
         method = metrics.get("method") or (training or {}).get("method")
-        same = metrics.get("model_config") in (None, src["config"]) and (metrics.get("input_spec") or {}).get("task") in (None, src["input_spec"].get("task"))
+        # the same model and task only where the run says so (a metrics file without them proves nothing)
+        same = metrics.get("model_config") == src["config"] and (metrics.get("input_spec") or {}).get("task") == src["input_spec"].get("task")
         rows.append({"method": method, "test_accuracy": metrics.get("test_accuracy"), "train_accuracy": metrics.get("train_accuracy"),
                      "epochs": len(metrics.get("epochs") or []), "from": where, "same_model_and_task": bool(same)})
     by_method = {r["method"]: r["test_accuracy"] for r in rows if r["same_model_and_task"] and r["method"]}

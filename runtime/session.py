@@ -236,10 +236,17 @@ def open_session(model, backend: str = "ort", streams: int | None = None, contra
     model = Path(model)
     if backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {str(backend)[:40]!r}; choose from {BACKENDS}")
+    threads = check_count(threads, "threads")
+    if threads > MAX_THREADS:
+        raise RuntimeInputError(f"threads must be at most {MAX_THREADS}, got {threads}")
     if contract is None:
         contract = contract_for(model)
-    elif not isinstance(contract, StepContract):
-        contract = read_contract(contract)
+    else:
+        contract = contract if isinstance(contract, StepContract) else read_contract(contract)
+        if model.suffix == ".onnx" and contract != read_contract(model):
+            raise RuntimeInputError(f"the contract given is not the one {model.name} was exported with")
+    if initializers is not None and model.suffix == ".onnx":
+        initializers = checked_initializers(model, initializers)
     fixed = contract.batch if isinstance(contract.batch, int) else None
     streams = check_count((fixed or 1) if streams is None else streams, "streams")
     if fixed is not None and streams != fixed:
@@ -259,6 +266,34 @@ def open_session(model, backend: str = "ort", streams: int | None = None, contra
     if verify:
         verify_checksum(model)
     return StreamSession(ort_backend(str(model), contract, streams, backend, threads, cache_dir, fp16, initializers), contract)
+
+
+MAX_THREADS = 1024
+
+
+def checked_initializers(model: Path, values) -> dict[str, np.ndarray]:
+    """``values`` (initializer name -> array) checked against the graph's own initializers: known names, the same
+    shapes, finite float32 values; else :class:`RuntimeInputError`."""
+    import onnx
+
+    if not isinstance(values, dict):
+        raise RuntimeInputError(f"initializers must map initializer names to arrays, got {type(values).__name__}")
+    shapes = {t.name: tuple(t.dims) for t in onnx.load(str(model), load_external_data=False).graph.initializer}
+    out = {}
+    for name, value in values.items():
+        if not isinstance(name, str) or name not in shapes:
+            raise RuntimeInputError(f"initializers: {str(name)[:60]!r} is not an initializer of {model.name}")
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                array = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise RuntimeInputError(f"initializers: {name!r} is not an array of numbers") from None
+        if array.shape != shapes[name]:
+            raise RuntimeInputError(f"initializers: {name!r} has shape {list(array.shape)}, the graph's is {list(shapes[name])}")
+        if not np.isfinite(array).all():
+            raise RuntimeInputError(f"initializers: {name!r} holds NaN or Inf (as float32)")
+        out[name] = array
+    return out
 
 
 def contract_for(model: Path) -> StepContract:

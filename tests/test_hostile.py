@@ -985,3 +985,34 @@ def test_every_error_type_shares_one_base():
                 RuntimeInputError, TrainingError):
         assert issubclass(cls, FpttEdgeError), cls
     assert issubclass(RuntimeInputError, ValueError) and issubclass(TrainingError, RuntimeError)
+
+
+def _initializer(art):
+    import onnx
+
+    return max(onnx.load(str(art.onnx)).graph.initializer, key=lambda t: len(t.raw_data))
+
+
+OPEN_ARG_CASES = {  # open_session arguments a caller can get wrong
+    "initializers-unknown-name": lambda a: {"initializers": {"no.such.weight": np.zeros(3, np.float32)}},
+    "initializers-wrong-shape": lambda a: {"initializers": {_initializer(a).name: np.zeros(3, np.float32)}},
+    "initializers-nan": lambda a: {"initializers": {_initializer(a).name: np.full(tuple(_initializer(a).dims), np.nan, np.float32)}},
+    "initializers-beyond-float32": lambda a: {"initializers": {_initializer(a).name: np.full(tuple(_initializer(a).dims), 1e39)}},
+    "initializers-text": lambda a: {"initializers": {_initializer(a).name: "abc"}},
+    "initializers-list": lambda a: {"initializers": [1]},
+    "contract-of-another-model": lambda a: {"contract": a.dyn if a.dyn.is_file() else None},
+    "threads-text": lambda a: {"threads": "x"},
+    "threads-float": lambda a: {"threads": 1.5},
+    "threads-zero": lambda a: {"threads": 0},
+    "threads-huge": lambda a: {"threads": 10 ** 12},
+}
+
+
+@pytest.mark.parametrize("name", list(OPEN_ARG_CASES))
+def test_hostile_open_session_arguments(art, name):
+    kwargs = OPEN_ARG_CASES[name](art)
+    if name == "contract-of-another-model":  # the dynamic-batch export of the same checkpoint: another graph, another contract
+        from fptt_edge.contract import read_contract
+        if read_contract(art.dyn) == read_contract(art.onnx):
+            pytest.skip("the two exports share one contract")
+    refused_api(open_session, art.onnx, **kwargs)

@@ -107,13 +107,15 @@ def _resume_payload(out: Path, edit) -> None:
     save_checkpoint(out / "checkpoint.pt", payload)
 
 
-@pytest.mark.parametrize("betas", ["ab", [0.9], [0.9, 1.5], [0.9, float("nan")], [True, 0.9]])
-def test_a_resume_checkpoint_with_malformed_optimiser_betas_is_refused(tmp_path, betas):
+@pytest.mark.parametrize("field,value", [("betas", "ab"), ("betas", [0.9]), ("betas", [0.9, 1.5]), ("betas", [0.9, float("nan")]),
+                                         ("betas", [True, 0.9]), ("differentiable", True), ("maximize", True), ("foreach", "x"),
+                                         ("capturable", 1)])
+def test_a_resume_checkpoint_with_malformed_optimiser_options_is_refused(tmp_path, field, value):
     out = tmp_path / "run"
     CliRunner().invoke(main, ["train", *RESUMABLE, "--epochs", "1", "--out", str(out)])
-    _resume_payload(out, lambda p: p["trainer"]["optimizer"]["param_groups"][0].update(betas=betas))
+    _resume_payload(out, lambda p: p["trainer"]["optimizer"]["param_groups"][0].update({field: value}))
     text = refused_cli(["train", *RESUMABLE, "--epochs", "2", "--out", out, "--resume"], tmp_path)
-    assert "betas" in text
+    assert field in text
 
 
 @pytest.mark.parametrize("field", ["training", "input_spec", "metrics"])
@@ -129,7 +131,8 @@ def test_a_checkpoint_holding_tensors_where_plain_values_belong_is_refused(tmp_p
         assert "plain values" in refused_cli(cmd, tmp_path)
 
 
-@pytest.mark.parametrize("metrics", ['{"epochs": 5}', '{"input_spec": "x"}', '{"method": {"a": 1}}', '{"test_accuracy": "high"}', "[1, 2]"])
+@pytest.mark.parametrize("metrics", ['{"epochs": 5}', '{"input_spec": "x"}', '{"method": {"a": 1}}', '{"test_accuracy": "high"}', "[1, 2]",
+                                     '{"test_accuracy": 1e999}', '{"test_accuracy": 7}', '{"train_accuracy": -0.5}'])
 def test_card_refuses_malformed_metrics_to_compare(tmp_path, metrics):
     out = tmp_path / "run"
     CliRunner().invoke(main, ["train", *RESUMABLE, "--epochs", "1", "--out", str(out)])
@@ -181,3 +184,14 @@ def test_looking_for_a_checkpoint_beside_a_model_never_opens_what_is_not_a_regul
     t.start()
     t.join(timeout=30)
     assert found == [tmp_path / "c.pt"]
+
+
+def test_card_claims_the_same_model_and_task_only_with_evidence(tmp_path):
+    out = tmp_path / "run"
+    CliRunner().invoke(main, ["train", *RESUMABLE, "--epochs", "1", "--out", str(out)])
+    (tmp_path / "bare.json").write_text('{"method": "bptt", "test_accuracy": 0.99}')
+    res = CliRunner().invoke(main, ["card", str(out / "model.pt"), "--compare", str(out / "metrics.json"), "--compare",
+                                    str(tmp_path / "bare.json"), "-o", str(tmp_path / "c"), "--json"])
+    assert res.exit_code == 0, res.output
+    runs = {Path(r["from"]).name: r["same_model_and_task"] for r in json.loads(res.output)["accuracy"]["runs"]}
+    assert runs == {"model.pt": True, "metrics.json": True, "bare.json": False}

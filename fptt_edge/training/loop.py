@@ -447,8 +447,12 @@ def _saved_progress(payload: dict, path, has_val: bool) -> tuple[dict, list]:
     return progress, list(history)
 
 
+OPTIMISER_FLAGS = ("foreach", "maximize", "differentiable", "capturable", "fused")
+
+
 def _load_trainer(trainer, state: dict, path) -> None:
     """Optimiser and FPTT trace state, refused unless it fits the model and is finite."""
+    made = [{k: g.get(k) for k in OPTIMISER_FLAGS} for g in trainer.optimizer.param_groups]  # what this trainer creates
     try:
         trainer.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
@@ -466,10 +470,11 @@ def _load_trainer(trainer, state: dict, path) -> None:
         betas = group.get("betas")
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_number(b) and b < 1 for b in betas)):
             raise TrainingError(f"{path}: optimiser betas must be two numbers in [0, 1)")
-        flags = [k for k, v in group.items() if k in ("foreach", "maximize", "differentiable", "capturable", "fused")
-                 and v is not None and not isinstance(v, bool)]
+    for group, want in zip(trainer.optimizer.param_groups, made):
+        flags = [k for k in OPTIMISER_FLAGS if group.get(k) != want[k]]
         if flags:
-            raise TrainingError(f"{path}: optimiser options {', '.join(flags)} must be true or false")
+            raise TrainingError(f"{path}: optimiser options {', '.join(flags)} differ from what this training creates")
+    for group in trainer.optimizer.param_groups:
         for p in group["params"]:
             for key, value in trainer.optimizer.state.get(p, {}).items():
                 if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import lzma
 import math
+import os
 import pickle
 import struct
 import zipfile
@@ -100,7 +101,7 @@ def load_checkpoint(path, kind: str | None = None) -> dict:
     """Load and validate a checkpoint, refusing anything that is not tensors and plain data."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: {'no such checkpoint file' if not os.path.lexists(path) else 'not a regular file'}")
     _check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

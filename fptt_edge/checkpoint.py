@@ -62,6 +62,8 @@ def _check_archive(path: Path) -> None:
             infos = archive.infolist()
             if not infos:
                 raise CheckpointError(f"{path}: not a fptt-edge checkpoint (an empty archive)")
+            if all(i.filename.endswith(".npy") and "/" not in i.filename for i in infos):
+                raise CheckpointError(f"{path}: not a fptt-edge checkpoint (a numpy .npz archive of arrays, e.g. data)")
             for info in infos:
                 if info.flag_bits & 0x1:
                     raise CheckpointError(f"{path}: member {info.filename[:80]!r} is encrypted; a checkpoint never is")

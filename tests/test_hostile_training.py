@@ -195,3 +195,9 @@ def test_card_claims_the_same_model_and_task_only_with_evidence(tmp_path):
     assert res.exit_code == 0, res.output
     runs = {Path(r["from"]).name: r["same_model_and_task"] for r in json.loads(res.output)["accuracy"]["runs"]}
     assert runs == {"model.pt": True, "metrics.json": True, "bare.json": False}
+
+
+def test_an_npz_given_as_a_checkpoint_is_named_for_what_it_is(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 3, 4), np.float32), y=np.arange(2))
+    for cmd in ("info", "eval"):
+        assert "a numpy .npz archive" in refused_cli([cmd, tmp_path / "d.npz"], tmp_path)

@@ -289,13 +289,10 @@ def choose_rates(runs: list[dict]) -> dict:
     and the rate kept: the best mean validation accuracy (the first in the grid on a tie)."""
     out: dict = {}
     for r in runs:
-        if r.get("failed"):
-            out.setdefault(r["task"], {}).setdefault(r["method"], {"rates": {}, "failed": {}})["failed"].setdefault(r["lr"], []).append(r)
-            continue
-        if r["val_accuracy"] is None:
+        entry = out.setdefault(r["task"], {}).setdefault(r["method"], {"rates": {}, "failed": {}})
+        if not r.get("failed") and r["val_accuracy"] is None:
             raise ValueError(f"{r['task']} {r['method']} seed {r['seed']} has no validation accuracy: --lr-grid needs a validation split")
-        rates = out.setdefault(r["task"], {}).setdefault(r["method"], {"rates": {}, "failed": {}})["rates"]
-        rates.setdefault(r["lr"], []).append(r)
+        entry["failed" if r.get("failed") else "rates"].setdefault(r["lr"], []).append(r)
     for task, by_method in out.items():
         for method, entry in by_method.items():
             failed = entry["failed"]  # a rate with a failed (diverged) run is out

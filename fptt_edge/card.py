@@ -247,9 +247,9 @@ def build_card(path, *, compare=(), data=None, devices=None) -> dict:
     """The card of ``path`` (``.pt`` or ``.onnx``) as a JSON-ready dict."""
     try:
         return _build_card(Path(path), compare, data, devices)
+    except FpttEdgeError:
+        raise
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a field the loaders let through, of a wrong type
-        if isinstance(exc, FpttEdgeError):
-            raise
         raise CardError(f"{path}: a field of the model's description (input_spec, training or metrics) is malformed "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
 

@@ -159,7 +159,7 @@ def _check_fields(payload: dict, path) -> None:
     if not isinstance(payload.get("metrics", {}).get("epochs", []), list):
         raise CheckpointError(f"{path}: metrics.epochs must be a list")
     for key in ("training", "input_spec", "metrics", "training_config", "history"):  # described as JSON by info, card and metrics.json
-        if key in payload and not _plain_json(payload[key]):
+        if key in payload and not plain_json(payload[key]):
             raise CheckpointError(f"{path}: '{key}' must hold plain values (numbers, text, lists, dicts), not tensors or objects")
     _check_input_spec(payload.get("input_spec", {}), path)
 
@@ -180,16 +180,17 @@ def _check_input_spec(spec: dict, path) -> None:
         raise CheckpointError(f"{path}: input_spec of task {str(task)[:20]!r} has invalid {', '.join(bad)}")
 
 
-def _plain_json(v, depth: int = 0) -> bool:
-    """Whether ``v`` is made of JSON's own values only (finite or not: NaN is how a diverged loss is recorded)."""
+def plain_json(v, depth: int = 0) -> bool:
+    """Whether ``v`` is made of JSON's own values only, nested at most 32 deep (finite or not: NaN is how a diverged loss is
+    recorded), so describing, comparing and showing it cannot fail."""
     if depth > 32:
         return False
     if v is None or isinstance(v, (str, bool, int, float)):
         return True
     if isinstance(v, (list, tuple)):
-        return all(_plain_json(x, depth + 1) for x in v)
+        return all(plain_json(x, depth + 1) for x in v)
     if isinstance(v, dict):
-        return all(isinstance(k, str) and _plain_json(x, depth + 1) for k, x in v.items())
+        return all(isinstance(k, str) and plain_json(x, depth + 1) for k, x in v.items())
     return False
 
 

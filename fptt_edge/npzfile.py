@@ -41,6 +41,15 @@ def read_npz(path, error: type[Exception] = NpzError) -> dict[str, np.ndarray]:
         raise error(f"{path}: not a readable .npz file ({_why(exc)})") from None
 
 
+def checked_lengths(lengths: np.ndarray, n: int, steps: int, path, error: type[Exception] = NpzError) -> np.ndarray:
+    """An ``.npz``'s ``lengths`` field: integers ``[n]`` in ``1 .. steps`` (each sample's steps; the rest is padding), int64."""
+    if lengths.shape != (n,) or lengths.dtype.kind not in "iu":
+        raise error(f"{path}: field 'lengths' must be integer [N = {n}], got {lengths.dtype} {list(lengths.shape)}")
+    if n and (lengths.min() < 1 or lengths.max() > steps):
+        raise error(f"{path}: field 'lengths' must lie in [1, T = {steps}]")
+    return lengths.astype(np.int64)
+
+
 def _check_declared_sizes(path: Path) -> None:
     """Refuse members whose header declares more data than the archive holds for them, or Python objects."""
     if not zipfile.is_zipfile(path):

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..contract import StepContract
 from ..encoding import Encoding
-from ..npzfile import read_npz
+from ..npzfile import checked_lengths, read_npz
+from ..splitlist import read_split_list
 from .errors import EventFileError, RuntimeInputError
 from .events import read_events, read_gesture_labels
 from .frames import FrameBinner
@@ -77,11 +78,7 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
         raise RuntimeInputError(f"{path}: y holds labels outside the model's classes 0..{classes - 1} (range {y.min()}..{y.max()})")
     steps = [x.shape[1]] * len(x)
     if lengths is not None:  # variable-length recordings, zero padded to T: each is cut to its own length
-        if lengths.shape != (len(x),) or lengths.dtype.kind not in "iu":
-            raise RuntimeInputError(f"{path}: lengths must be [N = {len(x)}] integers, got {lengths.dtype} {list(lengths.shape)}")
-        if len(lengths) and (lengths.min() < 1 or lengths.max() > x.shape[1]):
-            raise RuntimeInputError(f"{path}: lengths must lie in [1, T = {x.shape[1]}]")
-        steps = [int(n) for n in lengths]
+        steps = [int(n) for n in checked_lengths(lengths, len(x), x.shape[1], path, RuntimeInputError)]
     return [Recording(f"{Path(path).name}[{i}]", x[i, :steps[i]], None if y is None else int(y[i])) for i in range(len(x))]
 
 
@@ -95,23 +92,10 @@ def from_contract_source(contract: StepContract, path, limit: int | None = 20) -
     path = Path(path)
     if not path.is_file():
         raise RuntimeInputError(f"{path}: not found or not a regular file (expected an N-MNIST split list)")
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RuntimeInputError(f"{path}: cannot read the split list ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
     out: list[Recording] = []
-    for n, line in enumerate(lines, 1):
-        parts = line.split()
-        if not parts or line.lstrip().startswith("#"):
-            continue
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise RuntimeInputError(f"{path}:{n}: expected '<recording> <label>' (a name and a whole-number class)")
-        if "/" in parts[0] or "\\" in parts[0] or parts[0] in (".", ".."):
-            raise RuntimeInputError(f"{path}:{n}: recording names must not leave the list's folder")
-        if limit is not None and len(out) >= limit:
-            break
-        recs = from_events(path.parent / f"{parts[0]}.bs2", contract)
+    for name, label in read_split_list(path, RuntimeInputError)[:limit]:
+        recs = from_events(path.parent / f"{name}.bs2", contract)
         for r in recs:
-            r.label = int(parts[1])
+            r.label = label
         out.extend(recs)
     return out

@@ -295,9 +295,6 @@ class Learner:
     def train(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None, epochs: int = 1, seed: int = 0, progress=None) -> int:
         """Adapt on labelled recordings ``x`` ``[N, T, *frame]`` (``y`` ``[N]``), ``epochs`` passes in a seeded order."""
         x, y = np.asarray(x), np.asarray(y)
-        if x.dtype.kind not in "fiub":
-            raise AdaptationError(f"guard x must hold real numbers (float32), got {x.dtype}")
-        x = np.ascontiguousarray(x, np.float32)  # checked as float32: a float64 beyond its range is Inf here
         if x.ndim != len(self.frame_shape) + 2 or x.shape[2:] != self.frame_shape or len(x) == 0 or x.shape[1] == 0:
             raise AdaptationError(f"x must be [N, T, {', '.join(map(str, self.frame_shape))}] with N, T >= 1, got {list(x.shape)}")
         if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= self.classes:

@@ -17,6 +17,7 @@ import torch
 
 from ..runtime import events as events_io
 from ..runtime.errors import EventFileError
+from ..splitlist import read_split_list as split_list_rows
 from .dataset import DataError, SequenceDataset
 
 SENSOR = events_io.NMNIST_SENSOR
@@ -64,27 +65,9 @@ def events_to_frames(events: np.ndarray, steps: int, binning: str = "time", down
 
 
 def read_split_list(path, classes: int = 10) -> list[tuple[str, int]]:
-    """``sample<TAB>class`` lines after a ``#`` header: recording names beside the list (no folders) and classes
-    ``0 .. classes - 1``; anything else is refused with the line number (never the line's text)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a text split list (expected 'sample<TAB>class' lines)") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the split list ({exc.strerror or type(exc).__name__})") from None
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 6:
-            raise DataError(f"{path}:{n}: expected 'sample<TAB>class' (a recording name and a whole-number class)")
-        if int(parts[1]) >= classes:
-            raise DataError(f"{path}:{n}: class {int(parts[1])} is outside N-MNIST's 0..{classes - 1}")
-        if "/" in parts[0] or "\\" in parts[0] or parts[0] in (".", ".."):
-            raise DataError(f"{path}:{n}: recording names must not leave the list's folder")
-        rows.append((parts[0], int(parts[1])))
+    """``sample<TAB>class`` lines after a ``#`` header (:func:`fptt_edge.splitlist.read_split_list`), classes
+    ``0 .. classes - 1``; a list without recordings is refused."""
+    rows = split_list_rows(path, DataError, classes)
     if not rows:
         raise DataError(f"{path}: lists no recordings")
     return rows

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..npzfile import read_npz
+from ..npzfile import checked_lengths, read_npz
 from .dataset import DataError, SequenceDataset
 
 MAX_CLASSES = 100_000  # without a model to say how many, labels beyond this are taken for corrupt data
@@ -39,12 +39,7 @@ def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
         raise DataError(f"{path}: field 'y' labels must be in [0, {num_classes or MAX_CLASSES}), got range [{y.min()}, {y.max()}]")
     lengths: torch.Tensor | None = None
     if "lengths" in arrays:
-        given = arrays["lengths"]
-        if given.shape != (len(x),) or not np.issubdtype(given.dtype, np.integer):
-            raise DataError(f"{path}: field 'lengths' must be integer [N], got {given.dtype} {given.shape}")
-        if given.min() < 1 or given.max() > x.shape[1]:
-            raise DataError(f"{path}: field 'lengths' must lie in [1, T={x.shape[1]}]")
-        lengths = torch.from_numpy(given.astype(np.int64))
+        lengths = torch.from_numpy(checked_lengths(arrays["lengths"], len(x), x.shape[1], path, DataError))
     classes = int(num_classes or y.max() + 1)
     spec = {"task": "npz", "file": path.name, "steps": int(x.shape[1]), "shape": list(x.shape[2:]), "normalisation": "as provided"}
     return SequenceDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), [str(i) for i in range(max(classes, 2))], spec, lengths)

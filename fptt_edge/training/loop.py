@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - not POSIX: no run lock
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import check_weights, load_checkpoint, model_from_payload, save_checkpoint
+from ..checkpoint import check_weights, load_checkpoint, model_from_payload, plain_json, save_checkpoint
 from ..config import ModelConfig
 from ..data.dataset import SequenceDataset, split_validation
 from ..data.tasks import data_identity
@@ -351,7 +351,7 @@ def _resume_differences(payload: dict, model_config: ModelConfig, cfg: TrainConf
                    f"the run's epochs, so other --epochs would change the rates; --epochs may grow with --schedule constant or "
                    f"step with --milestones)")
     saved_data = payload.get("data")
-    if not (_plain(saved_data) and isinstance(saved_data, dict) and all(isinstance(saved_data.get(s), dict) for s in ("train", "test"))):
+    if not (plain_json(saved_data) and isinstance(saved_data, dict) and all(isinstance(saved_data.get(s), dict) for s in ("train", "test"))):
         raise TrainingError(f"{path}: records no usable identity of its training data (written by an older fptt-edge, or edited); "
                             f"--resume cannot check the data are the same. Start a new run (another --out)")
     for split in ("train", "test"):
@@ -394,17 +394,8 @@ def _dict_diff(old, new: dict) -> list[tuple]:
     return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new), key=str) if not _same(old.get(k), new.get(k))]
 
 
-def _plain(v) -> bool:
-    """JSON-like data only (what fptt-edge writes), so comparing and showing it cannot fail."""
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
-    if isinstance(v, (list, tuple)):
-        return all(_plain(x) for x in v)
-    return v is None or isinstance(v, (str, int, float, bool))
-
-
 def _same(a, b) -> bool:
-    return _plain(a) and _plain(b) and _normal(a) == _normal(b)
+    return plain_json(a) and plain_json(b) and _normal(a) == _normal(b)
 
 
 def _normal(v):
@@ -417,7 +408,7 @@ def _normal(v):
 
 
 def _show(v) -> str:
-    if not _plain(v):
+    if not plain_json(v):
         return f"<{type(v).__name__}>"
     text = repr(_normal(v))
     return text if len(text) <= 80 else text[:77] + "..."
@@ -464,17 +455,15 @@ def _load_trainer(trainer, state: dict, path) -> None:
             raise TrainingError(f"{path}: FPTT trace alpha/beta {traces.alpha}/{traces.beta} differ from the training config's")
         if not all(torch.isfinite(t).all() for t in traces.wbar + traces.lam):
             raise TrainingError(f"{path}: FPTT traces hold NaN or Inf")
-    for group in trainer.optimizer.param_groups:
+    for group, want in zip(trainer.optimizer.param_groups, made):
         if not all(_number(group.get(k)) for k in ("lr", "eps", "weight_decay")):
             raise TrainingError(f"{path}: optimiser lr, eps and weight_decay must be finite numbers")
         betas = group.get("betas")
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_number(b) and b < 1 for b in betas)):
             raise TrainingError(f"{path}: optimiser betas must be two numbers in [0, 1)")
-    for group, want in zip(trainer.optimizer.param_groups, made):
         flags = [k for k in OPTIMISER_FLAGS if group.get(k) != want[k]]
         if flags:
             raise TrainingError(f"{path}: optimiser options {', '.join(flags)} differ from what this training creates")
-    for group in trainer.optimizer.param_groups:
         for p in group["params"]:
             for key, value in trainer.optimizer.state.get(p, {}).items():
                 if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:

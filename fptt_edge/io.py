@@ -92,7 +92,7 @@ def _locked_temporary(path: Path) -> tuple[int, str]:
     """A new temporary file beside ``path`` (with the permissions ``path`` will have) and its descriptor, locked for as
     long as it is open."""
     while True:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_MARK}", suffix=".tmp", dir=path.parent)
         with contextlib.suppress(OSError):
             os.fchmod(fd, _mode_for(path))  # mkstemp makes 0600
         if fcntl is None:
@@ -103,14 +103,15 @@ def _locked_temporary(path: Path) -> tuple[int, str]:
         os.close(fd)  # another writer's clean-up removed it before the lock: make another
 
 
-_TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")  # what mkstemp(prefix=".<name>.", suffix=".tmp") makes
+_MARK = "fptt-edge-"  # a user's own ".<name>.XXXXXXXX.tmp" is never taken for ours
+_TEMPORARY = re.compile(r"\.(.+)\.fptt-edge-[a-z0-9_]{8}\.tmp")  # what mkstemp(prefix=".<name>.fptt-edge-", suffix=".tmp") makes
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Remove the ``.<name>.XXXXXXXX.tmp`` files of ``path`` that no live writer holds (a killed writer's leftovers)."""
+    """Remove the ``.<name>.fptt-edge-XXXXXXXX.tmp`` files of ``path`` that no live writer holds (a killed writer's leftovers)."""
     if fcntl is None:
         return
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{_MARK}*.tmp"):
         match = _TEMPORARY.fullmatch(tmp.name)
         if match is None or match.group(1) != path.name or tmp.is_symlink() or not tmp.is_file():
             continue

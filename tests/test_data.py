@@ -49,13 +49,18 @@ def test_npz_round_trip_and_errors(tmp_path):
     cases = {
         "missing_y": (dict(x=good["x"]), "missing field 'y'"),
         "x_2d": (dict(x=good["x"][:, :, 0], y=good["y"]), "field 'x' must be"),
-        "x_int": (dict(x=good["x"].astype(np.int32), y=good["y"]), "field 'x' must be floating"),
+        "x_complex": (dict(x=good["x"].astype(np.complex64), y=good["y"]), "field 'x' must hold real numbers"),
+        "x_str": (dict(x=good["x"].astype(str), y=good["y"]), "field 'x' must hold real numbers"),
         "x_nan": (dict(x=np.where(good["x"] > 0.9, np.nan, good["x"]).astype(np.float32), y=good["y"]), "field 'x' holds NaN"),
         "y_len": (dict(x=good["x"], y=good["y"][:3]), "field 'y' must be"),
         "y_float": (dict(x=good["x"], y=good["y"].astype(np.float32)), "integer labels"),
         "y_neg": (dict(x=good["x"], y=-good["y"] - 1), "labels must be in"),
         "lengths_big": (dict(x=good["x"], y=good["y"], lengths=good["lengths"] + 5), "field 'lengths'"),
     }
+    for dtype in (bool, np.uint8, np.int64):  # spikes and counts, as the device's reader takes them
+        np.savez(tmp_path / "cast.npz", x=good["x"] > 0.5 if dtype is bool else (good["x"] * 9).astype(dtype), y=good["y"])
+        cast = load_npz(tmp_path / "cast.npz").x
+        assert cast.dtype == torch.float32 and torch.equal(cast, torch.from_numpy(np.load(tmp_path / "cast.npz")["x"].astype(np.float32)))
     for name, (arrays, message) in cases.items():
         path = tmp_path / f"{name}.npz"
         np.savez(path, **arrays)

@@ -488,6 +488,7 @@ ONNX_CASES = {
     "state-missing-one": _onnx_meta(state=_state_edit(lambda s: s[1:])),
     "state-init-nan": _onnx_meta(state=_state_edit(lambda s: [dict(s[0], init=float("nan")), *s[1:]])),
     "state-init-inf": _onnx_meta(state=_state_edit(lambda s: [dict(s[0], init=float("inf")), *s[1:]])),
+    "state-init-beyond-float32": _onnx_meta(state=_state_edit(lambda s: [dict(s[0], init=1e308), *s[1:]])),
     "state-init-text": _onnx_meta(state=_state_edit(lambda s: [dict(s[0], init="zero"), *s[1:]])),
     "state-dtype-float64": _onnx_meta(state=_state_edit(lambda s: [dict(s[0], dtype="float64"), *s[1:]])),
     "state-extra-field": _onnx_meta(state=_state_edit(lambda s: [dict(s[0], evil=1), *s[1:]])),
@@ -594,7 +595,8 @@ NPZ_CASES = {
     "no-samples": _npz(x=_x(n=0), y=np.zeros(0, np.int64)),
     "nan": _npz(x=_x(fill=np.nan), y=Y4),
     "inf": _npz(x=_x(fill=np.inf), y=Y4),
-    "x-int": _npz(x=_x(dtype=np.int32), y=Y4),
+    "x-beyond-float32": _npz(x=_x(dtype=np.float64, fill=1e300), y=Y4),
+    "x-timedelta": _npz(x=_x(dtype="m8[s]"), y=Y4),
     "x-complex": _npz(x=_x(dtype=np.complex64), y=Y4),
     "x-text": _npz(x=lambda f: np.full((4, 5, *f), "1.0"), y=Y4),
     "x-object": lambda path, f: np.savez(path, x=np.empty((4, 5, *f), dtype=object), y=Y4),
@@ -948,10 +950,16 @@ def test_checksum_is_deterministic_and_verified(art, tmp_path):
     assert res.exit_code == 0, res.output
 
 
+def test_an_initial_state_beyond_float32_is_blamed_on_the_model_not_the_input(art, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    ONNX_CASES["state-init-beyond-float32"](art, bad)
+    refused_cli(["run", bad, "--npz", art.frames], tmp_path, art.root, expect="initial value")
+
+
 def test_stale_temporary_files_are_removed_on_the_next_write(tmp_path):
     from fptt_edge.io import write_bytes_atomic
 
-    stale = tmp_path / ".m.onnx.k1ll3d_x.tmp"
+    stale = tmp_path / ".m.onnx.fptt-edge-k1ll3d_x.tmp"
     stale.write_bytes(b"half")
     unrelated = tmp_path / "notes.tmp"
     unrelated.write_bytes(b"mine")

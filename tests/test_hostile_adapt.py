@@ -299,10 +299,11 @@ def test_a_write_removes_only_its_own_dead_writers_temporaries(tmp_path):
 
     from fptt_edge.io import write_bytes_atomic
 
-    dead = tmp_path / ".m.onnx.k1ll3d_x.tmp"  # a killed writer of m.onnx: nobody holds it
-    live = tmp_path / ".m.onnx.w0rk1ng_.tmp"  # a writer of m.onnx still at work
+    dead = tmp_path / ".m.onnx.fptt-edge-k1ll3d_x.tmp"  # a killed writer of m.onnx: nobody holds it
+    live = tmp_path / ".m.onnx.fptt-edge-w0rk1ng_.tmp"  # a writer of m.onnx still at work
     other = tmp_path / ".thesis.draft_v2.tmp"  # someone else's file of the same pattern, old
-    for p in (dead, live, other):
+    mine = tmp_path / ".m.onnx.backup01.tmp"  # a user's own file named like mkstemp's default, unheld
+    for p in (dead, live, other, mine):
         p.write_bytes(b"x")
     os.utime(other, (0, 0))
     with open(live, "rb") as held:
@@ -310,7 +311,7 @@ def test_a_write_removes_only_its_own_dead_writers_temporaries(tmp_path):
         write_bytes_atomic(tmp_path / "m.onnx", b"new")
         assert not dead.exists() and live.exists() and other.exists() and (tmp_path / "m.onnx").read_bytes() == b"new"
     write_bytes_atomic(tmp_path / "m.onnx", b"newer")  # the writer is gone now: its leftover goes
-    assert not live.exists() and other.exists()
+    assert not live.exists() and other.exists() and mine.read_bytes() == b"x"
 
 
 def test_adapt_without_json_draws_its_progress_and_commits(model, data):

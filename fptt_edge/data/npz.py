@@ -1,4 +1,4 @@
-"""A user's own data: ``.npz`` with ``x`` float32 ``[N, T, C]`` (or ``[N, T, ...]`` frames),
+"""A user's own data: ``.npz`` with ``x`` float32 (or bool/integer, cast) ``[N, T, C]`` (or ``[N, T, ...]`` frames),
 ``y`` integer labels ``[N]`` and optional ``lengths`` ``[N]`` (1 <= length <= T)."""
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
     x, y = arrays["x"], arrays["y"]
     if x.ndim < 3 or min(x.shape[1:]) < 1:
         raise DataError(f"{path}: field 'x' must be [N, T, C] or [N, T, ...] with T >= 1 steps and non-empty frames, got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(f"{path}: field 'x' must be floating point (float32), got {x.dtype}")
+    if x.dtype.kind not in "fiub":  # as the device's reader: bool spikes and integer counts are cast to float32
+        raise DataError(f"{path}: field 'x' must hold real numbers (float32; bool or integer are cast), got {x.dtype}")
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise DataError(f"{path}: field 'x' holds NaN or Inf values (as float32)")

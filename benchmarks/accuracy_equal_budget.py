@@ -28,7 +28,8 @@ BPTT makes T times fewer updates than FPTT. ``--lr-grid 1e-3 3e-3 1e-2 3e-2`` gi
 per task and method, every rate of the grid is trained on the tuning seeds (``--tune-seeds``, default
 100 101 102, apart from the reported seeds), the rate with the best mean validation accuracy is kept
 (the test set chooses nothing), and the reported seeds are trained at it. The tuning runs are listed
-beside the table.
+beside the table. ``--parts-grid 0 7 4`` adds FPTT's ``K`` (``--parts``; 0 is K = T, an update every step) to FPTT's grid,
+chosen the same way; BPTT has no K.
 
 Results go to ``--out``/results.json (every run as it finishes, so an interrupted benchmark keeps
 what it measured and ``--resume`` skips finished runs) and a markdown table on stdout.
@@ -66,8 +67,15 @@ def task_args(args) -> dict[str, dict]:
     return {k: v for k, v in tasks.items() if k in args.tasks}
 
 
-def run_folder(task: str, method: str, seed: int, args, lr: float | None = None) -> Path:
-    return Path(args.out) / (f"{task}-{method}-s{seed}" if lr is None else f"{task}-{method}-lr{lr:g}-s{seed}")
+def run_folder(task: str, method: str, seed: int, args, lr: float | None = None, parts: int | None = None) -> Path:
+    rate = "" if lr is None else f"-lr{lr:g}"
+    k = f"-K{parts}" if parts else ""  # K = T (0) is the default run, shared with a benchmark without --parts-grid
+    return Path(args.out) / f"{task}-{method}{rate}{k}-s{seed}"
+
+
+def setting_name(lr: float | None, parts: int | None) -> str:
+    """A grid point's key in results.json: the rate (``str``, as JSON writes a float key), and FPTT's K where one is set."""
+    return f"{lr}" + (f" K{parts}" if parts else "")
 
 
 class TrainFailed(RuntimeError):
@@ -83,17 +91,18 @@ class MixedResults(Exception):
     """``--resume`` found a run in ``--out`` that was trained with other options."""
 
 
-def train_options(task: str, spec: dict, method: str, seed: int, args, lr: float | None = None) -> list[str]:
+def train_options(task: str, spec: dict, method: str, seed: int, args, lr: float | None = None, parts: int | None = None) -> list[str]:
     """The ``fptt-edge train`` options of one run, but for its ``--out`` (the run's folder)."""
     rate = [] if lr is None else ["--lr", f"{lr:g}"]
+    k = ["--parts", str(parts)] if parts else []
     return [*spec["args"], "--method", method, "--epochs", str(spec["epochs"]), "--seed", str(seed), "--quiet",
-            "--checkpoint-interval", "0", *rate, *args.extra]
+            "--checkpoint-interval", "0", *rate, *k, *args.extra]
 
 
-def kept_run(task: str, spec: dict, method: str, seed: int, args, lr: float | None = None) -> bool:
+def kept_run(task: str, spec: dict, method: str, seed: int, args, lr: float | None = None, parts: int | None = None) -> bool:
     """With ``--resume``: whether this run's finished result is in ``--out``. Its ``DONE`` marker holds the options it
     was trained with; a result made with other options (another ``--extra``, epochs, subset) is refused, not mixed in."""
-    out = run_folder(task, method, seed, args, lr)
+    out = run_folder(task, method, seed, args, lr, parts)
     done, marker = out / "metrics.json", out / "DONE"
     if not (args.resume and done.is_file() and marker.is_file()):
         return False
@@ -102,21 +111,21 @@ def kept_run(task: str, spec: dict, method: str, seed: int, args, lr: float | No
         finished = bool(json.loads(done.read_text()).get("epochs"))
     except (OSError, ValueError, AttributeError):
         made_with, finished = None, False
-    if made_with != train_options(task, spec, method, seed, args, lr):
+    if made_with != train_options(task, spec, method, seed, args, lr, parts):
         described = " ".join(map(str, made_with)) if isinstance(made_with, list) else "unknown"
         raise MixedResults(f"{out} was trained with other options ({described}); "
                            "use another --out, or leave out --resume to train it again")
     return finished
 
 
-def run_one(task: str, spec: dict, method: str, seed: int, args, lr: float | None = None) -> dict:
-    out = run_folder(task, method, seed, args, lr)
+def run_one(task: str, spec: dict, method: str, seed: int, args, lr: float | None = None, parts: int | None = None) -> dict:
+    out = run_folder(task, method, seed, args, lr, parts)
     done = out / "metrics.json"
-    if kept_run(task, spec, method, seed, args, lr):
+    if kept_run(task, spec, method, seed, args, lr, parts):
         m = json.loads(done.read_text())
     else:
         shutil.rmtree(out, ignore_errors=True)
-        options = train_options(task, spec, method, seed, args, lr)
+        options = train_options(task, spec, method, seed, args, lr, parts)
         cmd = [sys.executable, "-m", "fptt_edge", "train", *options, "--out", str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         t0 = time.perf_counter()
@@ -127,7 +136,7 @@ def run_one(task: str, spec: dict, method: str, seed: int, args, lr: float | Non
         m["wall_s"] = round(time.perf_counter() - t0, 1)
         done.write_text(json.dumps(m, indent=2))
         (out / "DONE").write_text(json.dumps(options))
-    return {"task": task, "method": method, "seed": seed, "lr": lr, "epochs": spec["epochs"], "test_accuracy": m["test_accuracy"],
+    return {"task": task, "method": method, "seed": seed, "lr": lr, "parts": parts, "epochs": spec["epochs"], "test_accuracy": m["test_accuracy"],
             "val_accuracy": m["val_accuracy"], "train_accuracy": m["train_accuracy"], "selected_epoch": m["selected_epoch"],
             "last_test_accuracy": m["last_epoch"]["test_accuracy"], "last_train_accuracy": m["last_epoch"]["train_accuracy"],
             "online_accuracy": m["last_epoch"]["online_accuracy"],
@@ -188,7 +197,8 @@ def summarise(runs: list[dict]) -> dict:
         for method, rs in by_method.items():
             def ms(key):
                 return _mean_std([r[key] for r in rs])
-            row[method] = {"seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"], "lr": rs[0].get("lr"), "test": ms("test_accuracy"),
+            row[method] = {"seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"], "lr": rs[0].get("lr"), "parts": rs[0].get("parts"),
+                           "test": ms("test_accuracy"),
                            "last_test": ms("last_test_accuracy"), "train": ms("train_accuracy"), "train_time_s": ms("train_time_s")}
         if "fptt" in row and "bptt" in row:
             acc = {m: {r["seed"]: r["test_accuracy"] for r in by_method[m]} for m in ("fptt", "bptt")}
@@ -238,7 +248,8 @@ def markdown(table: dict) -> str:
         for method in ("fptt", "bptt"):
             if method in row:
                 r = row[method]
-                name = method.upper() + ("" if r.get("lr") is None else f" (lr {r['lr']:g})")
+                chosen = ([] if r.get("lr") is None else [f"lr {r['lr']:g}"]) + ([f"K {r['parts']}"] if r.get("parts") else [])
+                name = method.upper() + (f" ({', '.join(chosen)})" if chosen else "")
                 lines.append(f"| {task} | {r['epochs']} | {name} | {f(r['test'])} | {f(r['last_test'])} | {f(r['train'])} | "
                              f"{len(r['seeds'])} | {r['train_time_s']['mean']:.0f} s |")
         if "paired_difference" in row:
@@ -279,42 +290,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="Keep finished runs in --out (refused when made with other options).")
     parser.add_argument("--lr-grid", nargs="+", type=float, default=[],
                         help="Give each method its own learning rate: the one of these with the best validation accuracy on --tune-seeds.")
-    parser.add_argument("--tune-seeds", nargs="+", type=int, default=[100, 101, 102], help="The seeds --lr-grid chooses on.")
+    parser.add_argument("--parts-grid", nargs="+", type=int, default=[],
+                        help="FPTT's K (--parts; 0 = T) to choose from with the rate, on the same validation figures.")
+    parser.add_argument("--tune-seeds", nargs="+", type=int, default=[100, 101, 102], help="The seeds the grids choose on.")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="More fptt-edge train options for every run (last).")
     return parser.parse_args(argv)
 
 
 def choose_rates(runs: list[dict]) -> dict:
-    """Per task and method, every tried rate's validation (and, for the record, test) accuracy over the tuning seeds,
-    and the rate kept: the best mean validation accuracy (the first in the grid on a tie)."""
+    """Per task and method, every tried grid point's (rate, and FPTT's K with ``--parts-grid``) validation (and, for the
+    record, test) accuracy over the tuning seeds, and the point kept: the best mean validation accuracy (the first in
+    the grid on a tie). Keys are ``setting_name``s; each point records its ``lr`` and ``parts``."""
     out: dict = {}
     for r in runs:
         entry = out.setdefault(r["task"], {}).setdefault(r["method"], {"rates": {}, "failed": {}})
         if not r.get("failed") and r["val_accuracy"] is None:
-            raise ValueError(f"{r['task']} {r['method']} seed {r['seed']} has no validation accuracy: --lr-grid needs a validation split")
-        entry["failed" if r.get("failed") else "rates"].setdefault(r["lr"], []).append(r)
+            raise ValueError(f"{r['task']} {r['method']} seed {r['seed']} has no validation accuracy: the grids need a validation split")
+        entry["failed" if r.get("failed") else "rates"].setdefault(setting_name(r["lr"], r.get("parts")), []).append(r)
     for task, by_method in out.items():
         for method, entry in by_method.items():
-            failed = entry["failed"]  # a rate with a failed (diverged) run is out
-            entry["failed"] = {lr: {"seeds": [r["seed"] for r in rs], "reason": rs[0]["failed"]} for lr, rs in failed.items()}
-            entry["rates"] = {lr: {"seeds": [r["seed"] for r in rs], "val": _mean_std([r["val_accuracy"] for r in rs]),
-                                   "test": _mean_std([r["test_accuracy"] for r in rs])} for lr, rs in entry["rates"].items()}
-            usable = [lr for lr in entry["rates"] if lr not in failed]
+            failed = entry["failed"]  # a point with a failed (diverged) run is out
+            point = lambda rs: {"lr": rs[0]["lr"], "parts": rs[0].get("parts"), "seeds": [r["seed"] for r in rs]}  # noqa: E731
+            entry["failed"] = {k: {**point(rs), "reason": rs[0]["failed"]} for k, rs in failed.items()}
+            entry["rates"] = {k: {**point(rs), "val": _mean_std([r["val_accuracy"] for r in rs]),
+                                  "test": _mean_std([r["test_accuracy"] for r in rs])} for k, rs in entry["rates"].items()}
+            usable = [k for k in entry["rates"] if k not in failed]
             if not usable:
-                raise ValueError(f"{task} {method}: every rate of --lr-grid failed ({next(iter(entry['failed'].values()))['reason']})")
-            entry["chosen"] = max(usable, key=lambda lr: entry["rates"][lr]["val"]["mean"])
+                raise ValueError(f"{task} {method}: every point of the grid failed ({next(iter(entry['failed'].values()))['reason']})")
+            entry["chosen"] = max(usable, key=lambda k: entry["rates"][k]["val"]["mean"])
     return out
 
 
 def tuning_markdown(tuning: dict) -> str:
     lines = ["| task | method | lr | val acc (tuning seeds) | test acc (tuning seeds) | kept |", "|---|---|---|---|---|---|"]
+    label = lambda r: ("shared" if r["lr"] is None else f"{r['lr']:g}") + (f", K {r['parts']}" if r.get("parts") else "")  # noqa: E731
     for task, by_method in tuning.items():
         for method, entry in by_method.items():
-            for lr, r in entry["rates"].items():
-                lines.append(f"| {task} | {method.upper()} | {lr:g} | {r['val']['mean']:.3f} +- {r['val']['std']:.3f} | "
-                             f"{r['test']['mean']:.3f} +- {r['test']['std']:.3f} | {'yes' if lr == entry['chosen'] else ''} |")
-            for lr, r in entry["failed"].items():
-                lines.append(f"| {task} | {method.upper()} | {lr:g} | failed, seeds {' '.join(map(str, r['seeds']))}: {r['reason']} | | |")
+            for key, r in entry["rates"].items():
+                lines.append(f"| {task} | {method.upper()} | {label(r)} | {r['val']['mean']:.3f} +- {r['val']['std']:.3f} | "
+                             f"{r['test']['mean']:.3f} +- {r['test']['std']:.3f} | {'yes' if key == entry['chosen'] else ''} |")
+            for r in entry["failed"].values():
+                lines.append(f"| {task} | {method.upper()} | {label(r)} | failed, seeds {' '.join(map(str, r['seeds']))}: {r['reason']} | | |")
     return "\n".join(lines)
 
 
@@ -326,13 +342,22 @@ def main(argv: list[str] | None = None) -> None:
     if not all(0 < lr < float("inf") for lr in args.lr_grid) or len(set(args.lr_grid)) != len(args.lr_grid):
         print(f"error: --lr-grid takes distinct positive rates, got {' '.join(map(str, args.lr_grid))}", file=sys.stderr)
         sys.exit(2)
+    if args.parts_grid and ({"--parts", "-K"} & set(args.extra) or any(a.startswith(("--parts=", "-K")) for a in args.extra)):
+        print("error: --parts-grid chooses FPTT's K; leave --parts out of --extra", file=sys.stderr)
+        sys.exit(2)
+    if not all(0 <= k <= 100_000 for k in args.parts_grid) or len(set(args.parts_grid)) != len(args.parts_grid):
+        print(f"error: --parts-grid takes distinct K >= 0 (0 = T), got {' '.join(map(str, args.parts_grid))}", file=sys.stderr)
+        sys.exit(2)
     tasks = task_args(args)
-    grid = args.lr_grid or [None]
-    tune_jobs = [(t, spec, m, s, lr) for t, spec in tasks.items() for lr in args.lr_grid for s in args.tune_seeds for m in args.methods]
-    jobs = [(t, spec, m, s, lr) for t, spec in tasks.items() for s in args.seeds for m in args.methods for lr in grid]
-    try:  # refuse a mixed --out before anything runs (every rate a reported seed might be trained at)
+    tuned = bool(args.lr_grid or args.parts_grid)
+
+    def grid(method: str) -> list[tuple[float | None, int | None]]:
+        return [(lr, k) for lr in args.lr_grid or [None] for k in (args.parts_grid if method == "fptt" and args.parts_grid else [None])]
+    tune_jobs = [(t, spec, m, s, *g) for t, spec in tasks.items() for m in args.methods for g in grid(m) for s in args.tune_seeds] if tuned else []
+    jobs = [(t, spec, m, s, *g) for t, spec in tasks.items() for s in args.seeds for m in args.methods for g in grid(m)]
+    try:  # refuse a mixed --out before anything runs (every grid point a reported seed might be trained at)
         for job in tune_jobs + jobs:
-            kept_run(*job[:4], args, job[4])
+            kept_run(*job[:4], args, *job[4:])
     except MixedResults as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -349,17 +374,17 @@ def main(argv: list[str] | None = None) -> None:
 
     def one(job, into: list[dict], tuning_run: bool = False):
         try:
-            r = run_one(*job[:4], args, job[4])
+            r = run_one(*job[:4], args, *job[4:])
         except TrainFailed as exc:
-            if not (tuning_run or args.lr_grid):
-                raise  # at one shared rate a failed run is a broken benchmark, not a result
-            r = {"task": job[0], "method": job[2], "seed": job[3], "lr": job[4], "failed": exc.reason, "test_accuracy": None,
+            if not (tuning_run or tuned):
+                raise  # at one shared setting a failed run is a broken benchmark, not a result
+            r = {"task": job[0], "method": job[2], "seed": job[3], "lr": job[4], "parts": job[5], "failed": exc.reason, "test_accuracy": None,
                  "last_test_accuracy": None, "selected_epoch": None, "train_time_s": None}
             into = into if tuning_run else failed
         into.append(r)
         save()
-        print(json.dumps({k: r[k] for k in ("task", "method", "seed", "lr", "test_accuracy", "last_test_accuracy", "selected_epoch",
-                                            "train_time_s")}), file=sys.stderr, flush=True)
+        print(json.dumps({k: r.get(k) for k in ("task", "method", "seed", "lr", "parts", "test_accuracy", "last_test_accuracy",
+                                            "selected_epoch", "train_time_s")}), file=sys.stderr, flush=True)
         return r
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -370,16 +395,17 @@ def main(argv: list[str] | None = None) -> None:
             except ValueError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 sys.exit(2)
-            jobs = [j for j in jobs if j[4] == tuning[j[0]][j[2]]["chosen"]]
+            jobs = [j for j in jobs if setting_name(j[4], j[5]) == tuning[j[0]][j[2]]["chosen"]]
         list(pool.map(lambda j: one(j, runs), jobs))
     save()
     table = summarise(runs)
     print(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "out"}, "tuning": tuning, "table": table}, indent=2))
     print(markdown(table))
     for r in failed:
-        print(f"\nleft out: {r['task']} {r['method'].upper()} seed {r['seed']} at lr {r['lr']:g} failed: {r['failed']}")
+        k = f", K {r['parts']}" if r.get("parts") else ""
+        print(f"\nleft out: {r['task']} {r['method'].upper()} seed {r['seed']} at lr {r['lr']:g}{k} failed: {r['failed']}")
     if tuning:
-        print("\nLearning rates tried on the tuning seeds (`--lr-grid`), the kept one by mean validation accuracy:\n")
+        print("\nSettings tried on the tuning seeds (`--lr-grid`, `--parts-grid`), the kept one by mean validation accuracy:\n")
         print(tuning_markdown(tuning))
 
 

@@ -133,10 +133,10 @@ def _fake_train(calls: list, val_of, test_bonus=lambda lr: 0.0):
     def run(cmd, **_):
         opt = {k: v for k, v in zip(cmd, cmd[1:]) if k.startswith("--")}
         method, lr, seed = opt["--method"], float(opt["--lr"]), int(opt["--seed"])
-        calls.append((method, lr, seed))
+        calls.append((method, lr, seed) if "--parts" not in opt else (method, lr, seed, int(opt["--parts"])))
         out = Path(opt["--out"])
         out.mkdir(parents=True)
-        val = val_of(method, lr, seed)
+        val = val_of(method, lr, seed) if "--parts" not in opt else val_of(method, lr, seed, int(opt["--parts"]))
         test = val - 0.01 + test_bonus(lr)
         epoch = {"test_accuracy": test, "val_accuracy": val, "val_loss": 1.0, "train_time_s": 1.0}
         (out / "metrics.json").write_text(json.dumps({"epochs": [epoch], "test_accuracy": test, "val_accuracy": val,
@@ -159,7 +159,7 @@ def test_lr_grid_gives_each_method_the_rate_best_on_validation_over_the_tuning_s
     assert tuned == sorted((m, lr, s) for m in ("fptt", "bptt") for lr in (1e-3, 1e-2, 3e-2) for s in (100, 101))
     assert sorted(c for c in calls if c[2] < 100) == sorted([("fptt", 1e-3, 0), ("fptt", 1e-3, 1), ("bptt", 3e-2, 0), ("bptt", 3e-2, 1)])
     results = json.loads((tmp_path / "results.json").read_text())
-    assert {m: results["tuning"]["smnist_row"][m]["chosen"] for m in ("fptt", "bptt")} == best
+    assert {m: results["tuning"]["smnist_row"][m]["chosen"] for m in ("fptt", "bptt")} == {m: str(lr) for m, lr in best.items()}
     assert results["tuning"]["smnist_row"]["bptt"]["rates"]["0.01"]["val"]["mean"] == pytest.approx(0.575)
     assert {(r["method"], r["lr"], r["seed"]) for r in results["runs"]} == {("fptt", 1e-3, 0), ("fptt", 1e-3, 1), ("bptt", 3e-2, 0),
                                                                             ("bptt", 3e-2, 1)}
@@ -173,7 +173,7 @@ def test_lr_grid_ties_keep_the_first_rate_and_resume_retrains_nothing(tmp_path, 
     argv = ["--tasks", "nmnist", "smnist_row", "--methods", "fptt", "--seeds", "0", "--tune-seeds", "100", "--lr-grid", "3e-3", "1e-3",
             "--out", str(tmp_path), "--resume"]
     bench.main(argv)
-    assert json.loads((tmp_path / "results.json").read_text())["tuning"]["smnist_row"]["fptt"]["chosen"] == 3e-3
+    assert json.loads((tmp_path / "results.json").read_text())["tuning"]["smnist_row"]["fptt"]["chosen"] == "0.003"
     _main(monkeypatch, argv)  # every run kept
 
 
@@ -193,7 +193,7 @@ def test_lr_grid_without_a_validation_split_is_refused(tmp_path, monkeypatch, ca
     with pytest.raises(SystemExit) as exc:
         bench.main(["--tasks", "smnist_row", "--methods", "fptt", "--tune-seeds", "100", "--lr-grid", "1e-3", "--out", str(tmp_path),
                     "--extra", "--val-fraction", "0"])
-    assert exc.value.code == 2 and "needs a validation split" in capsys.readouterr().err
+    assert exc.value.code == 2 and "need a validation split" in capsys.readouterr().err
 
 
 def test_a_rate_that_fails_on_any_tuning_seed_is_left_out_and_reported(tmp_path, monkeypatch, capsys):
@@ -209,12 +209,13 @@ def test_a_rate_that_fails_on_any_tuning_seed_is_left_out_and_reported(tmp_path,
             "--out", str(tmp_path)]
     bench.main(argv)
     tuning = json.loads((tmp_path / "results.json").read_text())["tuning"]["smnist_row"]["fptt"]
-    assert tuning["chosen"] == 1e-2 and tuning["failed"] == {"1.0": {"seeds": [101], "reason": "error: training diverged (loss is nan)"}}
+    assert tuning["chosen"] == "0.01"
+    assert tuning["failed"] == {"1.0": {"lr": 1.0, "parts": None, "seeds": [101], "reason": "error: training diverged (loss is nan)"}}
     assert "| smnist_row | FPTT | 1 | failed, seeds 101: error: training diverged (loss is nan) | | |" in capsys.readouterr().out
     monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: bench.subprocess.CompletedProcess(cmd, 1, "", "error: diverged\n"))
     with pytest.raises(SystemExit) as exc:  # no rate left
         bench.main([*argv[:-2], "--out", str(tmp_path / "all")])
-    assert exc.value.code == 2 and "every rate of --lr-grid failed (error: diverged)" in capsys.readouterr().err
+    assert exc.value.code == 2 and "every point of the grid failed (error: diverged)" in capsys.readouterr().err
 
 
 def test_with_lr_grid_a_reported_run_that_fails_is_listed_and_left_out(tmp_path, monkeypatch, capsys):
@@ -231,3 +232,32 @@ def test_with_lr_grid_a_reported_run_that_fails_is_listed_and_left_out(tmp_path,
     assert results["table"]["smnist_row"]["bptt"]["seeds"] == [0, 2] and results["table"]["smnist_row"]["fptt"]["seeds"] == [0, 1, 2]
     assert results["table"]["smnist_row"]["paired_difference"]["values"] == pytest.approx([0.0, 0.0])  # seeds both methods ran
     assert "left out: smnist_row BPTT seed 1 at lr 0.01 failed: error: training diverged (loss is nan)" in capsys.readouterr().out
+
+
+def test_parts_grid_gives_fptt_the_rate_and_k_best_on_validation_and_bptt_no_k(tmp_path, monkeypatch, capsys):
+    # FPTT best at (3e-2, K 7) on the mean validation figure; its test set would pick (1e-2, K = T); BPTT has no K
+    def val_of(m, lr, s, k=0):
+        return 0.7 if (m, lr, k) == ("fptt", 3e-2, 7) else 0.65 if (m, lr) == ("bptt", 1e-2) else 0.5
+    calls: list = []
+    monkeypatch.setattr(bench.subprocess, "run", _fake_train(calls, val_of, lambda lr: 0.4 if lr == 1e-2 else 0.0))
+    argv = ["--tasks", "smnist_row", "--seeds", "0", "--tune-seeds", "100", "--lr-grid", "1e-2", "3e-2", "--parts-grid", "0", "7",
+            "--out", str(tmp_path), "--resume"]
+    bench.main(argv)
+    assert sorted(c for c in calls if c[2] >= 100) == sorted([("fptt", 1e-2, 100), ("fptt", 1e-2, 100, 7), ("fptt", 3e-2, 100),
+                                                              ("fptt", 3e-2, 100, 7), ("bptt", 1e-2, 100), ("bptt", 3e-2, 100)])
+    assert sorted(c for c in calls if c[2] < 100) == [("bptt", 1e-2, 0), ("fptt", 3e-2, 0, 7)]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["tuning"]["smnist_row"]["fptt"]["chosen"] == "0.03 K7" and results["tuning"]["smnist_row"]["bptt"]["chosen"] == "0.01"
+    assert results["table"]["smnist_row"]["fptt"]["parts"] == 7 and results["table"]["smnist_row"]["bptt"]["parts"] is None
+    assert (tmp_path / "smnist_row-fptt-lr0.03-K7-s0").is_dir() and (tmp_path / "smnist_row-fptt-lr0.01-s100").is_dir()  # K = T: no K
+    out = capsys.readouterr().out
+    assert "| smnist_row | 12 | FPTT (lr 0.03, K 7) | 0.690 +- 0.000 |" in out and "| smnist_row | FPTT | 0.03, K 7 | 0.700 +- 0.000 |" in out
+    _main(monkeypatch, argv)  # --resume: every run kept
+
+
+@pytest.mark.parametrize("bad", [["--parts-grid", "0", "7", "--extra", "--parts", "4"], ["--parts-grid", "4", "--extra", "-K", "2"],
+                                 ["--parts-grid", "4", "--extra", "--parts=2"], ["--parts-grid=-1"], ["--parts-grid", "7", "7"]])
+def test_parts_grid_refuses_conflicting_or_absurd_k(tmp_path, monkeypatch, capsys, bad):
+    with pytest.raises(SystemExit) as exc:
+        _main(monkeypatch, ["--tasks", "smnist_row", "--out", str(tmp_path / "o"), *bad])
+    assert exc.value.code == 2 and capsys.readouterr().err.startswith("error: ") and not (tmp_path / "o").exists()

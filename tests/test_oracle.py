@@ -212,7 +212,7 @@ def test_compiled_oracle_equals_eager(with_lengths):
     assert float(eager.oracle.table.abs().sum()) > 0
     _assert_close(compiled.flat.flat.detach(), eager.flat.flat.detach(), cfg.lr)
     with pytest.raises(ValueError, match="oracle term needs"):
-        compiled.compiled(_batches(1)[0][0][:, 0], _batches(1)[0][1], torch.ones(B), compiled.model.initial_state(B))
+        compiled.compiled(_batches(1)[0][0][:, :1], _batches(1)[0][1], torch.ones(B), compiled.model.initial_state(B))
 
 
 def _data(n: int, seed: int):

@@ -1,7 +1,7 @@
 """One FPTT update as one compiled program (``torch.compile``), with the eager trainer as the fallback.
 
-The graph holds the whole per-step update of :class:`~fptt_edge.training.trainers.FPTTTrainer`:
-one forward step through the model (``torch.func.functional_call`` on per-parameter views of
+The graph holds the whole update of :class:`~fptt_edge.training.trainers.FPTTTrainer`, per step
+or per FPTT-K chunk: the forward through the chunk's steps (``torch.func.functional_call`` on per-parameter views of
 the flat weight buffer), the weighted cross-entropy, its gradient (``torch.func.grad``; the
 views' gradients concatenated into one flat gradient), the FPTT regulariser's gradient
 ``alpha W - (alpha Wbar + lam)``, clipping to ``clip`` over the flat gradient, Adamax (the
@@ -13,9 +13,10 @@ What keeps it one graph that never recompiles (see ``../shared/spec/compiled-fpt
 values that change every step (the Adamax step size ``-lr / (1 - beta1^t)``, computed in double
 on the host as ``torch.optim.Adamax`` does, and the per-sequence loss weights) are tensors
 filled in place; shapes are static, so one graph serves one batch size (other batch sizes,
-e.g. an epoch's short last batch, take the eager path). On CPU inductor's C++ wrapper is used
-and, after the first calls, guard evaluation is skipped (shapes, dtypes and the module never
-change inside one trainer). glibc's malloc trim/mmap thresholds are raised (the graph's
+e.g. an epoch's short last batch, take the eager path) and one chunk length (FPTT-K's shorter
+last chunk, where K does not divide T, compiles a second graph). On CPU inductor's C++ wrapper
+is used and, once a call shape has met the guards twice, guard evaluation is skipped (dtypes and
+the module never change inside one trainer). glibc's malloc trim/mmap thresholds are raised (the graph's
 temporaries otherwise cost page faults on every update).
 
 Agreement with the eager update: within float32 rounding (the compiled backward rounds
@@ -44,8 +45,8 @@ class CompileUnavailable(RuntimeError):
 
 def why_not_compiled(model: torch.nn.Module, device: torch.device, chunk: int, distributed: bool) -> str | None:
     """``None`` when the compiled update applies, else the reason it does not."""
-    if chunk != 1:
-        return "FPTT-K (more than one step per update) runs eagerly"
+    if chunk < 1:
+        return "no steps per update"
     if distributed:
         return "data-parallel training runs eagerly"
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
@@ -84,11 +85,14 @@ def _tune_malloc() -> None:
 
 
 class CompiledFPTTUpdate:
-    """The per-step update of an :class:`~fptt_edge.training.trainers.FPTTTrainer` (``parts`` = 0) as one graph.
+    """The update of an :class:`~fptt_edge.training.trainers.FPTTTrainer` as one graph: per step, or per chunk of
+    FPTT-K (backprop through the chunk's steps).
 
-    ``__call__(x_t, y, w, state) -> (logits_t, new_state)`` does one update from the step input
-    ``x_t`` ``[B, ...]``, labels ``y`` and per-sequence loss weights ``w`` ``[B]`` (the loss is
-    ``sum_i w_i CE_i / B``), starting from ``state`` (a :class:`~fptt_edge.model.NetState`).
+    ``__call__(x, y, w, state, pick=None) -> (logits, new_state)`` does one update from the chunk's input
+    ``x`` ``[B, L, ...]``, labels ``y`` and per-sequence loss weights ``w`` ``[B]`` (the loss is
+    ``sum_i w_i CE_i / B`` on the logits of each sequence's step ``pick_i`` of the chunk, the last one when
+    ``pick`` is ``None``), starting from ``state`` (a :class:`~fptt_edge.model.NetState`); ``logits``
+    are those picked. One graph per chunk length (a shorter last chunk compiles once more).
 
     With the trainer's oracle on (``cfg.oracle``), ``__call__`` takes ``extra`` = (soft targets
     ``q`` ``[B, C]``, weights ``1 - w`` ``[B]``) and the loss adds :meth:`OracleTargets.term`.
@@ -128,10 +132,11 @@ class CompiledFPTTUpdate:
             mode = "reduce-overhead"  # CUDA graphs
         self._fn = torch.compile(self._update, fullgraph=True, dynamic=False, options=options or None, mode=mode)
         self.calls = 0
+        self._calls_by_shape: dict[tuple, int] = {}  # guards are skipped only for a call shape already run twice
         self.n_state = len(model.state_names())
 
     # the traced function: no Python value in it may change between calls
-    def _update(self, weights, exp_avg, exp_inf, wbar, lam, step_size, x, y, w, *rest):
+    def _update(self, weights, exp_avg, exp_inf, wbar, lam, step_size, x, y, w, pick, *rest):
         from ..model import unflatten_state
 
         model, names, shapes, sizes = self.model, self.names, self.shapes, self.sizes
@@ -140,8 +145,8 @@ class CompiledFPTTUpdate:
         def loss_fn(views):
             params = dict(zip(names, views))
             st = unflatten_state(model, list(state))
-            logits, new = torch.func.functional_call(model, params, (x.unsqueeze(1), st))
-            picked = logits[:, -1]
+            logits, new = torch.func.functional_call(model, params, (x, st))
+            picked = logits[:, -1] if pick is None else logits[torch.arange(x.shape[0], device=x.device), pick]
             ce = F.cross_entropy(picked, y, reduction="none")
             loss = (w * ce).sum() / x.shape[0]
             if q is not None:
@@ -164,7 +169,7 @@ class CompiledFPTTUpdate:
             wbar.add_(lam, alpha=-self.beta / self.alpha)
         return (logits, *new_state)
 
-    def __call__(self, x, y, w, state, extra: tuple = ()):
+    def __call__(self, x, y, w, state, extra: tuple = (), pick: torch.Tensor | None = None):
         """``extra``: with the oracle term, (soft targets ``[B, C]``, their weights ``[B]``)."""
         if len(extra) != (2 if self.with_oracle else 0):
             raise ValueError("the oracle term needs (targets, weights), and only with the oracle on")
@@ -183,9 +188,14 @@ class CompiledFPTTUpdate:
         self.step_size.fill_(-(float(group["lr"]) / (1.0 - self.beta1 ** t)))
         traces = self.trainer.traces
         args = (self.weights, st["exp_avg"], st["exp_inf"], traces.wbar[0], traces.lam[0],
-                self.step_size, x, y, w, *extra, *state.tensors())
+                self.step_size, x, y, w, pick, *extra, *state.tensors())
+        shape = (tuple(x.shape), pick is None)
+        seen = self._calls_by_shape.get(shape, 0)
+        self._calls_by_shape[shape] = seen + 1
         out = None
-        if self.calls >= 2 and self.weights.device.type == "cpu":
+        # A new call shape (FPTT-K's shorter last chunk) meets the full guards, and compiles its graph, before any call of
+        # it runs with them skipped (then only the guards that tell the cached graphs apart run).
+        if seen >= 2 and self.weights.device.type == "cpu":
             try:
                 with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                     out = self._fn(*args)

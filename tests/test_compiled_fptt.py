@@ -19,6 +19,16 @@ pytestmark = pytest.mark.skipif(why_not_compiled(torch.nn.Linear(1, 1), torch.de
                                 reason="no compiler for torch.compile here")
 
 
+@pytest.fixture(autouse=True)
+def room_for_graphs():
+    """Every compiled trainer in this process adds graphs to one cache (the update's code object), whose limit (8) would
+    send later ones to eager without a word; the tests count graphs, so they would notice."""
+    import torch._dynamo.config
+
+    with torch._dynamo.config.patch(recompile_limit=64):
+        yield
+
+
 def _net(seed: int = 0) -> LTCNetwork:
     torch.manual_seed(seed)
     return LTCNetwork(ModelConfig(input_shape=(C,), num_classes=K, hidden=(12, 10)))
@@ -126,15 +136,9 @@ def _assert_buffers_close(got: dict, want: dict, noise: dict, updates: int) -> N
 def test_compiled_fptt_k_equals_eager(parts, with_lengths):
     """FPTT-K: one graph per chunk length (T = 10, K = 3: chunks of 4, 4 and 2 steps), backprop through the chunk;
     four batches, so the later ones run with guards skipped among two cached graphs."""
-    import torch._dynamo.config
     import torch._dynamo.utils as dynamo_utils
 
-    # every trainer in this process adds graphs to one cache, whose limit (8) would send this one eager
-    with torch._dynamo.config.patch(recompile_limit=64):
-        _check_fptt_k(parts, LENGTHS if with_lengths else None, dynamo_utils)
-
-
-def _check_fptt_k(parts: int, lengths, dynamo_utils) -> None:
+    lengths = LENGTHS if with_lengths else None
     cfg = TrainConfig(batch_size=B, parts=parts)
     compiled, eager, control = FPTTTrainer(_net(), cfg, compile=True), FPTTTrainer(_net(), cfg), FPTTTrainer(_net(), cfg)
     frames = dynamo_utils.counters["stats"]["unique_graphs"]

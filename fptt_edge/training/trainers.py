@@ -156,32 +156,34 @@ class FPTTTrainer:
 
     def _train_batch_compiled(self, update, x, y, lengths, generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The eager loop below, each chunk's update one call of the compiled graph (the same loss weights, picked
-        steps and oracle terms)."""
+        steps and oracle terms, computed for all chunks at once)."""
         batch, steps = x.shape[:2]
         chunk = steps_per_update(steps, self.cfg.parts)
-        parts = math.ceil(steps / chunk)
-        state = self.model.initial_state(batch, x.device, generator)
+        starts = torch.arange(0, steps, chunk, device=x.device).unsqueeze(1)  # [P, 1]: each chunk's first step t0
+        ends = (starts + chunk).clamp(max=steps)  # t1
+        parts = len(starts)
+        if lengths is None:
+            pick = alive = ends_here = None
+            weights = (ends.to(torch.float32) / steps).expand(parts, batch).contiguous()  # [P, B]
+        else:
+            last = lengths.unsqueeze(0) - 1  # [1, B]
+            pick = torch.minimum((last - starts).clamp(min=0), ends - starts - 1)  # [P, B]: the step of the chunk in the loss
+            alive = last >= starts
+            ends_here = (alive & (last < ends)).unsqueeze(2)  # [P, B, 1]
+            weights = alive.to(torch.float32) * (starts + pick + 1).to(torch.float32) / lengths.to(torch.float32)
         oracle = self.oracle
+        oracle_w = None if oracle is None else OracleTargets.early_weights(weights, alive)
+        xs = x.transpose(0, 1).contiguous() if chunk == 1 else None  # [T, B, ...]: one step's input, a contiguous view
+        state = self.model.initial_state(batch, x.device, generator)
         final = None
-        for part, t0 in enumerate(range(0, steps, chunk)):
-            t1 = min(steps, t0 + chunk)
-            xs = x[:, t0:t1].contiguous()
-            if lengths is None:
-                pick = alive = None
-                w = torch.full((batch,), t1 / steps, dtype=torch.float32, device=x.device)
-            else:
-                idx = (lengths - 1 - t0).clamp(0, t1 - t0 - 1)
-                alive = lengths - 1 >= t0
-                w = alive.to(torch.float32) * (t0 + idx + 1).to(torch.float32) / lengths.to(torch.float32)
-                pick = idx if chunk > 1 else None  # a one-step chunk has only the one step to pick
-            extra = () if oracle is None else (oracle.targets(y, part, parts), OracleTargets.early_weights(w, alive))
-            picked, state = update(xs, y, w, state, extra, pick=pick)
+        for i in range(parts):
+            t0 = i * chunk
+            x_i = xs[i].unsqueeze(1) if xs is not None else x[:, t0 : t0 + chunk].contiguous()
+            extra = () if oracle_w is None else (oracle.targets(y, i, parts), oracle_w[i])  # type: ignore[union-attr]
+            picked, state = update(x_i, y, weights[i], state, extra, pick=None if pick is None or chunk == 1 else pick[i])
             if oracle is not None:
-                oracle.observe(picked, y, part, parts, alive)
-            if lengths is None or final is None:
-                final = picked
-            else:
-                final = torch.where(((lengths - 1 >= t0) & (lengths - 1 < t1)).unsqueeze(1), picked, final)
+                oracle.observe(picked, y, i, parts, None if alive is None else alive[i])
+            final = picked if ends_here is None or final is None else torch.where(ends_here[i], picked, final)
         assert final is not None  # steps >= 1
         return F.cross_entropy(final, y, reduction="sum"), (final.argmax(1) == y).sum()
 

@@ -3,6 +3,8 @@ every step, the same weights, traces and Adamax moments within float32 rounding,
 per step, and the eager fall-back where it does not apply."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -225,3 +227,21 @@ def test_a_failing_compiler_falls_back_to_eager_without_changing_anything(monkey
     assert trainer.compiled is None and "no C++ compiler" in (trainer.compile_note or "")
     assert torch.equal(trainer.flat.flat, eager.flat.flat) and float(got[0]) == float(want[0])
     assert int(trainer.optimizer.state[trainer.flat.flat]["step"]) == T
+
+
+def test_metrics_say_how_the_updates_ran(tmp_path):
+    """A run with FPTT-K compiled (``--compile on``) trains through the graph and metrics.json says so; eager and BPTT
+    runs say eager / nothing."""
+    from fptt_edge.data.dataset import SequenceDataset
+    from fptt_edge.training import loop
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(16) % K
+    data = SequenceDataset((torch.rand(16, T, C, generator=g) < 0.5).float(), y, [str(i) for i in range(K)], {"task": "test-data"})
+    config = ModelConfig(input_shape=(C,), num_classes=K, hidden=(8,))
+    run = lambda name, **kw: loop.fit(config, TrainConfig(epochs=1, batch_size=B, val_fraction=0.0, **kw), data, data,  # noqa: E731
+                                      tmp_path / name, progress=False)
+    assert run("k", parts=3, compile="on")["fptt_update"] == "compiled"
+    assert run("eager", parts=3, compile="off")["fptt_update"] == "eager"
+    assert "fptt_update" not in run("bptt", method="bptt")
+    assert json.loads((tmp_path / "k" / "metrics.json").read_text())["fptt_update"] == "compiled"

@@ -193,7 +193,7 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
 
     def write_results() -> None:
         """``model.pt`` (the selected weights), ``metrics.json`` and ``curves.png`` from the history so far."""
-        metrics = _metrics_summary(history, cfg, model, train, test, val, ctx, pick)
+        metrics = _metrics_summary(history, cfg, model, train, test, val, ctx, pick, trainer)
         save_checkpoint(out / MODEL_FILE, {"kind": "model", **meta, "state_dict": best_state, "metrics": metrics})
         write_json_atomic(out / METRICS_FILE, metrics)
         plot_curves(history, out / PLOT_FILE, title=f"{train.input_spec.get('task', '')} - {cfg.method.upper()}")
@@ -263,7 +263,7 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
         ctx.barrier()
     if ran == 0 and history and ctx.is_main:  # resumed with nothing left to train (killed after the last save): finish the results
         write_results()
-    return _metrics_summary(history, cfg, model, train, test, val, ctx, pick)
+    return _metrics_summary(history, cfg, model, train, test, val, ctx, pick, trainer)
 
 
 class _Selection:
@@ -487,7 +487,15 @@ def _own_tensors(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _metrics_summary(history, cfg, model, train, test, val, ctx, pick: _Selection) -> dict:
+def _update_path(trainer) -> dict:
+    """FPTT: how its updates ran, ``compiled`` or ``eager`` (with the reason when compiling was asked for and refused)."""
+    if not hasattr(trainer, "compile_note"):
+        return {}
+    note = trainer.compile_note
+    return {"fptt_update": "compiled" if trainer.compiled is not None else "eager" + (f" ({note})" if note else "")}
+
+
+def _metrics_summary(history, cfg, model, train, test, val, ctx, pick: _Selection, trainer) -> dict:
     best = history[pick.index(history)]
     last = history[-1]
     keys = ("epoch", "online_accuracy", "train_accuracy", "val_accuracy", "test_accuracy", "test_loss")
@@ -510,6 +518,7 @@ def _metrics_summary(history, cfg, model, train, test, val, ctx, pick: _Selectio
         "test_samples": len(test),
         "train_scored_samples": min(len(train), cfg.train_eval_samples or len(train)),
         "world_size": ctx.world,
+        **_update_path(trainer),
         "parameters": sum(p.numel() for p in model.parameters()),
         "notes": {"online_accuracy": "FPTT/BPTT figure read during training (FPTT: after the weights were updated at every step of "
                                      "the very sequence with its label); not comparable with the others",

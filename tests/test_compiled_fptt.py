@@ -196,7 +196,7 @@ def test_an_eager_update_after_compiled_ones_takes_the_current_traces(compiled):
         flat.grad.zero_()
 
 
-def test_eager_fall_back_where_the_compiled_update_does_not_apply(compiled):
+def test_eager_fall_back_where_the_compiled_update_does_not_apply(compiled, monkeypatch):
     x, y = _batch(4)
     short = compiled.train_batch(x[:3], y[:3])  # another batch size: eager, no second graph
     assert torch.isfinite(short[0])
@@ -204,6 +204,11 @@ def test_eager_fall_back_where_the_compiled_update_does_not_apply(compiled):
     assert make_trainer(_net(), TrainConfig(compile="auto"), updates_planned=10**6).compile is True
     assert make_trainer(_net(), TrainConfig(parts=4, compile="auto"), updates_planned=10**6).compile is False  # FPTT-K: "on" only
     assert make_trainer(_net(), TrainConfig(parts=4, compile="on")).compile is True
+    long_chunks = FPTTTrainer(_net(), TrainConfig(batch_size=B, parts=1), compile=True)
+    with monkeypatch.context() as m:
+        m.setattr("fptt_edge.training.compiled.MAX_COMPILED_CHUNK", T - 1)  # K = 1: one chunk of T steps, one too many
+        long_chunks.train_batch(x, y)
+    assert long_chunks.compiled is None and "unrolls the chunk" in (long_chunks.compile_note or "")
     assert make_trainer(_net(), TrainConfig(method="bptt", compile="on")).__class__.__name__ == "BPTTTrainer"
 
 

@@ -234,6 +234,34 @@ def test_a_failing_compiler_falls_back_to_eager_without_changing_anything(monkey
     assert int(trainer.optimizer.state[trainer.flat.flat]["step"]) == T
 
 
+def test_a_chunk_length_that_fails_to_compile_sends_the_batch_eager_before_any_update(monkeypatch):
+    """FPTT-K with a shorter last chunk (T = 10, K = 3: 4, 4, 2 steps) whose graph fails to compile: the failure comes
+    before the batch's first update, so the batch runs eagerly from where it started (no chunk updated twice)."""
+    import fptt_edge.training.compiled as compiled_mod
+
+    real = torch.compile
+
+    def short_chunks_fail(fn, **kwargs):
+        compiled_fn = real(fn, **kwargs)
+
+        def call(*args):
+            if args[6].shape[1] == 2:  # x of the last, 2-step chunk
+                raise RuntimeError("inductor failed on this graph")
+            return compiled_fn(*args)
+        return call
+
+    monkeypatch.setattr(compiled_mod.torch, "compile", short_chunks_fail)
+    x, y = _batch(6)
+    cfg = TrainConfig(batch_size=B, parts=3)
+    trainer, eager = FPTTTrainer(_net(), cfg, compile=True), FPTTTrainer(_net(), cfg)
+    with pytest.warns(UserWarning, match="eager instead"):
+        got = trainer.train_batch(x, y, LENGTHS)
+    want = eager.train_batch(x, y, LENGTHS)
+    assert trainer.compiled is None and "inductor failed" in (trainer.compile_note or "")
+    assert torch.equal(trainer.flat.flat, eager.flat.flat) and float(got[0]) == float(want[0])
+    assert int(trainer.optimizer.state[trainer.flat.flat]["step"]) == 3 == int(eager.optimizer.state[eager.flat.flat]["step"])
+
+
 def test_metrics_say_how_the_updates_ran(tmp_path):
     """A run with FPTT-K compiled (``--compile on``) trains through the graph and metrics.json says so; eager and BPTT
     runs say eager / nothing."""

@@ -138,6 +138,7 @@ class CompiledFPTTUpdate:
         self._fn = torch.compile(self._update, fullgraph=True, dynamic=False, options=options or None, mode=mode)
         self.calls = 0
         self._calls_by_shape: dict[tuple, int] = {}  # guards are skipped only for a call shape already run twice
+        self._prepared: set[tuple] = set()  # call shapes compiled by prepare()
         self.n_state = len(model.state_names())
 
     # the traced function: no Python value in it may change between calls
@@ -173,6 +174,22 @@ class CompiledFPTTUpdate:
             wbar.lerp_(weights, self.beta)
             wbar.add_(lam, alpha=-self.beta / self.alpha)
         return (logits, *new_state)
+
+    def prepare(self, x, y, w, state, extra: tuple = (), pick: torch.Tensor | None = None) -> None:
+        """Compile the graph of this call shape by running it on copies of the buffers and ``state`` (nothing of the
+        trainer changes), so that a compiler failure raises :class:`CompileUnavailable` before a batch's first update,
+        not halfway through it (FPTT-K's shorter last chunk compiles a graph of its own)."""
+        shape = (tuple(x.shape), pick is None)
+        if shape in self._prepared:
+            return
+        traces = self.trainer.traces
+        copies = (self.weights.clone(), torch.zeros_like(self.weights), torch.zeros_like(self.weights), traces.wbar[0].clone(),
+                  traces.lam[0].clone(), torch.zeros_like(self.step_size))
+        try:
+            self._fn(*copies, x, y, w, pick, *extra, *(t.clone() for t in state.tensors()))
+        except Exception as exc:  # noqa: BLE001 - compiler failures vary (no compiler, unsupported op, ...)
+            raise CompileUnavailable(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
+        self._prepared.add(shape)
 
     def __call__(self, x, y, w, state, extra: tuple = (), pick: torch.Tensor | None = None):
         """``extra``: with the oracle term, (soft targets ``[B, C]``, their weights ``[B]``)."""

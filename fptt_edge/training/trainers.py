@@ -139,6 +139,7 @@ class FPTTTrainer:
         self.compile = cfg.compile == "on" if compile is None else compile
         self.compiled: CompiledFPTTUpdate | None = None
         self.compile_note: str | None = None  # why the update is not compiled, when asked for and refused
+        self._prepared: set[tuple] = set()  # batch shapes whose chunk lengths the compiled update has compiled
 
     def _compiled_update(self, x, chunk: int):
         """The compiled update for this batch, built on first use; ``None`` for the eager path."""
@@ -175,12 +176,21 @@ class FPTTTrainer:
         oracle_w = None if oracle is None else OracleTargets.early_weights(weights, alive)
         xs = x.transpose(0, 1).contiguous() if chunk == 1 else None  # [T, B, ...]: one step's input, a contiguous view
         state = self.model.initial_state(batch, x.device, generator)
+
+        def call(i: int) -> tuple:  # the arguments of chunk i's update
+            x_i = xs[i].unsqueeze(1) if xs is not None else x[:, i * chunk : (i + 1) * chunk].contiguous()
+            extra = () if oracle_w is None else (oracle.targets(y, i, parts), oracle_w[i])  # type: ignore[union-attr]
+            return x_i, weights[i], extra, None if pick is None or chunk == 1 else pick[i]
+        key = (tuple(x.shape), lengths is None)
+        if key not in self._prepared:  # every chunk length compiled before the first update (a failure: eager, nothing changed)
+            for i in {0, parts - 1}:
+                x_i, w_i, extra, pick_i = call(i)
+                update.prepare(x_i, y, w_i, state, extra, pick=pick_i)
+            self._prepared.add(key)
         final = None
         for i in range(parts):
-            t0 = i * chunk
-            x_i = xs[i].unsqueeze(1) if xs is not None else x[:, t0 : t0 + chunk].contiguous()
-            extra = () if oracle_w is None else (oracle.targets(y, i, parts), oracle_w[i])  # type: ignore[union-attr]
-            picked, state = update(x_i, y, weights[i], state, extra, pick=None if pick is None or chunk == 1 else pick[i])
+            x_i, w_i, extra, pick_i = call(i)
+            picked, state = update(x_i, y, w_i, state, extra, pick=pick_i)
             if oracle is not None:
                 oracle.observe(picked, y, i, parts, None if alive is None else alive[i])
             final = picked if ends_here is None or final is None else torch.where(ends_here[i], picked, final)
@@ -199,7 +209,7 @@ class FPTTTrainer:
             drawn = None if generator is None else generator.get_state()
             try:
                 return self._train_batch_compiled(update, x, y, lengths, generator)
-            except CompileUnavailable as exc:  # raised by the first call only, before anything changed: stay eager
+            except CompileUnavailable as exc:  # raised by prepare() or the first call, before anything changed: stay eager
                 warnings.warn(f"FPTT update not compiled, eager instead: {exc}", stacklevel=2)
                 self.compiled, self.compile_note = None, str(exc)
                 if generator is not None:

@@ -144,9 +144,6 @@ class StepContract:
         return contract
 
 
-_FLOAT32_MAX = 3.4028234663852886e38
-
-
 def _fail(source: str, what: str) -> NoReturn:
     raise ContractError(f"{source}: invalid fptt-edge metadata: {what}")
 
@@ -220,7 +217,7 @@ def _check_fields(c: StepContract, source: str) -> None:
         _check_shape(s.shape, f"state '{s.name}'", source)
         if s.shape[0] != c.input.shape[0]:
             _fail(source, f"state '{s.name}' has batch {s.shape[0]!r}, the input {c.input.shape[0]!r}")
-        if isinstance(s.init, bool) or not isinstance(s.init, (int, float)) or not math.isfinite(s.init) or abs(s.init) > _FLOAT32_MAX:
+        if isinstance(s.init, bool) or not isinstance(s.init, (int, float)) or not math.isfinite(s.init) or abs(s.init) > np.finfo(np.float32).max:
             _fail(source, f"state '{s.name}' initial value {str(s.init)[:20]!r} must be a finite number (as float32)")
         names += [s.name, s.output]
     if len(set(names)) != len(names):

@@ -88,6 +88,9 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
+_MARK = "fptt-edge-"  # in every temporary's name: a user's own ".<name>.XXXXXXXX.tmp" is never taken for ours
+
+
 def _locked_temporary(path: Path) -> tuple[int, str]:
     """A new temporary file beside ``path`` (with the permissions ``path`` will have) and its descriptor, locked for as
     long as it is open."""
@@ -103,7 +106,6 @@ def _locked_temporary(path: Path) -> tuple[int, str]:
         os.close(fd)  # another writer's clean-up removed it before the lock: make another
 
 
-_MARK = "fptt-edge-"  # a user's own ".<name>.XXXXXXXX.tmp" is never taken for ours
 _TEMPORARY = re.compile(r"\.(.+)\.fptt-edge-[a-z0-9_]{8}\.tmp")  # what mkstemp(prefix=".<name>.fptt-edge-", suffix=".tmp") makes
 
 

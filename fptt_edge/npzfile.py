@@ -50,6 +50,17 @@ def checked_lengths(lengths: np.ndarray, n: int, steps: int, path, error: type[E
     return lengths.astype(np.int64)
 
 
+def float32_x(x: np.ndarray, what: str, error: type[Exception] = NpzError) -> np.ndarray:
+    """``x`` of real numbers (float, or bool spikes and integer counts, cast) as contiguous float32, refused with
+    ``error`` naming ``what`` when another dtype, or NaN or Inf as float32 (a float64 beyond float32's range)."""
+    if x.dtype.kind not in "fiub":
+        raise error(f"{what} must hold real numbers (float32; bool or integer are cast), got {x.dtype}")
+    x = np.ascontiguousarray(x, np.float32)
+    if not np.isfinite(x).all():
+        raise error(f"{what} holds NaN or Inf (as float32)")
+    return x
+
+
 def _check_declared_sizes(path: Path) -> None:
     """Refuse members whose header declares more data than the archive holds for them, or Python objects."""
     if not zipfile.is_zipfile(path):

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..contract import StepContract
 from ..encoding import Encoding
-from ..npzfile import checked_lengths, read_npz
+from ..npzfile import checked_lengths, float32_x, read_npz
 from ..splitlist import read_split_list
 from .errors import EventFileError, RuntimeInputError
 from .events import read_events, read_gesture_labels
@@ -63,13 +63,9 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
     x, y, lengths = arrays["x"], arrays.get("y"), arrays.get("lengths")
     encoding = Encoding.from_dict(contract.input.encoding)  # validated with the contract
     frame = contract.input.frame_shape if encoding.kind == "none" else (encoding.channels,)
-    if x.dtype.kind not in "fiub":
-        raise RuntimeInputError(f"{path}: x must hold real numbers (float32), got {x.dtype}")
     if x.shape[-len(frame):] != frame or x.ndim not in (len(frame) + 1, len(frame) + 2) or 0 in x.shape:
         raise RuntimeInputError(f"{path}: x has shape {x.shape}; the model takes frames {frame} ([N, T >= 1, *frame] or [T, *frame])")
-    x = x.astype(np.float32) if x.ndim == len(frame) + 2 else x[None].astype(np.float32)
-    if not np.isfinite(x).all():
-        raise RuntimeInputError(f"{path}: x holds NaN or Inf")
+    x = float32_x(x if x.ndim == len(frame) + 2 else x[None], f"{path}: field 'x'", RuntimeInputError)
     x = encoding.encode(x)
     if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu"):
         raise RuntimeInputError(f"{path}: y must be [N = {len(x)}] integer labels, got {y.dtype} {list(y.shape)}")

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..contract import ContractError, StepContract, read_contract, verify_checksum
 from ..io import file_sha256
+from ..npzfile import float32_x
 from ..train_contract import TrainContract, read_train_contract
 from .adapted import AdaptedStore, Generation, store_dir
 from .errors import AdaptationError, RuntimeInputError
@@ -318,15 +319,11 @@ class Learner:
     # --- safety --------------------------------------------------------------------------------
     def _guard_arrays(self, x, y):
         x, y = np.asarray(x), np.asarray(y)
-        if x.dtype.kind not in "fiub":
-            raise AdaptationError(f"guard x must hold real numbers (float32), got {x.dtype}")
-        x = np.ascontiguousarray(x, np.float32)  # checked as float32: a float64 beyond its range is Inf here
+        x = float32_x(x, "guard x", AdaptationError)  # checked as float32: a float64 beyond its range is Inf here
         if x.ndim != len(self.frame_shape) + 2 or x.shape[2:] != self.frame_shape or len(x) == 0 or x.shape[1] == 0:
             raise AdaptationError(f"guard x must be [N, T, {', '.join(map(str, self.frame_shape))}], got {list(x.shape)}")
         if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= self.classes:
             raise AdaptationError(f"guard y must be [N] integer labels in 0..{self.classes - 1}")
-        if not np.isfinite(x).all():
-            raise AdaptationError("guard x holds NaN or Inf (as float32)")
         return x, y.astype(np.int64)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray | None = None, wbar: np.ndarray | None = None) -> GuardResult:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..npzfile import checked_lengths, read_npz
+from ..npzfile import checked_lengths, float32_x, read_npz
 from .dataset import DataError, SequenceDataset
 
 MAX_CLASSES = 100_000  # without a model to say how many, labels beyond this are taken for corrupt data
@@ -24,11 +24,7 @@ def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
     x, y = arrays["x"], arrays["y"]
     if x.ndim < 3 or min(x.shape[1:]) < 1:
         raise DataError(f"{path}: field 'x' must be [N, T, C] or [N, T, ...] with T >= 1 steps and non-empty frames, got shape {x.shape}")
-    if x.dtype.kind not in "fiub":  # as the device's reader: bool spikes and integer counts are cast to float32
-        raise DataError(f"{path}: field 'x' must hold real numbers (float32; bool or integer are cast), got {x.dtype}")
-    x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise DataError(f"{path}: field 'x' holds NaN or Inf values (as float32)")
+    x = float32_x(x, f"{path}: field 'x'", DataError)  # as the device's reader: bool spikes and integer counts are cast
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: field 'y' must be [N] with N = {len(x)}, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):

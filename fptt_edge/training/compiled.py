@@ -48,8 +48,6 @@ class CompileUnavailable(RuntimeError):
 
 def why_not_compiled(model: torch.nn.Module, device: torch.device, chunk: int, distributed: bool) -> str | None:
     """``None`` when the compiled update applies, else the reason it does not."""
-    if chunk < 1:
-        return "no steps per update"
     if chunk > MAX_COMPILED_CHUNK:
         return f"FPTT-K chunks of more than {MAX_COMPILED_CHUNK} steps run eagerly (the graph unrolls the chunk: {chunk} steps)"
     if distributed:
@@ -138,7 +136,6 @@ class CompiledFPTTUpdate:
         self._fn = torch.compile(self._update, fullgraph=True, dynamic=False, options=options or None, mode=mode)
         self.calls = 0
         self._calls_by_shape: dict[tuple, int] = {}  # guards are skipped only for a call shape already run twice
-        self._prepared: set[tuple] = set()  # call shapes compiled by prepare()
         self.n_state = len(model.state_names())
 
     # the traced function: no Python value in it may change between calls
@@ -179,17 +176,13 @@ class CompiledFPTTUpdate:
         """Compile the graph of this call shape by running it on copies of the buffers and ``state`` (nothing of the
         trainer changes), so that a compiler failure raises :class:`CompileUnavailable` before a batch's first update,
         not halfway through it (FPTT-K's shorter last chunk compiles a graph of its own)."""
-        shape = (tuple(x.shape), pick is None)
-        if shape in self._prepared:
-            return
         traces = self.trainer.traces
         copies = (self.weights.clone(), torch.zeros_like(self.weights), torch.zeros_like(self.weights), traces.wbar[0].clone(),
                   traces.lam[0].clone(), torch.zeros_like(self.step_size))
         try:
             self._fn(*copies, x, y, w, pick, *extra, *(t.clone() for t in state.tensors()))
         except Exception as exc:  # noqa: BLE001 - compiler failures vary (no compiler, unsupported op, ...)
-            raise CompileUnavailable(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
-        self._prepared.add(shape)
+            raise _compile_failed(exc) from exc
 
     def __call__(self, x, y, w, state, extra: tuple = (), pick: torch.Tensor | None = None):
         """``extra``: with the oracle term, (soft targets ``[B, C]``, their weights ``[B]``)."""
@@ -230,13 +223,18 @@ class CompiledFPTTUpdate:
                     out = self._fn(*args)
                 except Exception as exc:  # noqa: BLE001 - compiler failures vary (no compiler, unsupported op, ...)
                     step.sub_(1.0)  # nothing was updated
-                    raise CompileUnavailable(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
+                    raise _compile_failed(exc) from exc
             else:
                 out = self._fn(*args)
         self.calls += 1
         if self.fptt:
             traces.anchor_stale = True  # the graph leaves the eager path's cached alpha Wbar + lam alone
         return out[0], unflatten_state(self.model, list(out[1:]))
+
+
+def _compile_failed(exc: Exception) -> CompileUnavailable:
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return CompileUnavailable(f"torch.compile failed ({type(exc).__name__}: {first})")
 
 
 def try_compile(trainer: Any, batch: int) -> CompiledFPTTUpdate | None:

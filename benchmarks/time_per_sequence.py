@@ -12,6 +12,8 @@ Part ``update`` (the spec's setting: LTC-SNN with 1 input, hidden 256x2, 10 clas
 - ``fptt_compiled``: the same update as one compiled graph (:mod:`fptt_edge.training.compiled`);
 - ``plain_eager`` / ``plain_compiled``: a plain per-step update (forward, backward, Adamax; no
   regulariser, clipping or traces), the yardstick;
+- ``fptt_unclipped``: the compiled FPTT update without its clipping (not a training option): the
+  floor that reading and writing the two trace tensors alone sets over ``plain_compiled``;
 - ``reference``: FPTT structured as the authors' code is (a Python loop over the named
   parameters: the regulariser built into the loss, per-tensor clipping, Adamax, the trace
   update), re-implemented here so it runs side by side on the same machine;
@@ -239,6 +241,10 @@ def per_update(args, authors: dict | None = None) -> dict:
             plain = CompiledFPTTUpdate(pc, batch, fptt=False)
             compile_s["plain_compiled"] = _timed(lambda: pc._train_batch_compiled(plain, x, y, None, None))
             variants["plain_compiled"] = lambda x, y, pc=pc, plain=plain: pc._train_batch_compiled(plain, x, y, None, None)
+            uc = FPTTTrainer(fresh(), TrainConfig(batch_size=batch))
+            unclipped = CompiledFPTTUpdate(uc, batch, clipped=False)
+            compile_s["fptt_unclipped"] = _timed(lambda: uc._train_batch_compiled(unclipped, x, y, None, None))
+            variants["fptt_unclipped"] = lambda x, y, uc=uc, unclipped=unclipped: uc._train_batch_compiled(unclipped, x, y, None, None)
         variants["plain_eager"] = PlainEager(fresh()).train_batch
         if not args.no_reference:
             variants["reference"] = Reference(fresh(), TrainConfig()).train_batch
@@ -260,6 +266,7 @@ def per_update(args, authors: dict | None = None) -> dict:
                      "compile_s": {k: round(v, 1) for k, v in compile_s.items()}}
         if "fptt_compiled" in ms:
             row["fptt_compiled_over_plain_compiled"] = round(ms["fptt_compiled"] / ms["plain_compiled"], 3)
+            row["fptt_unclipped_over_plain_compiled"] = round(ms["fptt_unclipped"] / ms["plain_compiled"], 3)
             row["fptt_eager_over_fptt_compiled"] = round(ms["fptt_eager"] / ms["fptt_compiled"], 2)
             if "reference" in ms:
                 row["reference_over_fptt_compiled"] = round(ms["reference"] / ms["fptt_compiled"], 2)

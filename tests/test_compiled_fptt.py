@@ -3,6 +3,7 @@ every step, the same weights, traces and Adamax moments within float32 rounding,
 per step, and the eager fall-back where it does not apply."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -159,6 +160,31 @@ def test_compiled_fptt_k_equals_eager(parts, with_lengths):
     assert float((compiled.flat.flat - FPTTTrainer(_net(), cfg).flat.flat).detach().abs().max()) > 1e-3, "vacuous: nothing learned"
 
 
+@pytest.mark.parametrize("beta", [0.3, 1.0])
+def test_compiled_traces_equal_eager_at_other_betas(beta):
+    """The graph carries (A, lam) instead of (Wbar, lam); at beta != 0.5 its anchor update keeps the alpha (2 beta - 1) W
+    term that the default drops. One update each from the same moved-on state (weights, traces, Adamax moments after an
+    eager batch), so rounding has no room to grow (over many updates at beta 0.3 it does, on either path)."""
+    cfg = TrainConfig(batch_size=B, beta=beta)
+    compiled, eager, control = FPTTTrainer(_net(), cfg, compile=True), FPTTTrainer(_net(), cfg), FPTTTrainer(_net(), cfg)
+    x, y = _batch(20)
+    eager.train_batch(x, y)
+    for other in (compiled, control):
+        with torch.no_grad():
+            other.flat.flat.copy_(eager.flat.flat)
+        other.traces.load_state_dict(eager.traces.state_dict())
+        other.optimizer.load_state_dict(copy.deepcopy(eager.optimizer.state_dict()))  # (loading shares the moment tensors)
+    x, y = _batch(21)
+    x = x[:, :1]  # a one-step sequence: one update
+    rev = torch.arange(B).flip(0)
+    compiled.train_batch(x, y)
+    eager.train_batch(x, y)
+    control.train_batch(x[rev], y[rev])
+    assert compiled.compiled is not None, compiled.compile_note
+    _assert_buffers_close(_buffers(compiled), _buffers(eager), _buffers(control), updates=1)
+    assert float((compiled.traces.wbar[0] - compiled.flat.flat).detach().abs().max()) > 1e-4, "vacuous: Wbar = W"
+
+
 def test_compiled_train_batch_reports_like_eager_and_never_recompiles(compiled):
     import torch._dynamo.utils as dynamo_utils
 
@@ -181,8 +207,8 @@ def test_compiled_train_batch_reports_like_eager_and_never_recompiles(compiled):
 
 
 def test_an_eager_update_after_compiled_ones_takes_the_current_traces(compiled):
-    """The graph updates lam and Wbar without the eager path's kept alpha Wbar + lam; an eager
-    update that follows (a short last batch) must still take dR/dW = alpha (W - Wbar) - lam."""
+    """The graph moves (A, lam) on and leaves Wbar to be rebuilt; an eager update that follows (a short last batch)
+    must still take dR/dW = alpha (W - Wbar) - lam."""
     x, y = _batch(5)
     _reset(compiled, FPTTTrainer(_net(), TrainConfig(batch_size=B)))
     compiled.train_batch(x, y)

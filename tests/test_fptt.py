@@ -34,6 +34,43 @@ def test_trace_update_closed_form_by_hand():
     assert w.item() == pytest.approx(4.5)
 
 
+@pytest.mark.parametrize("beta", [0.5, 0.3])
+def test_anchor_form_of_the_trace_update_equals_the_wbar_form(beta):
+    """The compiled update's recurrence on (A, lam), A = alpha Wbar + lam, written out here in float64 beside the eager
+    traces: after each step the eager Wbar, lam and the rebuilt Wbar = (A - lam) / alpha agree; a traces object moved on
+    through its anchor (as the graph does) reads that Wbar, and loading a state makes it current again."""
+    alpha = 0.1
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(50, dtype=torch.float64))
+    eager = FPTTTraces([w], alpha=alpha, beta=beta)
+    w2 = torch.nn.Parameter(w.detach().clone())
+    moved = FPTTTraces([w2], alpha=alpha, beta=beta)
+    for _ in range(5):
+        step = 0.1 * torch.randn(50, dtype=torch.float64)
+        with torch.no_grad():
+            w.add_(step)
+            w2.add_(step)
+        eager.update()
+        anchor, lam = moved.anchor_and_lam()
+        with torch.no_grad():
+            new_anchor = (1 - beta) * (2 * anchor - lam) + alpha * (2 * beta - 1) * w2
+            lam.copy_(anchor - alpha * w2)
+            anchor.copy_(new_anchor)
+        moved.moved_on()
+        torch.testing.assert_close(moved.lam[0], eager.lam[0])
+        torch.testing.assert_close(moved.wbar[0], eager.wbar[0])
+    assert float((eager.wbar[0] - w).abs().max()) > 0.01, "vacuous: Wbar = W"
+    moved.moved_on()
+    bad = {"alpha": alpha, "beta": beta, "wbar": [torch.zeros(50, dtype=torch.float64)], "lam": [torch.zeros(3, dtype=torch.float64)]}
+    with pytest.raises(ValueError, match="shape"):
+        moved.load_state_dict(bad)  # refused before anything is overwritten
+    torch.testing.assert_close(moved.lam[0], eager.lam[0])
+    torch.testing.assert_close(moved.wbar[0], eager.wbar[0])
+    moved.moved_on()
+    moved.load_state_dict(eager.state_dict())
+    assert torch.equal(moved.wbar[0], eager.wbar[0]) and torch.equal(moved.lam[0], eager.lam[0])
+
+
 def test_regularizer_grad_equals_autograd():
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s)) for s in ((3, 4), (5,), ())]

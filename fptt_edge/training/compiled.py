@@ -4,10 +4,11 @@ The graph holds the whole update of :class:`~fptt_edge.training.trainers.FPTTTra
 or per FPTT-K chunk: the forward through the chunk's steps (``torch.func.functional_call`` on per-parameter views of
 the flat weight buffer), the weighted cross-entropy, its gradient (``torch.func.grad``; the
 views' gradients concatenated into one flat gradient), the FPTT regulariser's gradient
-``alpha W - (alpha Wbar + lam)``, clipping to ``clip`` over the flat gradient, Adamax (the
-same arithmetic as ``torch.optim.Adamax``; its state tensors are the optimiser's own, so
-checkpoints, resume and the eager path share them) and the ``lam``/``Wbar`` update. Every
-buffer is updated in place.
+``alpha W - A`` (the anchor ``A = alpha Wbar + lam``), clipping to ``clip`` over the flat
+gradient, Adamax (the same arithmetic as ``torch.optim.Adamax``; its state tensors are the
+optimiser's own, so checkpoints, resume and the eager path share them) and the trace update,
+carried as ``(A, lam)`` (see :mod:`~fptt_edge.training.fptt`: the norm then reads one trace
+tensor, not two; ``Wbar`` is rebuilt when read). Every buffer is updated in place.
 
 What keeps it one graph that never recompiles (see ``../shared/spec/compiled-fptt-update.md``):
 values that change every step (the Adamax step size ``-lr / (1 - beta1^t)``, computed in double
@@ -101,11 +102,12 @@ class CompiledFPTTUpdate:
     ``q`` ``[B, C]``, weights ``1 - w`` ``[B]``) and the loss adds :meth:`OracleTargets.term`.
 
     ``fptt=False`` leaves out the regulariser, the clipping, the traces and the oracle: a plain
-    per-step Adamax update, the yardstick ``benchmarks/time_per_sequence.py`` compares with.
+    per-step Adamax update, the yardstick ``benchmarks/time_per_sequence.py`` compares with;
+    ``clipped=False`` (that benchmark's floor, not a training option) leaves out only the clipping.
     """
 
-    def __init__(self, trainer: Any, batch: int, fptt: bool = True):
-        self.trainer, self.batch, self.fptt = trainer, batch, fptt
+    def __init__(self, trainer: Any, batch: int, fptt: bool = True, clipped: bool = True):
+        self.trainer, self.batch, self.fptt, self.clipped = trainer, batch, fptt, fptt and clipped
         self.with_oracle = fptt and getattr(trainer, "oracle", None) is not None  # the soft-target term (training/oracle.py)
         model = trainer.model
         self.model = model
@@ -139,7 +141,7 @@ class CompiledFPTTUpdate:
         self.n_state = len(model.state_names())
 
     # the traced function: no Python value in it may change between calls
-    def _update(self, weights, exp_avg, exp_inf, wbar, lam, step_size, x, y, w, pick, *rest):
+    def _update(self, weights, exp_avg, exp_inf, anchor, lam, step_size, x, y, w, pick, *rest):
         from ..model import unflatten_state
 
         model, names, shapes, sizes = self.model, self.names, self.shapes, self.sizes
@@ -159,26 +161,30 @@ class CompiledFPTTUpdate:
         views = [v.view(s) for v, s in zip(torch.split(weights, sizes), shapes)]
         grads, (logits, new_state) = torch.func.grad(loss_fn, has_aux=True)(views)
         g = torch.cat([t.reshape(-1) for t in grads])
+        alpha, beta = self.alpha, self.beta
         if self.fptt:
-            g = g + self.alpha * weights - (lam + self.alpha * wbar)  # + dR/dW
+            g = g + (alpha * weights - anchor)  # + dR/dW
+        if self.clipped:
             norm = blocked_norm(g)
             g = g * torch.clamp(self.clip / (norm + 1e-6), max=1.0)
         exp_avg.lerp_(g, 1.0 - self.beta1)
         exp_inf.copy_(torch.maximum(exp_inf * self.beta2, g.abs() + self.eps))
         weights.add_(step_size * exp_avg / exp_inf)
-        if self.fptt:
-            lam.add_(weights - wbar, alpha=-self.alpha)
-            wbar.lerp_(weights, self.beta)
-            wbar.add_(lam, alpha=-self.beta / self.alpha)
+        if self.fptt:  # (A, lam) <- ((1 - beta) (2 A - lam) + alpha (2 beta - 1) W, A - alpha W), W the new weights
+            new_anchor = (1.0 - beta) * (2.0 * anchor - lam)
+            if 2.0 * beta != 1.0:  # the default beta 0.5 drops the term
+                new_anchor = new_anchor + alpha * (2.0 * beta - 1.0) * weights
+            lam.copy_(anchor - alpha * weights)
+            anchor.copy_(new_anchor)
         return (logits, *new_state)
 
     def prepare(self, x, y, w, state, extra: tuple = (), pick: torch.Tensor | None = None) -> None:
         """Compile the graph of this call shape by running it on copies of the buffers and ``state`` (nothing of the
         trainer changes), so that a compiler failure raises :class:`CompileUnavailable` before a batch's first update,
         not halfway through it (FPTT-K's shorter last chunk compiles a graph of its own)."""
-        traces = self.trainer.traces
-        copies = (self.weights.clone(), torch.zeros_like(self.weights), torch.zeros_like(self.weights), traces.wbar[0].clone(),
-                  traces.lam[0].clone(), torch.zeros_like(self.step_size))
+        anchor, lam = self.trainer.traces.anchor_and_lam()
+        copies = (self.weights.clone(), torch.zeros_like(self.weights), torch.zeros_like(self.weights), anchor.clone(),
+                  lam.clone(), torch.zeros_like(self.step_size))
         try:
             self._fn(*copies, x, y, w, pick, *extra, *(t.clone() for t in state.tensors()))
         except Exception as exc:  # noqa: BLE001 - compiler failures vary (no compiler, unsupported op, ...)
@@ -202,8 +208,8 @@ class CompiledFPTTUpdate:
         t = float(step)
         self.step_size.fill_(-(float(group["lr"]) / (1.0 - self.beta1 ** t)))
         traces = self.trainer.traces
-        args = (self.weights, st["exp_avg"], st["exp_inf"], traces.wbar[0], traces.lam[0],
-                self.step_size, x, y, w, pick, *extra, *state.tensors())
+        anchor, lam = traces.anchor_and_lam()
+        args = (self.weights, st["exp_avg"], st["exp_inf"], anchor, lam, self.step_size, x, y, w, pick, *extra, *state.tensors())
         shape = (tuple(x.shape), pick is None)
         seen = self._calls_by_shape.get(shape, 0)
         self._calls_by_shape[shape] = seen + 1
@@ -228,7 +234,7 @@ class CompiledFPTTUpdate:
                 out = self._fn(*args)
         self.calls += 1
         if self.fptt:
-            traces.anchor_stale = True  # the graph leaves the eager path's cached alpha Wbar + lam alone
+            traces.moved_on()  # Wbar is rebuilt from (A, lam) when next read
         return out[0], unflatten_state(self.model, list(out[1:]))
 
 

@@ -11,9 +11,17 @@ After each optimiser step, with the new ``W``::
 
 All updates are fused multi-tensor (``torch._foreach_*``) ops over every tensor at once (the
 trainer passes a single flat buffer holding all weights, so each is one kernel). Between trace
-updates ``alpha W - dR/dW = alpha Wbar + lam`` is constant and kept, so the regulariser's
-gradient costs one fused multiply-add per step. (The compiled update computes it from ``lam`` and
-``Wbar`` directly, one pass fewer over the weights, and marks the kept sum stale.)
+updates the anchor ``A = alpha Wbar + lam = alpha W - dR/dW`` is constant and kept, so the
+regulariser's gradient ``alpha W - A`` costs one fused multiply-add per step.
+
+The compiled update (:mod:`~fptt_edge.training.compiled`) carries ``(A, lam)`` instead of
+``(Wbar, lam)``: the same recurrence, with ``W`` the weights after the optimiser step::
+
+    lam <- A - alpha W
+    A   <- (1 - beta) (2 A - lam_old) + alpha (2 beta - 1) W
+
+so its clipping norm reads the anchor alone, not ``Wbar`` and ``lam`` (one pass fewer over the
+weights). ``Wbar = (A - lam) / alpha`` is rebuilt when it is next read.
 """
 from __future__ import annotations
 
@@ -31,19 +39,39 @@ class FPTTTraces:
         self.params = [p for p in params if p.requires_grad]
         self.alpha, self.beta = float(alpha), float(beta)
         with torch.no_grad():
-            self.wbar = [p.detach().clone() for p in self.params]
+            self._wbar = [p.detach().clone() for p in self.params]
             self.lam = [torch.zeros_like(p) for p in self.params]
             self._data = [p.detach() for p in self.params]  # storage-sharing views, made once (weights change in place)
             self._buf = [torch.empty_like(p) for p in self.params]
             self._anchor = [torch.empty_like(p) for p in self.params]  # alpha Wbar + lam
+            self._wbar_stale = False  # the compiled update moved (A, lam) on; Wbar is rebuilt from them when read
             self._refresh_anchor()
-        self.anchor_stale = False  # set by the compiled update, which changes lam and Wbar without it
+
+    @property
+    def wbar(self) -> list[torch.Tensor]:
+        """The running averages ``Wbar`` (rebuilt as ``(A - lam) / alpha`` after compiled updates)."""
+        if self._wbar_stale:
+            with torch.no_grad():
+                torch._foreach_copy_(self._wbar, self._anchor)
+                torch._foreach_sub_(self._wbar, self.lam)
+                torch._foreach_div_(self._wbar, self.alpha)
+            self._wbar_stale = False
+        return self._wbar
+
+    def anchor_and_lam(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, lam)`` of a single flat buffer, for the compiled update to change in place (then :meth:`moved_on`)."""
+        if len(self.params) != 1:
+            raise ValueError("the compiled update needs the traces of one flat buffer")
+        return self._anchor[0], self.lam[0]
+
+    def moved_on(self) -> None:
+        """The compiled update changed ``(A, lam)`` in place: ``Wbar`` is out of date until it is next read."""
+        self._wbar_stale = True
 
     @torch.no_grad()
     def _refresh_anchor(self) -> None:
         torch._foreach_copy_(self._anchor, self.lam)
         torch._foreach_add_(self._anchor, self.wbar, alpha=self.alpha)
-        self.anchor_stale = False
 
     def regularizer(self) -> torch.Tensor:
         """``R(W)`` as a differentiable scalar (for logging and checks; training adds its gradient directly)."""
@@ -53,8 +81,6 @@ class FPTTTraces:
     @torch.no_grad()
     def add_regularizer_grad(self) -> None:
         """``grad += alpha (W - Wbar) - lam = alpha W - (alpha Wbar + lam)`` for every tensor (grads must exist)."""
-        if self.anchor_stale:
-            self._refresh_anchor()
         grads = [p.grad for p in self.params]
         torch._foreach_add_(grads, self._data, alpha=self.alpha)
         torch._foreach_sub_(grads, self._anchor)
@@ -62,13 +88,13 @@ class FPTTTraces:
     @torch.no_grad()
     def update(self) -> None:
         """Trace update after an optimiser step."""
-        params = self._data
+        params, wbar = self._data, self.wbar
         diff = self._buf
         torch._foreach_copy_(diff, params)
-        torch._foreach_sub_(diff, self.wbar)  # W - Wbar
+        torch._foreach_sub_(diff, wbar)  # W - Wbar
         torch._foreach_add_(self.lam, diff, alpha=-self.alpha)
-        torch._foreach_lerp_(self.wbar, params, self.beta)  # (1 - beta) Wbar + beta W
-        torch._foreach_add_(self.wbar, self.lam, alpha=-self.beta / self.alpha)
+        torch._foreach_lerp_(wbar, params, self.beta)  # (1 - beta) Wbar + beta W
+        torch._foreach_add_(wbar, self.lam, alpha=-self.beta / self.alpha)
         self._refresh_anchor()
 
     @torch.no_grad()
@@ -83,9 +109,11 @@ class FPTTTraces:
     def load_state_dict(self, state: dict) -> None:
         if len(state["wbar"]) != len(self.params) or len(state["lam"]) != len(self.params):
             raise ValueError("FPTT trace state does not match the model's parameters")
-        for dst, src in zip(self.wbar + self.lam, list(state["wbar"]) + list(state["lam"])):
-            if dst.shape != src.shape:
-                raise ValueError("FPTT trace shape mismatch")
+        pairs = list(zip(self._wbar + self.lam, list(state["wbar"]) + list(state["lam"])))
+        if any(dst.shape != src.shape for dst, src in pairs):  # checked before anything is overwritten
+            raise ValueError("FPTT trace shape mismatch")
+        for dst, src in pairs:
             dst.copy_(src)
+        self._wbar_stale = False
         self.alpha, self.beta = float(state["alpha"]), float(state["beta"])
         self._refresh_anchor()

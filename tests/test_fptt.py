@@ -69,6 +69,10 @@ def test_anchor_form_of_the_trace_update_equals_the_wbar_form(beta):
     moved.moved_on()
     moved.load_state_dict(eager.state_dict())
     assert torch.equal(moved.wbar[0], eager.wbar[0]) and torch.equal(moved.lam[0], eager.lam[0])
+    older = {k: v for k, v in eager.state_dict().items() if k != "anchor"}  # a checkpoint from before the anchor was saved
+    moved.anchor_and_lam()[0].zero_()
+    moved.load_state_dict(older)
+    torch.testing.assert_close(moved.anchor_and_lam()[0], alpha * eager.wbar[0] + eager.lam[0])
 
 
 def test_regularizer_grad_equals_autograd():

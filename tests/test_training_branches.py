@@ -170,7 +170,7 @@ class Crash(Exception):
     pass
 
 
-def _recording_run(monkeypatch, out, crash_at=None, resume=False):
+def _recording_run(monkeypatch, out, crash_at=None, resume=False, compile="off"):
     """fit() with every batch recorded: its labels, inputs and the draw generator's state."""
     calls = []
     original = FPTTTrainer.train_batch
@@ -182,7 +182,7 @@ def _recording_run(monkeypatch, out, crash_at=None, resume=False):
         return original(self, x, y, lengths, generator)
 
     monkeypatch.setattr(FPTTTrainer, "train_batch", recorded)
-    cfg = TrainConfig(method="fptt", epochs=2, batch_size=8, checkpoint_interval=1e-9)
+    cfg = TrainConfig(method="fptt", epochs=2, batch_size=8, checkpoint_interval=1e-9, compile=compile)
     train, test = _data(40, 0), _data(12, 1)
     config = ModelConfig(input_shape=(C,), num_classes=K, hidden=(6,), initial_u="uniform")
     try:
@@ -193,16 +193,23 @@ def _recording_run(monkeypatch, out, crash_at=None, resume=False):
     return calls
 
 
-@pytest.mark.parametrize("crash_at", [4, 8])  # the process dies at batch 4 of epoch 1, or batch 3 of epoch 2
-def test_mid_epoch_resume_replays_the_same_batches_and_draws(tmp_path, monkeypatch, crash_at):
-    full = _recording_run(monkeypatch, tmp_path / "full")
+@pytest.mark.parametrize("crash_at,compile", [(4, "off"), (8, "off"), (8, "on")])  # dies at batch 4 of epoch 1, or 3 of epoch 2
+def test_mid_epoch_resume_replays_the_same_batches_and_draws(tmp_path, monkeypatch, crash_at, compile):
+    """... and ends with the same weights, bit for bit, also with the compiled update (whose trace state is saved as
+    it runs, not rebuilt)."""
+    if compile == "on":
+        from fptt_edge.training.compiled import why_not_compiled
+
+        if why_not_compiled(torch.nn.Linear(1, 1), torch.device("cpu"), 1, False) is not None:
+            pytest.skip("no compiler for torch.compile here")
+    full = _recording_run(monkeypatch, tmp_path / "full", compile=compile)
     assert len(full) == 10  # 2 epochs x 5 batches
     assert len({c[2] for c in full}) == 10 and len({tuple(c[0]) for c in full[:5]}) == 5, "vacuous: draws or batches repeat"
     assert [c[0] for c in full[:5]] != [c[0] for c in full[5:]], "vacuous: both epochs in one order"
-    before = _recording_run(monkeypatch, tmp_path / "cut", crash_at=crash_at)
+    before = _recording_run(monkeypatch, tmp_path / "cut", crash_at=crash_at, compile=compile)
     progress = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["progress"]
     assert (progress["epoch"], progress["batch"]) == divmod(crash_at - 1, 5)
-    after = _recording_run(monkeypatch, tmp_path / "cut", resume=True)
+    after = _recording_run(monkeypatch, tmp_path / "cut", resume=True, compile=compile)
     assert before == full[:crash_at - 1]
     assert after == full[crash_at - 1:], "the resumed run saw other batches or other random draws"
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)

@@ -103,17 +103,28 @@ class FPTTTraces:
         torch._foreach_copy_([p.data for p in self.params], self.wbar)
 
     def state_dict(self) -> dict:
-        return {"alpha": self.alpha, "beta": self.beta, "wbar": [t.clone() for t in self.wbar], "lam": [t.clone() for t in self.lam]}
+        """``Wbar`` and ``lam``, and the anchor ``A`` as it is (rebuilding it from the other two would round differently
+        from the compiled update's own, and a resumed run would no longer repeat the uninterrupted one bit for bit)."""
+        return {"alpha": self.alpha, "beta": self.beta, "wbar": [t.clone() for t in self.wbar], "lam": [t.clone() for t in self.lam],
+                "anchor": [t.clone() for t in self._anchor]}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        if len(state["wbar"]) != len(self.params) or len(state["lam"]) != len(self.params):
+        """A saved state; one without ``anchor`` (older checkpoints) gets ``A = alpha Wbar + lam``."""
+        names = ("wbar", "lam", "anchor") if "anchor" in state else ("wbar", "lam")
+        mine = {"wbar": self._wbar, "lam": self.lam, "anchor": self._anchor}
+        if any(len(state[n]) != len(self.params) for n in names):
             raise ValueError("FPTT trace state does not match the model's parameters")
-        pairs = list(zip(self._wbar + self.lam, list(state["wbar"]) + list(state["lam"])))
+        pairs = [(dst, src) for n in names for dst, src in zip(mine[n], state[n])]
         if any(dst.shape != src.shape for dst, src in pairs):  # checked before anything is overwritten
             raise ValueError("FPTT trace shape mismatch")
         for dst, src in pairs:
             dst.copy_(src)
         self._wbar_stale = False
         self.alpha, self.beta = float(state["alpha"]), float(state["beta"])
-        self._refresh_anchor()
+        if "anchor" not in state:
+            self._refresh_anchor()
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every trace tensor (``Wbar``, ``lam``, the anchor), e.g. for a finiteness check."""
+        return [*self.wbar, *self.lam, *self._anchor]

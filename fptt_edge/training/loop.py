@@ -453,7 +453,7 @@ def _load_trainer(trainer, state: dict, path) -> None:
     if traces is not None:
         if (traces.alpha, traces.beta) != (trainer.cfg.alpha, trainer.cfg.beta):
             raise TrainingError(f"{path}: FPTT trace alpha/beta {traces.alpha}/{traces.beta} differ from the training config's")
-        if not all(torch.isfinite(t).all() for t in traces.wbar + traces.lam):
+        if not all(torch.isfinite(t).all() for t in traces.tensors()):
             raise TrainingError(f"{path}: FPTT traces hold NaN or Inf")
     for group, want in zip(trainer.optimizer.param_groups, made):
         if not all(_number(group.get(k)) for k in ("lr", "eps", "weight_decay")):

@@ -22,16 +22,6 @@ pytestmark = pytest.mark.skipif(why_not_compiled(torch.nn.Linear(1, 1), torch.de
                                 reason="no compiler for torch.compile here")
 
 
-@pytest.fixture(autouse=True)
-def room_for_graphs():
-    """Every compiled trainer in this process adds graphs to one cache (the update's code object), whose limit (8) would
-    send later ones to eager without a word; the tests count graphs, so they would notice."""
-    import torch._dynamo.config
-
-    with torch._dynamo.config.patch(recompile_limit=64):
-        yield
-
-
 def _net(seed: int = 0) -> LTCNetwork:
     torch.manual_seed(seed)
     return LTCNetwork(ModelConfig(input_shape=(C,), num_classes=K, hidden=(12, 10)))
@@ -183,6 +173,21 @@ def test_compiled_traces_equal_eager_at_other_betas(beta):
     assert compiled.compiled is not None, compiled.compile_note
     _assert_buffers_close(_buffers(compiled), _buffers(eager), _buffers(control), updates=1)
     assert float((compiled.traces.wbar[0] - compiled.flat.flat).detach().abs().max()) > 1e-4, "vacuous: Wbar = W"
+
+
+def test_trainers_of_many_shapes_in_one_process_all_compile():
+    """Each compiled update has its own graphs and recompile limit (a copy of the code object): with the limit at 1, a
+    second trainer of another shape still compiles (sharing one code object it would hit the limit and go eager)."""
+    import torch._dynamo.config
+
+    x, y = _batch(7)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for hidden in ((5,), (7, 3)):
+            torch.manual_seed(0)
+            net = LTCNetwork(ModelConfig(input_shape=(C,), num_classes=K, hidden=hidden))
+            trainer = FPTTTrainer(net, TrainConfig(batch_size=B), compile=True)
+            trainer.train_batch(x, y)
+            assert trainer.compiled is not None, trainer.compile_note
 
 
 def test_compiled_train_batch_reports_like_eager_and_never_recompiles(compiled):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import shutil
+import types
 import warnings
 from typing import Any
 
@@ -135,7 +136,7 @@ class CompiledFPTTUpdate:
             _tune_malloc()
         else:
             mode = "reduce-overhead"  # CUDA graphs
-        self._fn = torch.compile(self._update, fullgraph=True, dynamic=False, options=options or None, mode=mode)
+        self._fn = torch.compile(_own_code(self._update), fullgraph=True, dynamic=False, options=options or None, mode=mode)
         self.calls = 0
         self._calls_by_shape: dict[tuple, int] = {}  # guards are skipped only for a call shape already run twice
         self.n_state = len(model.state_names())
@@ -236,6 +237,16 @@ class CompiledFPTTUpdate:
         if self.fptt:
             traces.moved_on()  # Wbar is rebuilt from (A, lam) when next read
         return out[0], unflatten_state(self.model, list(out[1:]))
+
+
+def _own_code(method: Any) -> Any:
+    """``method`` bound to a copy of its code object. Dynamo keeps compiled graphs, and counts them against its recompile
+    limit (8), per code object: with one shared ``_update``, a process that trains models of 8 shapes (a sweep, a
+    notebook) would get ``FailOnRecompileLimitHit`` and an eager update from the ninth on. A copy per instance gives each
+    trainer its own graphs and limit (they go when the trainer goes); inductor's on-disk cache still serves them."""
+    fn = method.__func__
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return types.MethodType(copy, method.__self__)
 
 
 def _compile_failed(exc: Exception) -> CompileUnavailable:

@@ -111,6 +111,7 @@ class FPTTTraces:
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
         """A saved state; one without ``anchor`` (older checkpoints) gets ``A = alpha Wbar + lam``."""
+        alpha, beta = float(state["alpha"]), float(state["beta"])
         names = ("wbar", "lam", "anchor") if "anchor" in state else ("wbar", "lam")
         mine = {"wbar": self._wbar, "lam": self.lam, "anchor": self._anchor}
         if any(len(state[n]) != len(self.params) for n in names):
@@ -121,7 +122,7 @@ class FPTTTraces:
         for dst, src in pairs:
             dst.copy_(src)
         self._wbar_stale = False
-        self.alpha, self.beta = float(state["alpha"]), float(state["beta"])
+        self.alpha, self.beta = alpha, beta
         if "anchor" not in state:
             self._refresh_anchor()
 

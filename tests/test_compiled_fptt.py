@@ -175,6 +175,33 @@ def test_compiled_traces_equal_eager_at_other_betas(beta):
     assert float((compiled.traces.wbar[0] - compiled.flat.flat).detach().abs().max()) > 1e-4, "vacuous: Wbar = W"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("parts,with_lengths", [(0, False), (3, True)])
+def test_compiled_update_on_cuda_runs_as_cuda_graphs_and_equals_eager(parts, with_lengths):
+    """On a GPU the graph runs as CUDA graphs (mode "reduce-overhead"): its in-place buffers are static addresses, so
+    cudagraph trees do not skip it, and each call's outputs are cloned before the next replay overwrites them (FPTT-K
+    with lengths keeps a chunk's logits across later calls)."""
+    import torch._dynamo.utils as dynamo_utils
+
+    dev = torch.device("cuda")
+    lengths = LENGTHS.to(dev) if with_lengths else None
+    cfg = TrainConfig(batch_size=B, parts=parts)
+    compiled, eager, control = (FPTTTrainer(_net().to(dev), cfg, compile=c) for c in (True, False, False))
+    skips = dynamo_utils.counters["inductor"]["cudagraph_skips"]
+    rev = torch.arange(B, device=dev).flip(0)
+    for i in range(3):
+        x, y = (t.to(dev) for t in _batch(30 + i))
+        got, want = compiled.train_batch(x, y, lengths), eager.train_batch(x, y, lengths)
+        control.train_batch(x[rev], y[rev], None if lengths is None else lengths[rev])
+        assert int(got[1]) == int(want[1]) and float(got[0]) == pytest.approx(float(want[0]), rel=1e-4, abs=1e-5), i
+    assert compiled.compiled is not None, compiled.compile_note
+    assert dynamo_utils.counters["inductor"]["cudagraph_skips"] == skips, "CUDA graphs were skipped"
+    updates = int(eager.optimizer.state[eager.flat.flat]["step"])
+    _assert_buffers_close({k: v.cpu() for k, v in _buffers(compiled).items()}, {k: v.cpu() for k, v in _buffers(eager).items()},
+                          {k: v.cpu() for k, v in _buffers(control).items()}, updates=updates)
+
+
 def test_trainers_of_many_shapes_in_one_process_all_compile():
     """Each compiled update has its own graphs and recompile limit (a copy of the code object): with the limit at 1, a
     second trainer of another shape still compiles (sharing one code object it would hit the limit and go eager)."""

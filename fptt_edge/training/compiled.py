@@ -135,7 +135,8 @@ class CompiledFPTTUpdate:
             options["cpp_wrapper"] = True
             _tune_malloc()
         else:
-            mode = "reduce-overhead"  # CUDA graphs
+            mode = "reduce-overhead"  # CUDA graphs (cudagraph trees; see _ready)
+        self.cuda_graphs = device.type == "cuda"
         self._fn = torch.compile(_own_code(self._update), fullgraph=True, dynamic=False, options=options or None, mode=mode)
         self.calls = 0
         self._calls_by_shape: dict[tuple, int] = {}  # guards are skipped only for a call shape already run twice
@@ -184,8 +185,8 @@ class CompiledFPTTUpdate:
         trainer changes), so that a compiler failure raises :class:`CompileUnavailable` before a batch's first update,
         not halfway through it (FPTT-K's shorter last chunk compiles a graph of its own)."""
         anchor, lam = self.trainer.traces.anchor_and_lam()
-        copies = (self.weights.clone(), torch.zeros_like(self.weights), torch.zeros_like(self.weights), anchor.clone(),
-                  lam.clone(), torch.zeros_like(self.step_size))
+        copies = self._ready((self.weights.clone(), torch.zeros_like(self.weights), torch.zeros_like(self.weights), anchor.clone(),
+                              lam.clone(), torch.zeros_like(self.step_size)))
         try:
             self._fn(*copies, x, y, w, pick, *extra, *(t.clone() for t in state.tensors()))
         except Exception as exc:  # noqa: BLE001 - compiler failures vary (no compiler, unsupported op, ...)
@@ -210,7 +211,8 @@ class CompiledFPTTUpdate:
         self.step_size.fill_(-(float(group["lr"]) / (1.0 - self.beta1 ** t)))
         traces = self.trainer.traces
         anchor, lam = traces.anchor_and_lam()
-        args = (self.weights, st["exp_avg"], st["exp_inf"], anchor, lam, self.step_size, x, y, w, pick, *extra, *state.tensors())
+        args = (*self._ready((self.weights, st["exp_avg"], st["exp_inf"], anchor, lam, self.step_size)), x, y, w, pick, *extra,
+                *state.tensors())
         shape = (tuple(x.shape), pick is None)
         seen = self._calls_by_shape.get(shape, 0)
         self._calls_by_shape[shape] = seen + 1
@@ -236,7 +238,19 @@ class CompiledFPTTUpdate:
         self.calls += 1
         if self.fptt:
             traces.moved_on()  # Wbar is rebuilt from (A, lam) when next read
+        if self.cuda_graphs:  # a CUDA graph's outputs live in its pool and the next replay overwrites them
+            out = tuple(t.clone() for t in out)
         return out[0], unflatten_state(self.model, list(out[1:]))
+
+    def _ready(self, buffers: tuple) -> tuple:
+        """The buffers the graph updates in place, ready for the call. On CUDA they are marked static addresses (without a
+        guard: another address re-records the CUDA graph, it does not recompile); cudagraph trees run a graph that mutates
+        any other input without CUDA graphs. A new step begins, so the previous call's outputs (cloned) may be overwritten."""
+        if self.cuda_graphs:
+            for t in buffers:
+                torch._dynamo.mark_static_address(t)
+            torch.compiler.cudagraph_mark_step_begin()
+        return buffers
 
 
 def _own_code(method: Any) -> Any:

@@ -180,7 +180,7 @@ def main():
               help="Training sequences re-scored like the test set after each epoch (the honest train accuracy; 0: all).")
 @click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="FPTT: run each update as one compiled graph (torch.compile; eager fall-back). auto: when the run is long enough "
-                   "to repay compiling (FPTT-K only with 'on': its graph unrolls the chunk).")
+                   "to repay compiling (FPTT-K: chunks of up to 8 steps on longer runs, as its graph unrolls the chunk; 'on' compiles any).")
 @click.option("--no-compile", "compile_mode", flag_value="off", help="The same as --compile off.")
 @click.option("--encoding", type=click.Choice(["none", "standardize", "delta", "standardize+delta"]), default="none", show_default=True,
               help="Analog channel data ([N, T, C]): per-channel standardisation and/or level-crossing ON/OFF spike channels, fitted on "

@@ -260,7 +260,12 @@ def test_eager_fall_back_where_the_compiled_update_does_not_apply(compiled, monk
     assert torch.isfinite(short[0])
     assert make_trainer(_net(), TrainConfig(compile="auto"), updates_planned=100).compile is False
     assert make_trainer(_net(), TrainConfig(compile="auto"), updates_planned=10**6).compile is True
-    assert make_trainer(_net(), TrainConfig(parts=4, compile="auto"), updates_planned=10**6).compile is False  # FPTT-K: "on" only
+    # FPTT-K (T = 28, K = 4: chunks of 7 steps) repays compiling only on longer runs; chunks of 28 never under "auto"
+    assert make_trainer(_net(), TrainConfig(parts=4, compile="auto"), updates_planned=10**6, steps=28).compile is True
+    assert make_trainer(_net(), TrainConfig(parts=4, compile="auto"), updates_planned=40_000, steps=28).compile is False
+    assert make_trainer(_net(), TrainConfig(compile="auto"), updates_planned=40_000, steps=28).compile is True
+    assert make_trainer(_net(), TrainConfig(parts=1, compile="auto"), updates_planned=10**9, steps=28).compile is False
+    assert make_trainer(_net(), TrainConfig(parts=4, compile="auto"), updates_planned=10**6).compile is False  # T not known
     assert make_trainer(_net(), TrainConfig(parts=4, compile="on")).compile is True
     long_chunks = FPTTTrainer(_net(), TrainConfig(batch_size=B, parts=1), compile=True)
     with monkeypatch.context() as m:
@@ -320,7 +325,7 @@ def test_a_chunk_length_that_fails_to_compile_sends_the_batch_eager_before_any_u
     assert int(trainer.optimizer.state[trainer.flat.flat]["step"]) == 3 == int(eager.optimizer.state[eager.flat.flat]["step"])
 
 
-def test_metrics_say_how_the_updates_ran(tmp_path):
+def test_metrics_say_how_the_updates_ran(tmp_path, monkeypatch):
     """A run with FPTT-K compiled (``--compile on``) trains through the graph and metrics.json says so; eager and BPTT
     runs say eager / nothing."""
     from fptt_edge.data.dataset import SequenceDataset
@@ -333,6 +338,9 @@ def test_metrics_say_how_the_updates_ran(tmp_path):
     run = lambda name, **kw: loop.fit(config, TrainConfig(epochs=1, batch_size=B, val_fraction=0.0, **kw), data, data,  # noqa: E731
                                       tmp_path / name, progress=False)
     assert run("k", parts=3, compile="on")["fptt_update"] == "compiled"
+    assert run("k-auto-short", parts=3, compile="auto")["fptt_update"] == "eager"  # 4 batches x 10 steps: too short to repay
+    monkeypatch.setattr("fptt_edge.training.compiled.AUTO_MIN_UPDATES", 10)  # the loop passes T, so "auto" sees chunks of 4
+    assert run("k-auto", parts=3, compile="auto")["fptt_update"] == "compiled"
     assert run("eager", parts=3, compile="off")["fptt_update"] == "eager"
     assert "fptt_update" not in run("bptt", method="bptt")
     assert json.loads((tmp_path / "k" / "metrics.json").read_text())["fptt_update"] == "compiled"

@@ -166,7 +166,7 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
         raise TrainingError(f"batch size {bs} is larger than the {n} training samples")
     if start_batch >= n_batches:
         raise TrainingError(f"{resume_path}: saved at batch {start_batch}, but an epoch of this data has {n_batches} batches")
-    trainer = make_trainer(model, cfg, net, updates_planned=(cfg.epochs - start_epoch) * n_batches * train.steps)
+    trainer = make_trainer(model, cfg, net, updates_planned=(cfg.epochs - start_epoch) * n_batches * train.steps, steps=train.steps)
     average = WeightAverage(cfg.ema_decay) if cfg.ema_decay > 0 else None
     if saved_progress is not None:
         _load_trainer(trainer, payload["trainer"], resume_path)

@@ -368,18 +368,18 @@ class BPTTTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def make_trainer(model: LTCNetwork, cfg: TrainConfig, net=None, updates_planned: int | None = None):
-    """The trainer for ``cfg.method``; with ``cfg.compile == "auto"`` FPTT's update is compiled when
-    ``updates_planned`` (FPTT updates left in the run) repays the compile time. FPTT-K is compiled only
-    with ``compile == "on"``: its graph unrolls the chunk, so compiling takes longer the longer the chunk
-    (23 s against 10 s for S-MNIST row's chunks of 7 steps), more than a short run saves."""
+def make_trainer(model: LTCNetwork, cfg: TrainConfig, net=None, updates_planned: int | None = None, steps: int | None = None):
+    """The trainer for ``cfg.method``; with ``cfg.compile == "auto"`` FPTT's update is compiled when the run
+    repays the compile time (:func:`~fptt_edge.training.compiled.auto_compiles`): ``updates_planned`` is the
+    run's batch-steps left (batches x sequence steps ``steps``; per-step FPTT makes one update each)."""
     if cfg.method != "fptt":
         return BPTTTrainer(model, cfg, net)
     compile = cfg.compile == "on"
     if cfg.compile == "auto":
-        from .compiled import AUTO_MIN_UPDATES
+        from .compiled import auto_compiles
 
-        compile = cfg.parts == 0 and updates_planned is not None and updates_planned >= AUTO_MIN_UPDATES
+        chunk = None if steps is None else steps_per_update(steps, cfg.parts)
+        compile = updates_planned is not None and auto_compiles(updates_planned, 1 if cfg.parts == 0 else chunk)
     return FPTTTrainer(model, cfg, net, compile=compile)
 
 

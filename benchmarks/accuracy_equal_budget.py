@@ -212,16 +212,21 @@ def _mean_std(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
 
 
+TIE = 1e-9  # accuracies are counts over the same test set: equal up to float rounding is a tie
+
+
 def comparison(fptt: dict[int, float], bptt: dict[int, float]) -> dict:
     """FPTT against BPTT from per-seed test accuracies: the goals (means, sample stds), the difference paired by seed
-    (same data split and order, which the seed-to-seed spread does not blur) with its interval, and the spread test."""
+    (same data split and order, which the seed-to-seed spread does not blur) with its interval and the seeds on which
+    FPTT is ahead, tied or behind, and the spread test."""
     f, b = list(fptt.values()), list(bptt.values())
     out: dict = {"goal_mean": statistics.fmean(f) >= statistics.fmean(b)}
     if len(f) > 1 and len(b) > 1:  # a spread needs two seeds per method
         out["goal_spread"] = _mean_std(f)["std"] <= _mean_std(b)["std"]
     diffs = [fptt[sd] - bptt[sd] for sd in sorted(fptt.keys() & bptt.keys())]
     if diffs:
-        out["paired_difference"] = {**_mean_std(diffs), **paired_interval(diffs)}
+        sides = {"ahead": sum(d > TIE for d in diffs), "tied": sum(abs(d) <= TIE for d in diffs), "behind": sum(d < -TIE for d in diffs)}
+        out["paired_difference"] = {**_mean_std(diffs), **paired_interval(diffs), "seeds": sides}
     return {**out, **spread_test(f, b)}
 
 
@@ -255,7 +260,9 @@ def markdown(table: dict) -> str:
         if "paired_difference" in row:
             pd = row["paired_difference"]
             ci = f" (95 % CI {pd['ci95'][0]:+.3f} .. {pd['ci95'][1]:+.3f})" if "ci95" in pd else ""
-            lines.append(f"| {task} | | FPTT - BPTT, paired by seed | {f(pd)}{ci} | | | | |")
+            sides = pd.get("seeds")
+            won = f"; FPTT ahead on {sides['ahead']}, tied on {sides['tied']}, behind on {sides['behind']}" if sides else ""
+            lines.append(f"| {task} | | FPTT - BPTT, paired by seed | {f(pd)}{ci}{won} | | | | |")
         if "goal_mean" in row:
             p = f", F-test p = {row['spread_p']:.2f}" if "spread_p" in row else ""
             spread = (f"{'met' if row['goal_spread'] else 'not met'} (FPTT / BPTT std {row['spread_ratio']:.2f}{p})"

@@ -50,8 +50,15 @@ def test_summary_reports_the_goals_with_the_tests_beside_them():
     row = bench.summarise(runs)["t"]
     assert row["goal_mean"] and not row["goal_spread"]
     assert row["paired_difference"]["values"] == pytest.approx([0.04, 0.04, 0.09])
+    assert row["paired_difference"]["seeds"] == {"ahead": 3, "tied": 0, "behind": 0}
     text = bench.markdown({"t": row})
     assert "mean met; spread not met" in text and "F-test p =" in text and "95 % CI" in text
+    assert "FPTT ahead on 3, tied on 0, behind on 0" in text
+
+
+def test_seeds_ahead_tied_and_behind_are_counted_with_float_ties():
+    fptt, bptt = {0: 0.8, 1: 0.7, 2: 0.9, 3: 0.1 + 0.2}, {0: 0.75, 1: 0.7, 2: 0.95, 3: 0.3}  # 0.1 + 0.2 != 0.3 in floats
+    assert bench.comparison(fptt, bptt)["paired_difference"]["seeds"] == {"ahead": 1, "tied": 2, "behind": 1}
 
 
 def _finished_run(folder: Path, options) -> None:

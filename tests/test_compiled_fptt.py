@@ -202,6 +202,27 @@ def test_compiled_update_on_cuda_runs_as_cuda_graphs_and_equals_eager(parts, wit
                           {k: v.cpu() for k, v in _buffers(control).items()}, updates=updates)
 
 
+def test_the_cuda_graph_bookkeeping_runs_and_changes_nothing_on_cpu():
+    """What the CUDA path adds (static-address marks, a step begun per call, outputs cloned), run on CPU: the APIs exist in
+    this torch, nothing recompiles, and FPTT-K with lengths (a chunk's logits kept across later calls) equals eager."""
+    import torch._dynamo.utils as dynamo_utils
+
+    cfg = TrainConfig(batch_size=B, parts=3)
+    compiled, eager = FPTTTrainer(_net(), cfg, compile=True), FPTTTrainer(_net(), cfg)
+    x, y = _batch(40)
+    compiled.train_batch(x, y, LENGTHS)
+    eager.train_batch(x, y, LENGTHS)
+    assert compiled.compiled is not None, compiled.compile_note
+    compiled.compiled.cuda_graphs = True
+    frames = dynamo_utils.counters["stats"]["unique_graphs"]
+    for i in range(2):
+        x, y = _batch(41 + i)
+        got, want = compiled.train_batch(x, y, LENGTHS), eager.train_batch(x, y, LENGTHS)
+        assert int(got[1]) == int(want[1]) and float(got[0]) == pytest.approx(float(want[0]), rel=1e-4, abs=1e-5), i
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == frames
+    assert getattr(compiled.compiled.weights, "_dynamo_static_input_type", None) == "unguarded"
+
+
 def test_trainers_of_many_shapes_in_one_process_all_compile():
     """Each compiled update has its own graphs and recompile limit (a copy of the code object): with the limit at 1, a
     second trainer of another shape still compiles (sharing one code object it would hit the limit and go eager)."""

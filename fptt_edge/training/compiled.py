@@ -153,7 +153,6 @@ class CompiledFPTTUpdate:
             mode = "reduce-overhead"  # CUDA graphs (cudagraph trees; see _ready)
         self.cuda_graphs = device.type == "cuda"
         self._fn = torch.compile(_own_code(self._update), fullgraph=True, dynamic=False, options=options or None, mode=mode)
-        self.calls = 0
         self._calls_by_shape: dict[tuple, int] = {}  # guards are skipped only for a call shape already run twice
         self.n_state = len(model.state_names())
 
@@ -229,6 +228,7 @@ class CompiledFPTTUpdate:
         args = (*self._ready((self.weights, st["exp_avg"], st["exp_inf"], anchor, lam, self.step_size)), x, y, w, pick, *extra,
                 *state.tensors())
         shape = (tuple(x.shape), pick is None)
+        first = not self._calls_by_shape  # the very first call: a compiler failure there has changed nothing yet
         seen = self._calls_by_shape.get(shape, 0)
         self._calls_by_shape[shape] = seen + 1
         out = None
@@ -241,16 +241,15 @@ class CompiledFPTTUpdate:
             except RuntimeError as exc:  # a guard failed after all (e.g. grad mode changed): evaluate guards again
                 if "skip_guard_eval_unsafe" not in str(exc):
                     raise
-        if out is None:
-            if self.calls == 0:
-                try:
-                    out = self._fn(*args)
-                except Exception as exc:  # noqa: BLE001 - compiler failures vary (no compiler, unsupported op, ...)
-                    step.sub_(1.0)  # nothing was updated
-                    raise _compile_failed(exc) from exc
-            else:
+        if out is None and first:
+            try:
                 out = self._fn(*args)
-        self.calls += 1
+            except Exception as exc:  # noqa: BLE001 - compiler failures vary (no compiler, unsupported op, ...)
+                self._calls_by_shape.clear()
+                step.sub_(1.0)  # nothing was updated
+                raise _compile_failed(exc) from exc
+        elif out is None:
+            out = self._fn(*args)
         if self.fptt:
             traces.moved_on()  # Wbar is rebuilt from (A, lam) when next read
         if self.cuda_graphs:  # a CUDA graph's outputs live in its pool and the next replay overwrites them

@@ -378,8 +378,8 @@ def make_trainer(model: LTCNetwork, cfg: TrainConfig, net=None, updates_planned:
     if cfg.compile == "auto":
         from .compiled import auto_compiles
 
-        chunk = None if steps is None else steps_per_update(steps, cfg.parts)
-        compile = updates_planned is not None and auto_compiles(updates_planned, 1 if cfg.parts == 0 else chunk)
+        chunk = 1 if cfg.parts == 0 else None if steps is None else steps_per_update(steps, cfg.parts)  # None: T not known
+        compile = updates_planned is not None and auto_compiles(updates_planned, chunk)
     return FPTTTrainer(model, cfg, net, compile=compile)
 
 

@@ -179,7 +179,7 @@ def spread_test(fptt: list[float], bptt: list[float]) -> dict:
     if len(fptt) < 2 or len(bptt) < 2:
         return {}
     sf, sb = statistics.stdev(fptt), statistics.stdev(bptt)
-    out: dict = {"spread_ratio": sf / sb if sb > 0 else float("inf")}
+    out: dict = {"spread_ratio": sf / sb if sb > 0 else 1.0 if sf == 0 else float("inf")}
     stats = _scipy_stats()
     if stats is not None and sb > 0 and sf > 0:
         f, d1, d2 = sf ** 2 / sb ** 2, len(fptt) - 1, len(bptt) - 1
@@ -216,14 +216,19 @@ TIE = 1e-9  # accuracies are counts over the same test set: equal up to float ro
 
 
 def comparison(fptt: dict[int, float], bptt: dict[int, float]) -> dict:
-    """FPTT against BPTT from per-seed test accuracies: the goals (means, sample stds), the difference paired by seed
-    (same data split and order, which the seed-to-seed spread does not blur) with its interval and the seeds on which
-    FPTT is ahead, tied or behind, and the spread test."""
-    f, b = list(fptt.values()), list(bptt.values())
-    out: dict = {"goal_mean": statistics.fmean(f) >= statistics.fmean(b)}
-    if len(f) > 1 and len(b) > 1:  # a spread needs two seeds per method
-        out["goal_spread"] = _mean_std(f)["std"] <= _mean_std(b)["std"]
-    diffs = [fptt[sd] - bptt[sd] for sd in sorted(fptt.keys() & bptt.keys())]
+    """FPTT against BPTT from per-seed test accuracies, on the seeds both methods ran (a seed one method failed on is
+    left out of both, and counted in ``unpaired_seeds``): the goals (means, sample stds; equal up to float rounding
+    meets them), the difference paired by seed (same data split and order, which the seed-to-seed spread does not
+    blur) with its interval and the seeds on which FPTT is ahead, tied or behind, and the spread test."""
+    seeds = sorted(fptt.keys() & bptt.keys())
+    f, b = [fptt[sd] for sd in seeds], [bptt[sd] for sd in seeds]
+    out: dict = {"unpaired_seeds": len(fptt.keys() ^ bptt.keys())}
+    if not seeds:
+        return out
+    out["goal_mean"] = statistics.fmean(f) >= statistics.fmean(b) - TIE
+    if len(seeds) > 1:  # a spread needs two seeds per method
+        out["goal_spread"] = _mean_std(f)["std"] <= _mean_std(b)["std"] * (1 + TIE) + TIE
+    diffs = [a - c for a, c in zip(f, b)]
     if diffs:
         sides = {"ahead": sum(d > TIE for d in diffs), "tied": sum(abs(d) <= TIE for d in diffs), "behind": sum(d < -TIE for d in diffs)}
         out["paired_difference"] = {**_mean_std(diffs), **paired_interval(diffs), "seeds": sides}
@@ -267,7 +272,8 @@ def markdown(table: dict) -> str:
             p = f", F-test p = {row['spread_p']:.2f}" if "spread_p" in row else ""
             spread = (f"{'met' if row['goal_spread'] else 'not met'} (FPTT / BPTT std {row['spread_ratio']:.2f}{p})"
                       if "goal_spread" in row else "needs two seeds per method")
-            lines.append(f"| {task} | | goals | mean {'met' if row['goal_mean'] else 'not met'}; spread {spread} | | | | |")
+            apart = f" (on the {len(row['paired_difference']['values'])} seeds both ran)" if row.get("unpaired_seeds") else ""
+            lines.append(f"| {task} | | goals{apart} | mean {'met' if row['goal_mean'] else 'not met'}; spread {spread} | | | | |")
     rules = [(task, rule, r) for task, row in table.items() for rule, r in row.get("by_selection", {}).items()]
     if rules:
         lines += ["", "Selection rules replayed on the same runs (`--selection`; the runs' own rule is the table's above):", "",
@@ -304,10 +310,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def choose_rates(runs: list[dict]) -> dict:
+def choose_rates(runs: list[dict], order: list[str] | None = None) -> dict:
     """Per task and method, every tried grid point's (rate, and FPTT's K with ``--parts-grid``) validation (and, for the
-    record, test) accuracy over the tuning seeds, and the point kept: the best mean validation accuracy (the first in
-    the grid on a tie). Keys are ``setting_name``s; each point records its ``lr`` and ``parts``."""
+    record, test) accuracy over the tuning seeds, and the point kept: the best mean validation accuracy (on a tie the
+    first in ``order``, the grid's ``setting_name``s, whatever order the runs finished in; without ``order``, the first
+    run's). Keys are ``setting_name``s; each point records its ``lr`` and ``parts``."""
     out: dict = {}
     for r in runs:
         entry = out.setdefault(r["task"], {}).setdefault(r["method"], {"rates": {}, "failed": {}})
@@ -324,7 +331,9 @@ def choose_rates(runs: list[dict]) -> dict:
             usable = [k for k in entry["rates"] if k not in failed]
             if not usable:
                 raise ValueError(f"{task} {method}: every point of the grid failed ({next(iter(entry['failed'].values()))['reason']})")
-            entry["chosen"] = max(usable, key=lambda k: entry["rates"][k]["val"]["mean"])
+            rank = {k: i for i, k in enumerate(order or [])}
+            usable.sort(key=lambda k: rank.get(k, len(rank)))  # stable: without ``order`` the runs' own order
+            entry["chosen"] = max(usable, key=lambda k: entry["rates"][k]["val"]["mean"])  # max keeps the first of equals
     return out
 
 
@@ -343,7 +352,7 @@ def tuning_markdown(tuning: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.lr_grid and "--lr" in args.extra:
+    if args.lr_grid and any(a == "--lr" or a.startswith("--lr=") for a in args.extra):
         print("error: --lr-grid chooses each method's rate; leave --lr out of --extra", file=sys.stderr)
         sys.exit(2)
     if not all(0 < lr < float("inf") for lr in args.lr_grid) or len(set(args.lr_grid)) != len(args.lr_grid):
@@ -357,6 +366,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     tasks = task_args(args)
     tuned = bool(args.lr_grid or args.parts_grid)
+    if tuned and set(args.tune_seeds) & set(args.seeds):
+        both = " ".join(map(str, sorted(set(args.tune_seeds) & set(args.seeds))))
+        print(f"error: --tune-seeds and --seeds share seeds {both}: the grids choose on seeds apart from the reported ones", file=sys.stderr)
+        sys.exit(2)
 
     def grid(method: str) -> list[tuple[float | None, int | None]]:
         return [(lr, k) for lr in args.lr_grid or [None] for k in (args.parts_grid if method == "fptt" and args.parts_grid else [None])]
@@ -398,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
         if tune_jobs:
             list(pool.map(lambda j: one(j, tuning_runs, tuning_run=True), tune_jobs))
             try:
-                tuning = choose_rates(tuning_runs)
+                order = list(dict.fromkeys(setting_name(j[4], j[5]) for j in tune_jobs))  # the grid's order
+                tuning = choose_rates(tuning_runs, order)
             except ValueError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 sys.exit(2)
@@ -409,8 +423,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "out"}, "tuning": tuning, "table": table}, indent=2))
     print(markdown(table))
     for r in failed:
-        k = f", K {r['parts']}" if r.get("parts") else ""
-        print(f"\nleft out: {r['task']} {r['method'].upper()} seed {r['seed']} at lr {r['lr']:g}{k} failed: {r['failed']}")
+        at = ", ".join(([] if r["lr"] is None else [f"lr {r['lr']:g}"]) + ([f"K {r['parts']}"] if r.get("parts") else []))
+        print(f"\nleft out: {r['task']} {r['method'].upper()} seed {r['seed']}{' at ' + at if at else ''} failed: {r['failed']}")
     if tuning:
         print("\nSettings tried on the tuning seeds (`--lr-grid`, `--parts-grid`), the kept one by mean validation accuracy:\n")
         print(tuning_markdown(tuning))

@@ -139,7 +139,7 @@ def _fake_train(calls: list, val_of, test_bonus=lambda lr: 0.0):
     test accuracy 0.01 below it plus ``test_bonus(lr)``."""
     def run(cmd, **_):
         opt = {k: v for k, v in zip(cmd, cmd[1:]) if k.startswith("--")}
-        method, lr, seed = opt["--method"], float(opt["--lr"]), int(opt["--seed"])
+        method, lr, seed = opt["--method"], float(opt.get("--lr", 3e-3)), int(opt["--seed"])  # no --lr: the shared default
         calls.append((method, lr, seed) if "--parts" not in opt else (method, lr, seed, int(opt["--parts"])))
         out = Path(opt["--out"])
         out.mkdir(parents=True)
@@ -268,3 +268,48 @@ def test_parts_grid_refuses_conflicting_or_absurd_k(tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit) as exc:
         _main(monkeypatch, ["--tasks", "smnist_row", "--out", str(tmp_path / "o"), *bad])
     assert exc.value.code == 2 and capsys.readouterr().err.startswith("error: ") and not (tmp_path / "o").exists()
+
+
+def test_goals_meet_on_float_ties_and_compare_only_seeds_both_methods_ran():
+    # equal sums over 100 test samples (mean ties), and a shift by 0.04 (equal spread), both off by float rounding
+    assert bench.comparison({0: 0.6, 1: 0.9, 2: 0.82}, {0: 0.65, 1: 0.76, 2: 0.91})["goal_mean"]
+    shifted = bench.comparison({0: 0.72, 1: 0.79, 2: 0.78}, {0: 0.76, 1: 0.83, 2: 0.82})
+    assert shifted["goal_spread"] and not shifted["goal_mean"] and shifted["spread_ratio"] == pytest.approx(1.0)
+    # BPTT's bad seed 2 is no help to FPTT when FPTT failed on it: both compare on seeds 0 and 1, where FPTT is behind
+    out = bench.comparison({0: 0.80, 1: 0.80}, {0: 0.82, 1: 0.82, 2: 0.60})
+    assert not out["goal_mean"] and out["unpaired_seeds"] == 1 and out["paired_difference"]["seeds"]["behind"] == 2
+    assert bench.comparison({0: 0.8}, {1: 0.8}) == {"unpaired_seeds": 2}
+    assert bench.spread_test([0.5, 0.5], [0.7, 0.7])["spread_ratio"] == 1.0  # both flat: equal, not infinitely wider
+
+
+def test_grid_ties_keep_the_first_point_in_the_grid_whatever_order_the_runs_finished_in():
+    runs = [{"task": "t", "method": "fptt", "seed": 100, "lr": lr, "parts": None, "val_accuracy": 0.8, "test_accuracy": 0.7}
+            for lr in (3e-3, 1e-3)]  # 3e-3 finished first
+    grid = [bench.setting_name(1e-3, None), bench.setting_name(3e-3, None)]
+    assert bench.choose_rates(runs, grid)["t"]["fptt"]["chosen"] == grid[0]
+    assert bench.choose_rates(runs[::-1], grid)["t"]["fptt"]["chosen"] == grid[0]
+    assert bench.choose_rates(runs)["t"]["fptt"]["chosen"] == bench.setting_name(3e-3, None)  # no grid given: the first run's
+
+
+def test_parts_grid_alone_reports_a_failed_run_without_a_rate(tmp_path, monkeypatch, capsys):
+    fake = _fake_train([], lambda m, lr, s, k=0: 0.6)
+
+    def run(cmd, **kw):
+        if "fptt" in cmd and cmd[cmd.index("--seed") + 1] == "1":
+            return bench.subprocess.CompletedProcess(cmd, 1, "", "error: training diverged (loss is nan)\n")
+        return fake(cmd, **kw)
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    bench.main(["--tasks", "smnist_row", "--seeds", "0", "1", "2", "--tune-seeds", "100", "--parts-grid", "7", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "left out: smnist_row FPTT seed 1 at K 7 failed: error: training diverged (loss is nan)" in out
+    assert "| smnist_row | | goals (on the 2 seeds both ran) | mean met; spread met" in out
+    assert "Settings tried on the tuning seeds" in out
+
+
+@pytest.mark.parametrize("bad", [["--lr-grid", "1e-3", "--extra", "--lr=1e-2"], ["--lr-grid", "1e-3", "--seeds", "0", "100"],
+                                 ["--parts-grid", "4", "--tune-seeds", "3", "--seeds", "3"]])
+def test_grids_refuse_a_rate_hidden_in_extra_and_tuning_on_reported_seeds(tmp_path, monkeypatch, capsys, bad):
+    with pytest.raises(SystemExit) as exc:
+        _main(monkeypatch, ["--tasks", "smnist_row", "--out", str(tmp_path / "o"), *bad])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "o").exists()

@@ -30,6 +30,9 @@ class FiniteFloat(click.FloatRange):
 
     name = "float"
 
+    def _describe_range(self) -> str:
+        return "finite" if self.min is None and self.max is None else super()._describe_range()
+
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
@@ -273,6 +276,9 @@ def _validation_and_encoding(task, train_ds, test_ds, val_path, val_fraction, se
     from .data.tasks import encode_dataset, fit_encoding, load_task
 
     val_ds = None
+    fraction_given = click.get_current_context().get_parameter_source("val_fraction") != click.core.ParameterSource.DEFAULT
+    if val_path is not None and fraction_given:
+        raise UserError("--val names the validation data and --val-fraction holds some of the training data out instead; give one")
     if val_path is not None:
         if task == "dvsgesture":
             raise UserError("--val is not available for --task dvsgesture; use --val-fraction")

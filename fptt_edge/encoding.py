@@ -123,11 +123,16 @@ class Encoding:
         if x.ndim < 2 or x.shape[-1] != self.channels:
             raise EncodingError(f"the {self.kind} encoding takes [..., T, {self.channels}] steps, got shape {list(x.shape)}")
         parts = []
-        if "standardize" in self.kind:
-            parts.append((x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32))
-        if "delta" in self.kind:
-            parts.extend(self._delta(x))
-        return np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below, in one line
+            if "standardize" in self.kind:
+                parts.append((x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32))
+            if "delta" in self.kind:
+                parts.extend(self._delta(x))
+        out = np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
+        if not np.isfinite(out).all():
+            raise EncodingError(f"the {self.kind} encoding gives non-finite values on these steps (non-finite raw values, or values "
+                                "so far from the training data's mean that they overflow float32)")
+        return out
 
     def _delta(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         thr = (np.asarray(self.std, np.float32) * np.float32(self.threshold)).astype(np.float32)

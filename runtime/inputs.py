@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import StepContract
-from ..encoding import Encoding
+from ..encoding import Encoding, EncodingError
 from ..npzfile import checked_lengths, float32_x, read_npz
 from ..splitlist import read_split_list
 from .errors import EventFileError, RuntimeInputError
@@ -66,7 +66,10 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
     if x.shape[-len(frame):] != frame or x.ndim not in (len(frame) + 1, len(frame) + 2) or 0 in x.shape:
         raise RuntimeInputError(f"{path}: x has shape {x.shape}; the model takes frames {frame} ([N, T >= 1, *frame] or [T, *frame])")
     x = float32_x(x if x.ndim == len(frame) + 2 else x[None], f"{path}: field 'x'", RuntimeInputError)
-    x = encoding.encode(x)
+    try:
+        x = encoding.encode(x)
+    except EncodingError as exc:  # e.g. values that overflow float32 once standardised
+        raise RuntimeInputError(f"{path}: field 'x': {exc}") from None
     if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu"):
         raise RuntimeInputError(f"{path}: y must be [N = {len(x)}] integer labels, got {y.dtype} {list(y.shape)}")
     classes = len(contract.class_names)

@@ -162,3 +162,17 @@ def test_spread_time_constants_cover_the_sequence_length():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     init_time_constants(net, 400, "default")
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_an_encoding_that_overflows_float32_is_refused_in_one_line_on_both_sides(tmp_path):
+    """Raw values far from the training mean overflow float32 once standardised: refused, never streamed as inf."""
+    enc = Encoding(kind="standardize", channels=1, mean=(3.05e38,), std=(5e36,))
+    with pytest.raises(EncodingError, match="non-finite"):
+        enc.encode(np.full((1, 4, 1), -3e38, np.float32))
+    x = np.where(np.arange(20 * 6)[:, None] % 2 == 0, 3.0e38, 3.1e38).astype(np.float32).reshape(20, 6, 1)
+    np.savez(tmp_path / "tr.npz", x=x, y=np.arange(20) % 2)
+    np.savez(tmp_path / "te.npz", x=-x[:4], y=np.arange(4) % 2)
+    result = CliRunner().invoke(main, ["train", "--task", "npz", "--train", str(tmp_path / "tr.npz"), "--test", str(tmp_path / "te.npz"),
+                                       "--hidden", "4", "--epochs", "1", "--encoding", "standardize", "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 2 and "non-finite" in result.output and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1 and not (tmp_path / "run").exists()

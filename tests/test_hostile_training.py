@@ -201,3 +201,97 @@ def test_an_npz_given_as_a_checkpoint_is_named_for_what_it_is(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 3, 4), np.float32), y=np.arange(2))
     for cmd in ("info", "eval"):
         assert "a numpy .npz archive" in refused_cli([cmd, tmp_path / "d.npz"], tmp_path)
+
+
+def test_compile_auto_decides_on_the_whole_run_so_a_resumed_run_decides_alike(tmp_path, monkeypatch):
+    planned: list = []
+    real = loop.make_trainer
+
+    def spy(*a, **k):
+        planned.append(k["updates_planned"])
+        return real(*a, **k)
+    monkeypatch.setattr(loop, "make_trainer", spy)
+    _killed_at(monkeypatch, tmp_path / "killed", "save_checkpoint", "model.pt", 1)  # after epoch 1 of 2
+    res = CliRunner().invoke(main, ["train", *RESUMABLE, "--epochs", "2", "--selection", "last", "--out", str(tmp_path / "killed"),
+                                    "--resume"])
+    assert res.exit_code == 0, res.output
+    assert len(planned) == 2 and planned[0] == planned[1] == 2 * 2 * 8  # 2 epochs of 2 batches of 8 row steps
+
+
+def test_resume_refuses_fewer_epochs_than_the_run_has_trained(tmp_path):
+    out = tmp_path / "run"
+    _train(out)
+    text = refused_cli(["train", *RESUMABLE, "--epochs", "1", "--selection", "last", "--out", out, "--resume"], tmp_path)
+    assert "has trained 2 epochs" in text and "may only grow" in text
+
+
+@pytest.mark.parametrize("seed", [2 ** 63 - 1, 20_000_000_000_000])
+def test_every_seed_the_option_takes_trains(tmp_path, seed):
+    res = CliRunner().invoke(main, ["train", *TINY, "--epochs", "1", "--seed", str(seed), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+
+
+def test_derived_seeds_keep_their_values_below_the_wrap():
+    from fptt_edge.seeding import derived_seed
+
+    assert derived_seed(7, 1_000_003, 5) == 7 * 1_000_003 + 5
+    assert derived_seed(2 ** 63 - 1, 1_000_003, 5) == ((2 ** 63 - 1) * 1_000_003 + 5) % 2 ** 64
+
+
+@pytest.mark.parametrize("kind", ["file", "link", "fifo"])
+def test_a_curves_png_already_there_is_refused_before_training(tmp_path, kind):
+    out = tmp_path / "run"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    if kind == "file":
+        (out / "curves.png").write_text("mine")
+    elif kind == "link":
+        (out / "curves.png").symlink_to(victim)
+    else:
+        os.mkfifo(out / "curves.png")
+    text = refused_cli(["train", *TINY, "--epochs", "1", "--out", out], tmp_path)
+    assert "curves.png" in text and victim.read_text() == "mine" and not (out / "checkpoint.pt").exists()
+
+
+def test_an_artefact_path_that_is_a_fifo_is_refused_before_training_on_resume_too(tmp_path):
+    out = tmp_path / "run"
+    _train(out)
+    os.unlink(out / "curves.png")
+    os.mkfifo(out / "curves.png")
+    text = refused_cli(["train", *RESUMABLE, "--epochs", "3", "--selection", "last", "--out", out, "--resume"], tmp_path)
+    assert "curves.png" in text and "not a regular file" in text
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "folder"])
+def test_a_lock_file_that_is_not_a_regular_file_is_refused_not_waited_on(tmp_path, kind):
+    out = tmp_path / "run"
+    out.mkdir()
+    if kind == "fifo":
+        os.mkfifo(out / ".lock")
+    elif kind == "link":
+        (out / ".lock").symlink_to(tmp_path / "elsewhere")
+    else:
+        (out / ".lock").mkdir()
+    done: list = []  # a regression would block in open(); the thread then never finishes and the test fails, not hangs
+    worker = threading.Thread(target=lambda: done.append(CliRunner().invoke(main, ["train", *TINY, "--epochs", "1", "--out", str(out)])),
+                              daemon=True)
+    worker.start()
+    worker.join(120)
+    assert done, "train blocked on the lock file"
+    res = done[0]
+    assert res.exit_code == 2 and ".lock: not a regular file" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "elsewhere").exists() and not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("extra,expect", [(["--val", "v.npz", "--val-fraction", "0.2"], "give one"),
+                                          (["--val-fraction", "0", "--patience", "2"], "never stop")])
+def test_options_that_contradict_each_other_are_refused(tmp_path, extra, expect):
+    text = refused_cli(["train", *TINY, "--epochs", "2", "--out", tmp_path / "run", *[str(tmp_path / e) if e.endswith(".npz") else e
+                                                                                      for e in extra]], tmp_path)
+    assert expect in text
+
+
+def test_unbounded_float_options_describe_their_range_in_help():
+    out = CliRunner().invoke(main, ["train", "--help"]).output
+    assert "None" not in out and "--b-j0" in out

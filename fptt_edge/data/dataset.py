@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import FpttEdgeError
+from ..seeding import derived_seed
 
 
 class DataError(FpttEdgeError, ValueError):
@@ -61,7 +62,7 @@ def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch
     generator seeded with ``seed`` alone, so the same data and seed always give the same split."""
     if not 0 <= fraction < 1:
         raise DataError(f"the validation fraction must be in [0, 1), got {fraction}")
-    g = torch.Generator().manual_seed(int(seed) * 7_919 + 17)
+    g = torch.Generator().manual_seed(derived_seed(seed, 7_919, 17))
     held: list[torch.Tensor] = []
     if fraction > 0:
         for c in torch.unique(y).tolist():

@@ -169,6 +169,7 @@ def encode_dataset(ds: SequenceDataset, enc: Encoding) -> SequenceDataset:
     try:
         x = torch.from_numpy(enc.encode(ds.x.numpy()))
     except EncodingError as exc:
-        raise DataError(f"{exc} (the data were recorded with {list(ds.input_shape)} channels per step)") from None
+        shape = f" (the data were recorded with {list(ds.input_shape)} channels per step)" if tuple(ds.input_shape) != (enc.channels,) else ""
+        raise DataError(f"{exc}{shape}") from None
     spec = {**ds.input_spec, "encoding": enc.to_dict(), "raw_shape": list(ds.input_shape)}
     return SequenceDataset(x, ds.y, ds.class_names, spec, ds.lengths)

@@ -20,6 +20,7 @@ import math
 import torch
 
 from ..model import LTCNetwork
+from ..seeding import derived_seed
 
 TAU_INITS = ("default", "spread")
 
@@ -31,7 +32,7 @@ def init_time_constants(model: LTCNetwork, steps: int, mode: str, seed: int = 0)
         raise ValueError(f"tau_init must be one of {TAU_INITS}")
     if mode == "default":
         return
-    g = torch.Generator().manual_seed(int(seed) * 7_919 + 3)
+    g = torch.Generator().manual_seed(derived_seed(seed, 7_919, 3))
 
     def log_uniform(n: int, lo: float, hi: float) -> torch.Tensor:
         return torch.exp(math.log(lo) + torch.rand(n, generator=g, dtype=torch.float64) * (math.log(hi) - math.log(lo)))

@@ -11,8 +11,10 @@ one exactly.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +32,10 @@ from ..config import ModelConfig
 from ..data.dataset import SequenceDataset, split_validation
 from ..data.tasks import data_identity
 from ..errors import FpttEdgeError
-from ..io import write_json_atomic
+from ..io import OutputPathError, output_target, write_json_atomic
 from ..model import LTCNetwork
 from ..reporting import plot_curves
+from ..seeding import derived_seed
 from .averaging import WeightAverage
 from .distributed import DistContext
 from .init import init_time_constants
@@ -48,8 +51,8 @@ class TrainingError(FpttEdgeError, RuntimeError):
 
 
 def _epoch_generators(seed: int, epoch: int) -> tuple[torch.Generator, torch.Generator]:
-    order = torch.Generator().manual_seed(seed * 1_000_003 + 2 * epoch)
-    draws = torch.Generator().manual_seed(seed * 1_000_003 + 2 * epoch + 1)
+    order = torch.Generator().manual_seed(derived_seed(seed, 1_000_003, 2 * epoch))
+    draws = torch.Generator().manual_seed(derived_seed(seed, 1_000_003, 2 * epoch + 1))
     return order, draws
 
 
@@ -99,10 +102,19 @@ def _run_lock(out: Path, take: bool):
         return
     try:
         out.mkdir(parents=True, exist_ok=True)
-        f = open(out / LOCK_FILE, "a")  # noqa: SIM115 - held for the whole run
     except OSError as exc:
         raise TrainingError(f"{out}: cannot create the run folder ({exc.strerror})") from None
-    with f:
+    lock = out / LOCK_FILE
+    try:  # never blocks (a FIFO), never follows a link
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise TrainingError(f"{lock}: not a regular file (a link, FIFO or folder); remove it to train in {out}") from None
+        raise TrainingError(f"{lock}: cannot create the run's lock file ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TrainingError(f"{lock}: not a regular file (a device or socket); remove it to train in {out}")
+    with os.fdopen(fd, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -135,10 +147,18 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
     saved_progress: dict | None = None
     if resume_path.exists() and not resume:
         raise TrainingError(f"{out} already holds a run ({RESUME_FILE}); pass --resume to continue it or choose another --out")
-    results = [f for f in (MODEL_FILE, METRICS_FILE) if os.path.lexists(out / f)]
+    results = [f for f in (MODEL_FILE, METRICS_FILE, PLOT_FILE) if os.path.lexists(out / f)]
     if results and not resume_path.exists():
         raise TrainingError(f"{out} already holds results ({', '.join(results)}) but no {RESUME_FILE} to resume; "
                             "choose another --out (or move them away): a new run would overwrite them")
+    for name in (RESUME_FILE, MODEL_FILE, METRICS_FILE, PLOT_FILE):  # what the run writes: refused now, not after an epoch
+        try:
+            output_target(out / name)
+        except OutputPathError as exc:
+            raise TrainingError(str(exc)) from None
+    if cfg.patience and val is None and cfg.val_fraction == 0:
+        raise TrainingError("--patience stops a run some epochs after the one selected on validation data; without any "
+                            "(--val-fraction 0, no --val) the last epoch is kept and it would never stop")
     torch.manual_seed(cfg.seed)
     data = {"train": data_identity(train), "test": data_identity(test)}  # the training data as given (before any split)
     if val is not None:
@@ -155,6 +175,9 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
         model = model_from_payload(payload, resume_path)
         saved_progress, history = _saved_progress(payload, resume_path, val is not None)
         start_epoch, start_batch = saved_progress["epoch"], saved_progress["batch"]
+        if start_epoch + (1 if start_batch else 0) > cfg.epochs:
+            raise TrainingError(f"{resume_path}: the run has trained {start_epoch} epochs{' and part of the next' if start_batch else ''}; "
+                                f"--epochs {cfg.epochs} would drop them (--epochs may only grow)")
     else:
         model = LTCNetwork(model_config)
         init_time_constants(model, train.steps, cfg.tau_init, cfg.seed)
@@ -166,7 +189,8 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
         raise TrainingError(f"batch size {bs} is larger than the {n} training samples")
     if start_batch >= n_batches:
         raise TrainingError(f"{resume_path}: saved at batch {start_batch}, but an epoch of this data has {n_batches} batches")
-    trainer = make_trainer(model, cfg, net, updates_planned=(cfg.epochs - start_epoch) * n_batches * train.steps, steps=train.steps)
+    # the whole run's updates, not those left: a resumed run decides --compile auto as the uninterrupted one did
+    trainer = make_trainer(model, cfg, net, updates_planned=cfg.epochs * n_batches * train.steps, steps=train.steps)
     average = WeightAverage(cfg.ema_decay) if cfg.ema_decay > 0 else None
     if saved_progress is not None:
         _load_trainer(trainer, payload["trainer"], resume_path)
@@ -290,7 +314,7 @@ def _train_eval_indices(n: int, samples: int, seed: int) -> torch.Tensor:
     """A fixed random subset (sorted) of the training data, re-scored like the test set after each epoch."""
     if samples == 0 or samples >= n:
         return torch.arange(n)
-    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + 99_991)
+    g = torch.Generator().manual_seed(derived_seed(seed, 1_000_003, 99_991))
     return torch.sort(torch.randperm(n, generator=g)[:samples]).values
 
 

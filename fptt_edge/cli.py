@@ -313,7 +313,10 @@ def eval_cmd(model_path, data_path, max_samples, batch_size):
     if ds.input_shape != model.config.input_shape:
         raise UserError(f"data steps have shape {ds.input_shape}; {model_path} expects {model.config.input_shape}")
     result = evaluate(model, ds.x, ds.y, ds.lengths, batch_size=batch_size)
-    click.echo(json.dumps({"model": str(model_path), "task": ds.input_spec.get("task"), **result}, indent=2))
+    note = {}
+    if payload.get("kind") == "resume":  # checkpoint.pt: where training stopped, not the epoch model.pt keeps
+        note = {"weights": "the latest (a resume checkpoint, where training stopped); model.pt holds the selected epoch"}
+    click.echo(json.dumps({"model": str(model_path), "task": ds.input_spec.get("task"), **result, **note}, indent=2))
 
 
 @main.command()

@@ -34,7 +34,9 @@ def test_train_eval_info(tmp_path):
     assert len(metrics["epochs"]) == 2 and 0 <= metrics["test_accuracy"] <= 1
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     evaluated = json.loads(run("eval", out / "model.pt", "--max-samples", "100").output)
-    assert evaluated["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert evaluated["accuracy"] == pytest.approx(metrics["test_accuracy"]) and "weights" not in evaluated
+    latest = json.loads(run("eval", out / "checkpoint.pt", "--max-samples", "100").output)  # where training stopped: said so
+    assert "model.pt holds the selected epoch" in latest["weights"]
     info = json.loads(run("info", out / "model.pt").output)
     assert info["training"]["method"] == "fptt" and info["state"]["l0.u"] == [1, 16] and info["epochs_trained"] == 2
     # the run folder is not overwritten by accident

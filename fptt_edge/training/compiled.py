@@ -46,7 +46,7 @@ AUTO_MAX_CHUNK = 8  # "auto" compiles FPTT-K chunks of up to this many steps (co
 
 
 def auto_compiles(batch_steps: int, chunk: int | None) -> bool:
-    """``--compile auto``: whether a run of ``batch_steps`` (batches x sequence steps) left, updating every ``chunk`` steps,
+    """``--compile auto``: whether a run of ``batch_steps`` (batches x sequence steps), updating every ``chunk`` steps,
     repays compiling.
 
     Per step (``chunk`` 1) from ``AUTO_MIN_UPDATES``: compiling took 7-40 s and saved ~0.7 ms per batch-step (S-MNIST row,

@@ -371,7 +371,8 @@ class BPTTTrainer:
 def make_trainer(model: LTCNetwork, cfg: TrainConfig, net=None, updates_planned: int | None = None, steps: int | None = None):
     """The trainer for ``cfg.method``; with ``cfg.compile == "auto"`` FPTT's update is compiled when the run
     repays the compile time (:func:`~fptt_edge.training.compiled.auto_compiles`): ``updates_planned`` is the
-    run's batch-steps left (batches x sequence steps ``steps``; per-step FPTT makes one update each)."""
+    whole run's batch-steps (batches x sequence steps ``steps``; per-step FPTT makes one update each), also when it
+    resumes, so that a resumed run decides as the uninterrupted one did."""
     if cfg.method != "fptt":
         return BPTTTrainer(model, cfg, net)
     compile = cfg.compile == "on"

@@ -20,8 +20,9 @@ sample standard deviation over the seeds of the selected model's test accuracy, 
 epoch's; the honest train accuracy; time; and FPTT - BPTT paired by seed (same split, order and
 initial draw), mean and std. Goal: FPTT mean >= BPTT mean on every task, and FPTT's
 seed-to-seed spread no larger than BPTT's; each task's verdict is printed with a 95 % interval of
-the paired difference and a two-sided F-test of equal variances beside it (scipy; with 3 to 5
-seeds a spread ratio of 2 is well within chance).
+the paired difference and two-sided tests of equal variances beside it (scipy; with 3 to 5
+seeds a spread ratio of 2 is well within chance): the F-test, and the Pitman-Morgan test, which
+allows for the pairing by seed.
 
 Learning rates (``--lr-grid``): by default both methods train at one rate (3e-3, the authors'), although
 BPTT makes T times fewer updates than FPTT. ``--lr-grid 1e-3 3e-3 1e-2 3e-2`` gives each method its own:
@@ -174,8 +175,13 @@ def paired_interval(diffs: list[float]) -> dict:
 
 
 def spread_test(fptt: list[float], bptt: list[float]) -> dict:
-    """FPTT's sample std over BPTT's, and the two-sided F-test p-value of equal variances (scipy): with 3 to 5 seeds
-    a ratio of 2 is well within chance, so the spread goal is read with this beside it."""
+    """FPTT's sample std over BPTT's, and two-sided p-values of equal variances (scipy): with 3 to 5 seeds a ratio of 2
+    is well within chance, so the spread goal is read with these beside it.
+
+    ``spread_p``: the F-test, which takes the two samples as independent. ``spread_p_paired``: the Pitman-Morgan test,
+    for runs paired by seed (the same split, initialisation and data order), whose accuracies may be correlated: the
+    variances are equal exactly when ``corr(f + b, f - b) = 0``, tested with ``t = r sqrt(n - 2) / sqrt(1 - r^2)`` on
+    ``n - 2`` degrees of freedom (needs three pairs; ``fptt[i]`` and ``bptt[i]`` from the same seed)."""
     if len(fptt) < 2 or len(bptt) < 2:
         return {}
     sf, sb = statistics.stdev(fptt), statistics.stdev(bptt)
@@ -184,6 +190,14 @@ def spread_test(fptt: list[float], bptt: list[float]) -> dict:
     if stats is not None and sb > 0 and sf > 0:
         f, d1, d2 = sf ** 2 / sb ** 2, len(fptt) - 1, len(bptt) - 1
         out["spread_p"] = float(min(1.0, 2 * min(stats.f.cdf(f, d1, d2), stats.f.sf(f, d1, d2))))
+        n = len(fptt)
+        if n == len(bptt) and n >= 3:
+            sums = [a + b for a, b in zip(fptt, bptt)]
+            diffs = [a - b for a, b in zip(fptt, bptt)]
+            if statistics.pstdev(sums) > 0 and statistics.pstdev(diffs) > 0:
+                r = max(-1.0, min(1.0, statistics.correlation(sums, diffs)))
+                t = r * (n - 2) ** 0.5 / max(1e-300, 1 - r * r) ** 0.5
+                out["spread_p_paired"] = float(min(1.0, 2 * stats.t.sf(abs(t), n - 2)))
     return out
 
 
@@ -270,6 +284,7 @@ def markdown(table: dict) -> str:
             lines.append(f"| {task} | | FPTT - BPTT, paired by seed | {f(pd)}{ci}{won} | | | | |")
         if "goal_mean" in row:
             p = f", F-test p = {row['spread_p']:.2f}" if "spread_p" in row else ""
+            p += f", paired (Pitman-Morgan) p = {row['spread_p_paired']:.2f}" if "spread_p_paired" in row else ""
             spread = (f"{'met' if row['goal_spread'] else 'not met'} (FPTT / BPTT std {row['spread_ratio']:.2f}{p})"
                       if "goal_spread" in row else "needs two seeds per method")
             apart = f" (on the {len(row['paired_difference']['values'])} seeds both ran)" if row.get("unpaired_seeds") else ""
@@ -277,10 +292,11 @@ def markdown(table: dict) -> str:
     rules = [(task, rule, r) for task, row in table.items() for rule, r in row.get("by_selection", {}).items()]
     if rules:
         lines += ["", "Selection rules replayed on the same runs (`--selection`; the runs' own rule is the table's above):", "",
-                  "| task | selection | FPTT | BPTT | FPTT - BPTT, paired | goals: mean, spread (FPTT / BPTT std, F-test p) |",
+                  "| task | selection | FPTT | BPTT | FPTT - BPTT, paired | goals: mean, spread (FPTT / BPTT std, F-test p, Pitman-Morgan p) |",
                   "|---|---|---|---|---|---|"]
         for task, rule, r in rules:
             p = f", p = {r['spread_p']:.2f}" if "spread_p" in r else ""
+            p += f", paired p = {r['spread_p_paired']:.2f}" if "spread_p_paired" in r else ""
             lines.append(f"| {task} | {rule} | {f(r['fptt'])} | {f(r['bptt'])} | {f(r['paired_difference'])} | "
                          f"{'met' if r['goal_mean'] else 'not met'}, {'met' if r['goal_spread'] else 'not met'} "
                          f"({r['spread_ratio']:.2f}{p}) |")

@@ -35,6 +35,28 @@ def test_equal_spreads_give_p_one_and_a_flat_baseline_an_infinite_ratio():
     assert bench.spread_test([0.1], [0.2, 0.3]) == {}
 
 
+@pytest.mark.parametrize("fptt,bptt", [([0.80, 0.82, 0.86, 0.81, 0.79], [0.76, 0.78, 0.77, 0.80, 0.74]),
+                                       ([0.91, 0.93, 0.95, 0.94, 0.90, 0.92], [0.90, 0.93, 0.94, 0.95, 0.88, 0.93])])
+def test_paired_spread_p_value_is_the_pitman_morgan_closed_form(fptt, bptt):
+    # Pitman-Morgan in its textbook form: t = (F - 1) sqrt(n - 2) / (2 sqrt(F (1 - r^2))), F the variance ratio and r the
+    # correlation of the paired samples themselves (not of their sums and differences, which the code uses)
+    from scipy import stats
+    n, f, r = len(fptt), statistics.variance(fptt) / statistics.variance(bptt), statistics.correlation(fptt, bptt)
+    t = (f - 1) * math.sqrt(n - 2) / (2 * math.sqrt(f * (1 - r * r)))
+    out = bench.spread_test(fptt, bptt)
+    assert out["spread_p_paired"] == pytest.approx(2 * stats.t.sf(abs(t), n - 2))
+    assert bench.spread_test(bptt, fptt)["spread_p_paired"] == pytest.approx(out["spread_p_paired"])  # symmetric
+
+
+def test_the_paired_test_sees_a_spread_difference_that_pairing_hides_from_the_f_test():
+    bptt = [0.70, 0.74, 0.78, 0.72, 0.76]
+    fptt = [0.2 + 1.5 * b + e for b, e in zip(bptt, (0.001, -0.001, 0.0, 0.001, -0.001))]  # 1.5x BPTT's spread, seed by seed
+    out = bench.spread_test(fptt, bptt)
+    assert out["spread_p"] > 0.3 and out["spread_p_paired"] < 0.001
+    assert "spread_p_paired" not in bench.spread_test(fptt[:2], bptt[:2])  # n - 2 degrees of freedom: three pairs at least
+    assert "spread_p_paired" not in bench.spread_test(fptt, bptt[:4])  # not paired
+
+
 def test_paired_interval_with_two_seeds_uses_the_cauchy_quantile():
     # Student's t with one degree of freedom is the Cauchy distribution: quantile tan(pi (q - 1/2))
     diffs = [0.01, 0.05]
@@ -52,7 +74,7 @@ def test_summary_reports_the_goals_with_the_tests_beside_them():
     assert row["paired_difference"]["values"] == pytest.approx([0.04, 0.04, 0.09])
     assert row["paired_difference"]["seeds"] == {"ahead": 3, "tied": 0, "behind": 0}
     text = bench.markdown({"t": row})
-    assert "mean met; spread not met" in text and "F-test p =" in text and "95 % CI" in text
+    assert "mean met; spread not met" in text and "F-test p =" in text and "Pitman-Morgan) p =" in text and "95 % CI" in text
     assert "FPTT ahead on 3, tied on 0, behind on 0" in text
 
 

@@ -69,7 +69,7 @@ def task_args(args) -> dict[str, dict]:
 
 
 def run_folder(task: str, method: str, seed: int, args, lr: float | None = None, parts: int | None = None) -> Path:
-    rate = "" if lr is None else f"-lr{lr:g}"
+    rate = "" if lr is None else f"-lr{lr!r}"  # repr: distinct rates, distinct folders (``:g`` keeps 6 digits)
     k = f"-K{parts}" if parts else ""  # K = T (0) is the default run, shared with a benchmark without --parts-grid
     return Path(args.out) / f"{task}-{method}{rate}{k}-s{seed}"
 
@@ -94,7 +94,7 @@ class MixedResults(Exception):
 
 def train_options(task: str, spec: dict, method: str, seed: int, args, lr: float | None = None, parts: int | None = None) -> list[str]:
     """The ``fptt-edge train`` options of one run, but for its ``--out`` (the run's folder)."""
-    rate = [] if lr is None else ["--lr", f"{lr:g}"]
+    rate = [] if lr is None else ["--lr", repr(lr)]  # the rate itself, not rounded to 6 digits
     k = ["--parts", str(parts)] if parts else []
     return [*spec["args"], "--method", method, "--epochs", str(spec["epochs"]), "--seed", str(seed), "--quiet",
             "--checkpoint-interval", "0", *rate, *k, *args.extra]

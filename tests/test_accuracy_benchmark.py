@@ -206,6 +206,16 @@ def test_lr_grid_ties_keep_the_first_rate_and_resume_retrains_nothing(tmp_path, 
     _main(monkeypatch, argv)  # every run kept
 
 
+def test_rates_that_agree_to_six_digits_train_apart_at_their_own_values(tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(bench.subprocess, "run", _fake_train(calls, lambda m, lr, s: 0.6 if lr == 1e-3 else 0.5))
+    bench.main(["--tasks", "smnist_row", "--methods", "fptt", "--seeds", "0", "--tune-seeds", "100", "--lr-grid", "1.0000001e-3", "1e-3",
+                "--out", str(tmp_path)])
+    assert sorted(calls) == [("fptt", 1e-3, 0), ("fptt", 1e-3, 100), ("fptt", 1.0000001e-3, 100)]
+    assert json.loads((tmp_path / "results.json").read_text())["tuning"]["smnist_row"]["fptt"]["chosen"] == "0.001"
+    assert len(list(tmp_path.glob("smnist_row-fptt-lr*-s100"))) == 2
+
+
 @pytest.mark.parametrize("bad", [["--lr-grid", "1e-3", "--extra", "--lr", "1e-2"], ["--lr-grid", "0"], ["--lr-grid=-1e-3"],
                                  ["--lr-grid", "inf"], ["--lr-grid", "1e-3", "1e-3"]])
 def test_lr_grid_refuses_conflicting_or_absurd_rates(tmp_path, monkeypatch, capsys, bad):
@@ -230,7 +240,7 @@ def test_a_rate_that_fails_on_any_tuning_seed_is_left_out_and_reported(tmp_path,
     fake = _fake_train(calls, lambda m, lr, s: 0.5 + lr)  # the largest rate would win ...
 
     def run(cmd, **kw):
-        if "1" in cmd and "101" in cmd:  # ... but it diverges on one tuning seed
+        if "1.0" in cmd and "101" in cmd:  # ... but it diverges on one tuning seed
             return bench.subprocess.CompletedProcess(cmd, 1, "", "Traceback ...\nerror: training diverged (loss is nan)\n")
         return fake(cmd, **kw)
     monkeypatch.setattr(bench.subprocess, "run", run)

@@ -1,6 +1,6 @@
 """On-device adaptation: train-step cost, learner memory and accuracy recovered after a domain shift, in one run.
 
-    python benchmarks/adaptation.py [--sections latency,memory,recovery] [--smnist runs/demo/model.pt]
+    python benchmarks/adaptation.py [--sections latency,memory,recovery,chunks] [--smnist runs/demo/model.pt]
 
 latency   train step vs inference step (ONNX Runtime CPU, batch 1, 1 thread) for the demo model
           (S-MNIST rows, 128 hidden) and a 256x2 model, readout-only and all-weights graphs, and
@@ -15,6 +15,9 @@ recovery  R = (acc_after - acc_shifted) / (acc_original - acc_shifted) on the sh
           guard on and off: S-MNIST gain drift (x0.4) and spatial shift (3 columns), N-MNIST
           ON/OFF polarity swap. Goal: R >= 0.8 with 200 samples on two shifts, F <= 0.02 with the
           guard on. Models are trained here unless given (--smnist / --nmnist checkpoints).
+chunks    FPTT-K on the device (`export --adapt-chunk L`) against an update every step, on the
+          S-MNIST row model (28 steps): learner time per labelled sequence and R / F after
+          adapting all weights on 200 samples of the 3-column shift, guard on and off.
 """
 from __future__ import annotations
 
@@ -237,6 +240,54 @@ def recovery_section(args) -> dict:
             "goal_r_ge_0.8_two_shifts_f_le_0.02": met >= 2}
 
 
+def chunk_section(args) -> dict:
+    """The learner with one update per step against one per ``L`` steps (``--chunks``), same model, data and seed."""
+    import shutil
+
+    from fptt_edge.data.digits import load_smnist
+    from fptt_edge.runtime.learner import open_learner
+
+    work = Path(tempfile.mkdtemp(prefix="fptt-chunk-"))
+    smnist = Path(args.smnist) if args.smnist else train_model(work / "smnist", ["--task", "smnist", "--mode", "row", "--hidden", "128",
+                                                                                  "--epochs", "8", "--batch-size", "32"])
+    test, train = load_smnist("test", mode="row"), load_smnist("train", mode="row")
+    xt, yt = test.x.numpy()[:500].astype(np.float32), test.y.numpy()[:500]
+    guard = (test.x.numpy()[900:1000].astype(np.float32), test.y.numpy()[900:1000])
+    xa, ya = train.x.numpy()[:200].astype(np.float32), train.y.numpy()[:200]
+    shift = lambda a: np.roll(a, 3, axis=2)  # noqa: E731
+    out = {}
+    for chunk in args.chunks:
+        folder = work / f"chunk{chunk}"
+        folder.mkdir()
+        shutil.copy(smnist, folder / "model.pt")
+        cmd = [sys.executable, "-m", "fptt_edge", "export", str(folder / "model.pt"), "--adapt", "--adapt-chunk", str(chunk),
+               "--parity-steps", "100", "--guard-samples", "0"]
+        subprocess.run(cmd, check=True, capture_output=True)
+        report = json.loads((folder / "model.report.json").read_text())["train_step"]
+        row: dict = {"train_graph_nodes": report["nodes"], "check_passed": report["passed"]}
+        for guard_on in (True, False):
+            with open_learner(folder / "model.onnx", store=False, trainable="all", lr=args.lr, guard=guard if guard_on else None,
+                              check_every=200) as learner:
+                shifted_before = learner.evaluate(shift(xt), yt).accuracy
+                original_before = learner.evaluate(xt, yt).accuracy
+                t0 = time.perf_counter()
+                learner.train(shift(xa), ya, epochs=args.epochs)
+                seconds = time.perf_counter() - t0
+                learner.check()
+                shifted_after, original_after = learner.evaluate(shift(xt), yt).accuracy, learner.evaluate(xt, yt).accuracy
+            lost = original_before - shifted_before
+            row["guard" if guard_on else "no-guard"] = {
+                "ms_per_sequence": 1e3 * seconds / (len(xa) * args.epochs), "updates": learner.events.updates,
+                "shifted": [shifted_before, shifted_after], "original": [original_before, original_after],
+                "recovered": (shifted_after - shifted_before) / lost if lost > 0 else None, "forgetting": original_before - original_after,
+                "rollbacks": learner.events.rollbacks}
+        out[f"chunk_{chunk}"] = row
+    base = out[f"chunk_{args.chunks[0]}"]["no-guard"]["ms_per_sequence"]
+    for row in out.values():
+        row["time_vs_first"] = row["no-guard"]["ms_per_sequence"] / base
+    return {"lr": args.lr, "epochs": args.epochs, "samples": len(xa), **out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="latency,memory,recovery")
@@ -245,6 +296,7 @@ def main() -> None:
     parser.add_argument("--nmnist", help="N-MNIST checkpoint (downsample 2) to adapt instead of training one")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[1, 7], help="chunks section: steps per update to compare (first = base)")
     args = parser.parse_args()
     sections = args.sections.split(",")
     result: dict = {}
@@ -263,6 +315,8 @@ def main() -> None:
             result["push"] = push(ckpt.with_suffix(".onnx"))
     if "recovery" in sections:
         result["recovery"] = recovery_section(args)
+    if "chunks" in sections:
+        result["chunks"] = chunk_section(args)
     print(json.dumps(result, indent=2))
 
 

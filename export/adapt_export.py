@@ -18,7 +18,7 @@ from ..contract import stamp_checksum
 from ..devices import DeviceProfile
 from ..io import file_sha256, write_bytes_atomic
 from ..model import LTCNetwork
-from ..train_contract import Hyper, TrainContract
+from ..train_contract import MAX_CHUNK, Hyper, TrainContract
 from .errors import ExportError
 from .graph_passes import default_opset
 from .lint import lint
@@ -67,15 +67,19 @@ def zero_feeds(session, contract: TrainContract) -> dict[str, np.ndarray]:
 
 
 def export_train_step(net: LTCNetwork, payload: dict, checkpoint: Path, model_path: Path, profile: DeviceProfile, opset: int,
-                      trainable: str, batch: int, check_data, updates: int, strict: bool, log, guard_samples: int = 100) -> dict:
-    """Write ``model.train.onnx`` (after ``model_path`` exists); returns the report section."""
+                      trainable: str, batch: int, check_data, updates: int, strict: bool, log, guard_samples: int = 100,
+                      chunk: int = 1) -> dict:
+    """Write ``model.train.onnx`` (after ``model_path`` exists); returns the report section. ``chunk`` L > 1: one FPTT-K
+    update per L steps (backprop through them)."""
+    if not 1 <= chunk <= MAX_CHUNK:
+        raise ExportError(f"--adapt-chunk must be 1..{MAX_CHUNK} steps, got {chunk}")
     hyper = hyper_from_payload(payload)
     t0 = time.perf_counter()
-    model, tensors, folded = trace_train_step(net, trainable, hyper, batch, opset)
+    model, tensors, folded = trace_train_step(net, trainable, hyper, batch, opset, chunk)
     contract = TrainContract(batch=batch, frame_shape=tuple(net.config.input_shape), num_classes=net.config.num_classes,
                              states=tuple((n, tuple(s[1:])) for n, s in zip(net.state_names(), net.state_shapes(1))),
                              tensors=tensors, trainable=trainable, hyper=hyper, checkpoint_sha256=file_sha256(checkpoint),
-                             inference_sha256=file_sha256(model_path), opset=default_opset(model))
+                             inference_sha256=file_sha256(model_path), opset=default_opset(model), chunk=chunk)
     for key, value in contract.to_metadata().items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name = "fptt-edge"
@@ -85,15 +89,17 @@ def export_train_step(net: LTCNetwork, payload: dict, checkpoint: Path, model_pa
     session = ort_session(data)
     out = train_path_for(model_path)
     report: dict = {"model": str(out), "model_bytes": len(data), "export_seconds": time.perf_counter() - t0, "trainable": trainable,
-                    "tensors": [t.name for t in tensors], "parameters": contract.size, "batch": batch, "hyper": contract.hyper.__dict__,
+                    "tensors": [t.name for t in tensors], "parameters": contract.size, "batch": batch, "chunk": chunk,
+                    "hyper": contract.hyper.__dict__,
                     "nodes": len(model.graph.node), "eps_survives": eps_survives(model, session, contract),
                     "lint": lint(model, profile).to_dict()}
     if not report["eps_survives"]:
         raise ExportError("the train-step graph lost Adamax's eps (a zero gradient gives NaN weights); not written")
     if check_data is not None:
         x, y, lengths = check_data
-        log(f"train-step check: {updates} updates at batch {batch} through PyTorch's FPTT trainer and ONNX Runtime ...")
-        parity = check_train_parity(folded, tensors, hyper, session, x, y, lengths, batch, min_updates=updates, strict=strict)
+        log(f"train-step check: {updates} updates at batch {batch}{f' (chunks of {chunk} steps)' if chunk > 1 else ''} through "
+            "PyTorch's FPTT trainer and ONNX Runtime ...")
+        parity = check_train_parity(folded, tensors, hyper, session, x, y, lengths, batch, min_updates=updates, strict=strict, chunk=chunk)
         report["parity"] = parity.to_dict()
         if not parity.passed:
             bad = [k for k in parity.max_rel if not parity.buffer_ok(k)]

@@ -64,7 +64,8 @@ def _refuse_overwrite(checkpoint: Path, outputs: list[Path]) -> None:
 def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset: int | None = None, batch: int | None = 1,
                       check: bool = True, data=None, streams: int = 4, steps: int = 500, precision_samples: int = 200,
                       fp16: bool = False, strict_parity: bool = False, adapt: bool = False, trainable: str = "all",
-                      adapt_batch: int = 4, adapt_updates: int = 200, guard_samples: int = 500, log=print) -> ExportReport:
+                      adapt_batch: int = 4, adapt_updates: int = 200, guard_samples: int = 500, adapt_chunk: int = 1,
+                      log=print) -> ExportReport:
     """Export ``checkpoint`` to ``out`` (default: beside it, ``.onnx``); returns the report (``to_dict()`` is the JSON).
 
     Raises :class:`ExportError` (parity failure, exporter failure) before anything is written,
@@ -121,13 +122,13 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
         report.fp16_variant = Fp16Variant(str(fp16_path), len(data16), "Gemm/Conv in FP16; neuron dynamics, threshold and state in FP32")
     if adapt:
         report.train_step = _export_train_step(net, payload, checkpoint, out, profile, actual_opset, trainable, adapt_batch,
-                                                 data, check, adapt_updates, strict_parity, report, log, guard_samples)
+                                                 data, check, adapt_updates, strict_parity, report, log, guard_samples, adapt_chunk)
     write_json_atomic(report_path, report.to_dict())
     return report
 
 
 def _export_train_step(net, payload, checkpoint, out, profile, opset, trainable, batch, data, check, updates, strict,
-                       report: ExportReport, log, guard_samples) -> dict:
+                       report: ExportReport, log, guard_samples, chunk: int = 1) -> dict:
     """``MODEL.train.onnx`` (``--adapt``), checked on the same real data as the parity unless ``--no-check``."""
     from .adapt_export import _TrainCheckFailed, export_train_step
 
@@ -137,7 +138,7 @@ def _export_train_step(net, payload, checkpoint, out, profile, opset, trainable,
         check_data = (ds.x.numpy(), ds.y.numpy(), None if ds.lengths is None else ds.lengths.numpy())
     try:
         return export_train_step(net, payload, checkpoint, out, profile, opset, trainable, batch, check_data, updates, strict, log,
-                                 guard_samples)
+                                 guard_samples, chunk)
     except _TrainCheckFailed as exc:
         report.train_step = exc.report
         write_json_atomic(Path(report.report), report.to_dict())

@@ -112,7 +112,8 @@ def summary(report: ExportReport) -> str:
         lines.append(f"  FP16 variant: {r.fp16_variant.model} ({r.fp16_variant.model_bytes / 1024:.1f} KiB)")
     ts = r.train_step
     if ts:
-        lines.append(f"  train step ({ts['trainable']}: {ts['parameters']} weights in {len(ts['tensors'])} tensors, batch {ts['batch']}): "
+        per = f", an update every {ts['chunk']} steps" if ts.get("chunk", 1) > 1 else ""
+        lines.append(f"  train step ({ts['trainable']}: {ts['parameters']} weights in {len(ts['tensors'])} tensors, batch {ts['batch']}{per}): "
                      f"{ts['model']} ({ts['model_bytes'] / 1024:.1f} KiB, {ts['nodes']} nodes), eps kept: {ts['eps_survives']}, "
                      f"lint {ts['lint']['verdict'].upper()}")
         tpar = ts.get("parity")

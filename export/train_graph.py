@@ -81,9 +81,11 @@ def fptt_adamax_update(g, W, wbar, lam, m, u, mask, step, lr, hyper: Hyper):
     return W_new, wbar_new, lam_new, m_new, u_new, step_new
 
 
-def make_train_step(net: LTCNetwork, names: list[str], hyper: Hyper):
+def make_train_step(net: LTCNetwork, names: list[str], hyper: Hyper, chunk: int = 1):
     """``fn(x, y, w, *state, *weights, wbar, lam, m, u, mask, step, lr) -> (logits, *state_out, W, wbar, lam, m, u, step)``.
 
+    ``chunk`` L > 1: FPTT-K's update, ``x`` ``[B, L, *frame]`` run step by step from ``state``
+    with backprop through all L steps, loss ``sum_{b,l} w[b, l] CE_{b,l} / B``, logits ``[B, L, C]``.
     ``net`` must have no training-only ops left (batch norm folded); it runs in training mode.
     """
     module = StepGraph(net).train()
@@ -95,10 +97,22 @@ def make_train_step(net: LTCNetwork, names: list[str], hyper: Hyper):
         wbar, lam, m, u, mask, step, lr = rest[n_state + len(names):]
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(True) for t in weights]
-            out = torch.func.functional_call(module, {**frozen, **{f"net.{n}": t for n, t in zip(names, leaves)}}, (x, *state))
-            logits, new_state = out[0], out[1:]
-            ce = -(y * torch.log_softmax(logits, dim=1)).sum(1)
-            loss = (w * ce).sum() / x.shape[0]
+            params = {**frozen, **{f"net.{n}": t for n, t in zip(names, leaves)}}
+            if chunk == 1:
+                out = torch.func.functional_call(module, params, (x, *state))
+                logits, new_state = out[0], out[1:]
+                ce = -(y * torch.log_softmax(logits, dim=1)).sum(1)
+                loss = (w * ce).sum() / x.shape[0]
+            else:
+                new_state, per_step, loss = tuple(state), [], None
+                for i in range(chunk):  # unrolled: the graph holds L steps
+                    out = torch.func.functional_call(module, params, (x[:, i], *new_state))
+                    new_state = out[1:]
+                    per_step.append(out[0])
+                    term = (w[:, i] * -(y * torch.log_softmax(out[0], dim=1)).sum(1)).sum()
+                    loss = term if loss is None else loss + term
+                loss = loss / x.shape[0]
+                logits = torch.stack(per_step, dim=1)
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
         updated = fptt_adamax_update(_flat(grads), _flat(weights), wbar, lam, m, u, mask, step, lr, hyper)
@@ -142,7 +156,7 @@ def io_names(net: LTCNetwork, names: list[str]) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
-def example_inputs(net: LTCNetwork, names: list[str], batch: int, hyper: Hyper) -> tuple[torch.Tensor, ...]:
+def example_inputs(net: LTCNetwork, names: list[str], batch: int, hyper: Hyper, chunk: int = 1) -> tuple[torch.Tensor, ...]:
     """Zero-state, fresh-trace inputs of the right shapes (also what the learner starts from)."""
     params = dict(net.named_parameters())
     weights = [params[n].detach().clone() for n in names]
@@ -150,21 +164,23 @@ def example_inputs(net: LTCNetwork, names: list[str], batch: int, hyper: Hyper) 
     cfg = net.config
     y = torch.zeros(batch, cfg.num_classes)
     y[:, 0] = 1.0
-    return (torch.zeros(batch, *cfg.input_shape), y, torch.ones(batch), *flatten_state(net.initial_state(batch)), *weights,
+    steps = () if chunk == 1 else (chunk,)
+    return (torch.zeros(batch, *steps, *cfg.input_shape), y, torch.ones(batch, *steps), *flatten_state(net.initial_state(batch)), *weights,
             _flat(weights).detach().clone(), torch.zeros(1, n), torch.zeros(1, n), torch.zeros(1, n), torch.ones(1, n),
             torch.zeros(1), torch.full((1,), hyper.lr))
 
 
-def trace_train_step(net: LTCNetwork, choice: str, hyper: Hyper, batch: int, opset: int | None):
+def trace_train_step(net: LTCNetwork, choice: str, hyper: Hyper, batch: int, opset: int | None, chunk: int = 1):
     """The cleaned train-step graph and its trainable tensors (BN folded first, as in the inference graph)."""
     folded, _ = fold_batch_norm(net)
     names = select_trainable(folded, choice)
     if not names:
         raise ExportError(f"--trainable {choice} selects no tensors in this model")
-    args = example_inputs(folded, names, batch, hyper)
+    args = example_inputs(folded, names, batch, hyper, chunk)
     inputs, outputs = io_names(folded, names)
     with quiet_exporter("the train-step export"):
-        graph_module = make_fx(make_train_step(folded, names, hyper), decomposition_table=_decompositions(), tracing_mode="real")(*args)
+        fn = make_train_step(folded, names, hyper, chunk)
+        graph_module = make_fx(fn, decomposition_table=_decompositions(), tracing_mode="real")(*args)
         model = dynamo_export(graph_module, args, inputs, outputs, opset)
     name_outputs(model, outputs)
     _strip_node_metadata(model)

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from .errors import FpttEdgeError
+from .train_contract import MAX_CHUNK
 
 
 class UserError(click.ClickException):
@@ -354,12 +355,14 @@ def info(model_path):
               help="--adapt: the tensors the train-step graph can update (the rest stay constants in it).")
 @click.option("--adapt-batch", type=click.IntRange(1, 256), default=4, show_default=True, help="--adapt: labelled sequences per update (static batch).")
 @click.option("--adapt-updates", type=click.IntRange(1), default=200, show_default=True, help="--adapt: updates in the check against PyTorch.")
+@click.option("--adapt-chunk", type=click.IntRange(1, MAX_CHUNK), default=1, show_default=True,
+              help="--adapt: time steps per update, FPTT-K on the device (backprop through the chunk; fewer, larger updates); 1 = every step.")
 @click.option("--guard-samples", type=click.IntRange(0), default=500, show_default=True,
               help="--adapt: original-domain sequences written to MODEL.guard.npz, which adaptation checks against forgetting (0: none).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON instead of the summary.")
 @_friendly
 def export(checkpoint, output, device, opset, batch, check, data_path, parity_steps, parity_streams, precision_samples, strict_parity, fp16_variant,
-           adapt, trainable, adapt_batch, adapt_updates, guard_samples, as_json):
+           adapt, trainable, adapt_batch, adapt_updates, adapt_chunk, guard_samples, as_json):
     """Export a checkpoint to a stateful single-step ONNX graph, checked against PyTorch.
 
     \b
@@ -382,7 +385,7 @@ def export(checkpoint, output, device, opset, batch, check, data_path, parity_st
     report = export_checkpoint(checkpoint, output, device=device, opset=opset, batch=batch_size, check=check, data=data_path,
                                streams=parity_streams, steps=parity_steps, precision_samples=precision_samples, fp16=fp16_variant, strict_parity=strict_parity,
                                adapt=adapt, trainable=trainable, adapt_batch=adapt_batch, adapt_updates=adapt_updates, guard_samples=guard_samples,
-                               log=lambda m: click.echo(m, err=True))
+                               adapt_chunk=adapt_chunk, log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else summary(report))
     if report.lint.verdict == "fail":
         click.echo(f"error: the graph fails the {report.lint.device} lint; it will not build there as is", err=True)

@@ -35,7 +35,7 @@ def train_summary(path) -> dict:
     c = read_train_contract(path)
     return {
         "file": str(path), "model_type": c.model_type, "contract_version": c.contract_version, "batch": c.batch,
-        "frame_shape": list(c.frame_shape), "classes": c.num_classes, "trainable": c.trainable, "weights": c.size,
+        "frame_shape": list(c.frame_shape), "chunk": c.chunk, "classes": c.num_classes, "trainable": c.trainable, "weights": c.size,
         "tensors": {t.name: {"shape": list(t.shape), "offset": t.offset} for t in c.tensors}, "hyper": asdict(c.hyper),
         "state": {n: list(s) for n, s in c.states}, "opset": c.opset, "checkpoint_sha256": c.checkpoint_sha256,
         "inference_model_sha256": c.inference_sha256,

@@ -9,7 +9,8 @@
 Frames live in a bounded ring buffer per stream; ``label`` copies the segment into one of
 ``batch`` slots, and when the slots are full each time step ``t`` of the segments is one FPTT
 update with loss weight ``(t+1)/T`` (0 for a slot whose segment has ended), from the initial
-state. Memory is constant in stream length: no activation history, every buffer preallocated.
+state; with a chunked train graph (``export --adapt-chunk L``) each L steps are one FPTT-K
+update (:func:`~fptt_edge.train_contract.chunk_loss_weights`). Memory is constant in stream length: no activation history, every buffer preallocated.
 
 Safety: the shipped weights stay in ``model.onnx``. Every ``check_every`` updates and at commit
 the guard set (labelled data from the original domain) is scored with ``Wbar``; non-finite
@@ -29,7 +30,7 @@ import numpy as np
 from ..contract import ContractError, StepContract, read_contract, verify_checksum
 from ..io import file_sha256
 from ..npzfile import float32_x
-from ..train_contract import TrainContract, read_train_contract
+from ..train_contract import TrainContract, chunk_loss_weights, read_train_contract
 from .adapted import AdaptedStore, Generation, store_dir
 from .errors import AdaptationError, RuntimeInputError
 from .session import StreamSession, check_count, validate_frames
@@ -272,18 +273,15 @@ class Learner:
         updates = 0
         be.x[n:] = 0.0
         be.w[:] = 0.0
-        for t in range(int(lengths.max())):
-            for b in range(n):  # no temporaries: copy in place, per slot
-                length = int(lengths[b])
-                if t < length:
-                    np.copyto(be.x[b], self._slots[b, t])
-                    be.w[b] = (t + 1) / length
-                else:
-                    be.x[b] = 0.0
-                    be.w[b] = 0.0
-            t0 = time.perf_counter()
+        chunk = self.train_contract.chunk
+        for t in range(0, int(lengths.max()), chunk):
+            if chunk > 1:
+                self._fill_chunk(t, lengths)
+            else:
+                self._fill_step(t, lengths)
+            started = time.perf_counter()
             be.step()
-            self.events.update_seconds += time.perf_counter() - t0
+            self.events.update_seconds += time.perf_counter() - started
             updates += 1
             self.events.updates += 1
             if self.events.updates % self.check_every == 0:
@@ -292,6 +290,28 @@ class Learner:
         if not all(np.isfinite(v).all() for v in be.buffers().values()):
             self._rollback("non-finite weights after an update")
         return updates
+
+    def _fill_step(self, t: int, lengths: np.ndarray) -> None:
+        """Step ``t`` of every pending slot into the graph's ``x`` and ``w = (t+1)/T`` (0 past a slot's end)."""
+        be = self.backend
+        for b in range(len(lengths)):  # no temporaries: copy in place, per slot
+            length = int(lengths[b])
+            if t < length:
+                np.copyto(be.x[b], self._slots[b, t])
+                be.w[b] = (t + 1) / length
+            else:
+                be.x[b] = 0.0
+                be.w[b] = 0.0
+
+    def _fill_chunk(self, t0: int, lengths: np.ndarray) -> None:
+        """Steps ``t0 .. t0 + L - 1`` of every pending slot (zeros past its end) and FPTT-K's loss weights."""
+        be = self.backend
+        chunk = be.x.shape[1]
+        for b in range(len(lengths)):
+            real = max(0, min(chunk, int(lengths[b]) - t0))
+            be.x[b, :real] = self._slots[b, t0:t0 + real]
+            be.x[b, real:] = 0.0
+        be.w[:len(lengths)] = chunk_loss_weights(lengths, t0, chunk)
 
     def train(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None, epochs: int = 1, seed: int = 0, progress=None) -> int:
         """Adapt on labelled recordings ``x`` ``[N, T, *frame]`` (``y`` ``[N]``), ``epochs`` passes in a seeded order."""

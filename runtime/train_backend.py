@@ -42,12 +42,12 @@ class TrainStepBackend:
         session_providers(self.session, backend)  # refuse a silent fall-back to the CPU
         self.contract = contract
         b, n = contract.batch, contract.size
-        self.x = np.zeros((b, *contract.frame_shape), np.float32)
+        self.x = np.zeros(contract.x_shape, np.float32)  # [B, *frame], or [B, L, *frame] for chunks of L steps
         self.y = np.zeros((b, contract.num_classes), np.float32)
-        self.w = np.zeros(b, np.float32)
+        self.w = np.zeros(contract.w_shape, np.float32)
         self.mask = np.ones((1, n), np.float32)
         self.lr = np.full(1, contract.hyper.lr, np.float32)
-        self.logits = np.zeros((b, contract.num_classes), np.float32)
+        self.logits = np.zeros(contract.logits_shape, np.float32)
         self._state = [{name: np.zeros((b, *shape), np.float32) for name, shape in contract.states} for _ in range(2)]
         self._flat = [{k: np.zeros((1, n), np.float32) for k in FLAT} for _ in range(2)]
         self._step = [np.zeros(1, np.float32) for _ in range(2)]

@@ -287,7 +287,7 @@ def _tampered_train_graphs(folder):
         "fptt_edge.train.tensors": ["[]", "[[\"a\", [2], 7]]", "not json", "[[\"layers.0.a_m\", [], 0]]"],
         "fptt_edge.train.hyper": ['{"lr": NaN}', '{"alpha": -1}', "[]", '{"lr": 1e-3, "bogus": 1}'],
         "fptt_edge.train.model_type": ["something-else"],
-        "fptt_edge.train.contract_version": ["99", "v1"],
+        "fptt_edge.train.contract_version": ["99", "v1", "0", "2"],
         "fptt_edge.train.inference_sha256": ["0" * 64],
         "fptt_edge.train.frame_shape": ["[9]", "[0]"],
     }
@@ -298,6 +298,14 @@ def _tampered_train_graphs(folder):
                 if p.key == key:
                     p.value = value
             yield f"{key}={value}", m.SerializeToString()
+    for added in ({"chunk": "3"}, {"chunk": "3", "contract_version": "2"}, {"chunk": "0", "contract_version": "2"},
+                  {"chunk": "1e9", "contract_version": "2"}):  # a chunked contract on a one-step graph, or absurd chunks
+        m = onnx.load_from_string(data)
+        for p in m.metadata_props:
+            if p.key == "fptt_edge.train.contract_version" and "contract_version" in added:
+                p.value = added["contract_version"]
+        m.metadata_props.add(key="fptt_edge.train.chunk", value=added["chunk"])
+        yield f"added {added}", m.SerializeToString()
 
 
 def test_broken_or_lying_train_graphs_are_refused_with_one_line(exported, tmp_path):
@@ -316,4 +324,4 @@ def test_broken_or_lying_train_graphs_are_refused_with_one_line(exported, tmp_pa
         assert not (case / "model.adapted").exists(), name
         assert (case / "model.train.onnx").read_bytes() == blob  # nothing rewritten
         cases += 1
-    assert cases >= 18
+    assert cases >= 24

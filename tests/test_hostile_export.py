@@ -47,6 +47,12 @@ def test_export_refuses_the_names_of_its_side_files(art, tmp_path, name):  # noq
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("value", ["0", "-2", "5000", "3.5", "many"])
+def test_export_refuses_an_absurd_adapt_chunk(art, tmp_path, value):  # noqa: F811
+    refused_cli(["export", art.pt, "-o", tmp_path / "m.onnx", "--no-check", "--adapt", "--adapt-chunk", value], tmp_path, art.root, usage=True)
+    assert not list(tmp_path.iterdir())
+
+
 def _graph(make):
     def build(good, path):
         model = onnx.load(str(good.onnx))

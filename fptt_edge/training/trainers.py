@@ -117,6 +117,19 @@ def final_logits(logits: torch.Tensor, lengths: torch.Tensor | None) -> torch.Te
     return logits[torch.arange(logits.shape[0], device=logits.device), lengths - 1]
 
 
+def picked_step_loss(logits: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor, t0: int) -> tuple[torch.Tensor, ...]:
+    """FPTT's loss on a chunk's logits ``[B, L, C]`` (steps ``t0 ..``) of sequences of ``lengths``: each sequence still
+    running at ``t0`` is scored at the chunk's last step it reaches, ``p``, weighted ``(p + 1) / len``; one that ended
+    earlier adds nothing. Returns ``(sum_b w_b CE_b / B, picked logits, w, alive)``."""
+    batch = logits.shape[0]
+    idx = (lengths - 1 - t0).clamp(0, logits.shape[1] - 1)
+    picked = logits[torch.arange(batch, device=logits.device), idx]
+    alive = lengths - 1 >= t0
+    weight = alive.to(picked.dtype) * (t0 + idx + 1).to(picked.dtype) / lengths.to(picked.dtype)
+    loss = (weight * F.cross_entropy(picked, y, reduction="none")).sum() / batch
+    return loss, picked, weight, alive
+
+
 class FPTTTrainer:
     """Online FPTT updates over a batch of sequences.
 
@@ -227,12 +240,7 @@ class FPTTTrainer:
                 weight = None
                 final = picked.detach()
             else:
-                idx = (lengths - 1 - t0).clamp(0, t1 - t0 - 1)
-                picked = logits[torch.arange(batch, device=x.device), idx]
-                alive = lengths - 1 >= t0
-                ce_i = F.cross_entropy(picked, y, reduction="none")
-                weight = alive.to(picked.dtype) * (t0 + idx + 1).to(picked.dtype) / lengths.to(picked.dtype)
-                loss = (weight * ce_i).sum() / batch
+                loss, picked, weight, alive = picked_step_loss(logits, y, lengths, t0)
                 ends_here = ((lengths - 1 >= t0) & (lengths - 1 < t1)).unsqueeze(1)
                 final = picked.detach() if final is None else torch.where(ends_here, picked.detach(), final)
             if self.oracle is not None:

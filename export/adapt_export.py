@@ -16,7 +16,7 @@ import onnx
 
 from ..contract import stamp_checksum
 from ..devices import DeviceProfile
-from ..io import file_sha256, write_bytes_atomic
+from ..io import file_sha256
 from ..model import LTCNetwork
 from ..train_contract import MAX_CHUNK, Hyper, TrainContract
 from .errors import ExportError
@@ -66,11 +66,12 @@ def zero_feeds(session, contract: TrainContract) -> dict[str, np.ndarray]:
     return feeds
 
 
-def export_train_step(net: LTCNetwork, payload: dict, checkpoint: Path, model_path: Path, profile: DeviceProfile, opset: int,
-                      trainable: str, batch: int, check_data, updates: int, strict: bool, log, guard_samples: int = 100,
-                      chunk: int = 1) -> dict:
-    """Write ``model.train.onnx`` (after ``model_path`` exists); returns the report section. ``chunk`` L > 1: one FPTT-K
-    update per L steps (backprop through them)."""
+def export_train_step(net: LTCNetwork, payload: dict, checkpoint: Path, model_path: Path, model_sha256: str, profile: DeviceProfile,
+                      opset: int, trainable: str, batch: int, check_data, updates: int, strict: bool, log, guard_samples: int = 100,
+                      chunk: int = 1) -> tuple[dict, list[tuple[Path, bytes]]]:
+    """``model.train.onnx`` (paired with the inference graph of SHA-256 ``model_sha256`` that will be written to
+    ``model_path``) and ``model.guard.npz``: the report section and the files to write, nothing written here.
+    ``chunk`` L > 1: one FPTT-K update per L steps (backprop through them)."""
     if not 1 <= chunk <= MAX_CHUNK:
         raise ExportError(f"--adapt-chunk must be 1..{MAX_CHUNK} steps, got {chunk}")
     hyper = hyper_from_payload(payload)
@@ -79,7 +80,7 @@ def export_train_step(net: LTCNetwork, payload: dict, checkpoint: Path, model_pa
     contract = TrainContract(batch=batch, frame_shape=tuple(net.config.input_shape), num_classes=net.config.num_classes,
                              states=tuple((n, tuple(s[1:])) for n, s in zip(net.state_names(), net.state_shapes(1))),
                              tensors=tensors, trainable=trainable, hyper=hyper, checkpoint_sha256=file_sha256(checkpoint),
-                             inference_sha256=file_sha256(model_path), opset=default_opset(model), chunk=chunk)
+                             inference_sha256=model_sha256, opset=default_opset(model), chunk=chunk)
     for key, value in contract.to_metadata().items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name = "fptt-edge"
@@ -106,28 +107,31 @@ def export_train_step(net: LTCNetwork, payload: dict, checkpoint: Path, model_pa
             what = f"first spike mismatch {parity.first_mismatch}" if not parity.spikes_ok else f"buffers beyond tolerance: {bad}"
             report["passed"] = False
             raise _TrainCheckFailed(report, f"the train-step graph disagrees with PyTorch's FPTT trainer ({what}); {out} not written")
-    write_bytes_atomic(out, data)
     report["passed"] = True
+    files = [(out, data)]
     if check_data is not None and guard_samples:
-        report["guard"] = write_guard(model_path, check_data, guard_samples)
-    return report
+        report["guard"], guard = guard_file(model_path, check_data, guard_samples)
+        files.append(guard)
+    return report, files
 
 
-def write_guard(model_path: Path, check_data, samples: int) -> dict:
-    """``model.guard.npz``: labelled sequences of the original domain that the learner's guard scores.
-
-    Taken from the end of the check data (the train-step check uses its start)."""
+def guard_file(model_path: Path, check_data, samples: int) -> tuple[dict, tuple[Path, bytes]]:
+    """``model.guard.npz``: labelled sequences of the original domain that the learner's guard scores (with their
+    ``lengths`` where they differ). Taken from the end of the check data (the train-step check uses its start)."""
     import io
 
     from ..runtime.adaptation import guard_path_for
 
-    x, y, _ = check_data
+    x, y, lengths = check_data
     x, y = x[-samples:], y[-samples:]
+    x, y = np.ascontiguousarray(x, np.float32), np.asarray(y, np.int64)
     buf = io.BytesIO()
-    np.savez_compressed(buf, x=np.ascontiguousarray(x, np.float32), y=np.asarray(y, np.int64))
+    if lengths is None:
+        np.savez_compressed(buf, x=x, y=y)
+    else:
+        np.savez_compressed(buf, x=x, y=y, lengths=np.asarray(lengths[-samples:], np.int64))
     path = guard_path_for(model_path)
-    write_bytes_atomic(path, buf.getvalue())
-    return {"path": str(path), "sequences": len(y), "bytes": buf.tell()}
+    return {"path": str(path), "sequences": len(y), "bytes": buf.tell()}, (path, buf.getvalue())
 
 
 class _TrainCheckFailed(ExportError):

@@ -1,6 +1,9 @@
 """``fptt-edge export``: checkpoint -> checked, device-linted stateful ONNX step + report."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -12,7 +15,7 @@ from ..checkpoint import load_model
 from ..contract import OUTPUT_SUFFIX, InputSpec, StateSpec, StepContract, stamp_checksum
 from ..data.dataset import DataError
 from ..devices import DEFAULT_PROFILE, load_profile
-from ..io import file_sha256, output_target, write_bytes_atomic, write_json_atomic
+from ..io import file_sha256, json_bytes, output_target, write_files_atomic, write_json_atomic
 from ..model import LTCNetwork, flatten_state
 from .errors import ExportError
 from .graph_passes import default_opset
@@ -22,6 +25,11 @@ from .parity import ParityResult, check_parity, ort_session
 from .precision import PrecisionResult, emulate_fp16, fp16_variant
 from .report import ExportIO, ExportReport, Fp16Variant
 from .streams import make_streams
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock between exports
+    fcntl = None  # type: ignore[assignment]
 
 
 def _version(dist: str) -> str:
@@ -52,13 +60,32 @@ def build_contract(net: LTCNetwork, payload: dict, sha256: str, batch: int | Non
     )
 
 
-def _refuse_overwrite(checkpoint: Path, outputs: list[Path]) -> None:
-    """Never write over the input checkpoint (same path after resolving links and ``..``), and refuse any output that
-    cannot be written as a file (a folder, a FIFO, ...) before the first one is written."""
+def _refuse_overwrite(inputs: dict[str, Path], outputs: list[Path]) -> None:
+    """Never write over an input (the checkpoint, ``--data``, a ``--device`` file: same path after resolving links and
+    ``..``), and refuse any output that cannot be written as a file (a folder, a FIFO, ...) before the first one is
+    written."""
     for path in outputs:
-        if path.resolve() == checkpoint.resolve() or (path.exists() and path.samefile(checkpoint)):
-            raise ExportError(f"{path} is the input checkpoint {checkpoint}; choose another -o")
+        for what, src in inputs.items():
+            if path.resolve() == src.resolve() or (path.exists() and src.exists() and path.samefile(src)):
+                raise ExportError(f"{path} is the input {what} {src}; choose another -o")
         output_target(path)
+
+
+@contextlib.contextmanager
+def _export_lock(folder: Path):
+    """One export at a time into ``folder`` (an advisory lock on the folder itself, no file made): two exports writing
+    the same names would leave one's model beside the other's report."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ExportError(f"another fptt-edge export is writing into {folder}; wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset: int | None = None, batch: int | None = 1,
@@ -81,8 +108,24 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
         raise ExportError(f"{out}: names ending in .train.onnx and .fp16.onnx are the ones export gives the train-step graph and "
                           "the FP16 variant beside MODEL.onnx; choose another -o")
     report_path = out.with_suffix(".report.json")
-    _refuse_overwrite(checkpoint, [out, report_path, *([out.with_suffix(".fp16.onnx")] if fp16 else []),
-                                   *([out.with_suffix(".train.onnx"), out.with_name(out.stem + ".guard.npz")] if adapt else [])])
+    inputs = {"checkpoint": checkpoint, **({"--data file": Path(data)} if data else {}),
+              **({"--device file": Path(device)} if device and os.path.lexists(device) else {})}
+    _refuse_overwrite(inputs, [out, report_path, *([out.with_suffix(".fp16.onnx")] if fp16 else []),
+                               *([out.with_suffix(".train.onnx"), out.with_name(out.stem + ".guard.npz")] if adapt else [])])
+    with _export_lock(out.parent):
+        ds = _check_set(net, payload, data) if check else None
+        if adapt and ds is not None and len(ds) < adapt_batch:
+            raise ExportError(f"--adapt-batch {adapt_batch} needs at least {adapt_batch} labelled check sequences; the check data "
+                              f"has {len(ds)} (pass --data with more, or a smaller --adapt-batch)")
+        return _export(net, payload, checkpoint, out, report_path, profile, device, opset, batch, ds, streams, steps, precision_samples,
+                       fp16, strict_parity, adapt, trainable, adapt_batch, adapt_updates, guard_samples, adapt_chunk, log)
+
+
+def _export(net, payload, checkpoint: Path, out: Path, report_path: Path, profile, device, opset, batch, ds, streams, steps,
+            precision_samples, fp16, strict_parity, adapt, trainable, adapt_batch, adapt_updates, guard_samples, adapt_chunk,
+            log) -> ExportReport:
+    """Trace, check and write every artefact; nothing replaces an existing file unless all of them were written (a
+    full disk or a failed check leaves the previous export whole; a failed check writes its report alone)."""
     if opset is None:
         opset = max(min(profile.max_opset, 20), 18) if profile.max_opset >= 18 else profile.max_opset
     t0 = time.perf_counter()
@@ -102,8 +145,8 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
         io=ExportIO(f"{INPUT_NAME}{list(contract.input.shape)}", LOGITS_NAME, [s.name for s in contract.states]),
         checkpoint_sha256=contract.checkpoint_sha256, exporter=contract.exporter, lint=lint(model, profile),
     )
-    if check:
-        report.parity, report.precision, report.check_data = _run_checks(net, payload, model, model_bytes, data, batch, streams, steps,
+    if ds is not None:
+        report.parity, report.precision, report.check_data = _run_checks(net, ds, model, model_bytes, batch, streams, steps,
                                                                          precision_samples, strict_parity, log)
     if device is None:
         report.lint_note = f"no --device given: linted against the default profile {DEFAULT_PROFILE}"
@@ -112,33 +155,33 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
         m = report.parity.first_mismatch or report.parity.ties[0]
         raise ExportError(f"ONNX Runtime and PyTorch disagree on spikes (first at stream {m['stream']}, step {m['step']}, {m['state']}: "
                           f"{m['count']} values, reference margin |v - theta| {m['max_margin']:.2e}); {out} not written, report in {report_path}")
-    write_bytes_atomic(out, model_bytes)
+    files = [(out, model_bytes)]
     if fp16:
         variant = fp16_variant(model)
         stamp_checksum(variant)
         fp16_path = out.with_suffix(".fp16.onnx")
         data16 = variant.SerializeToString()
-        write_bytes_atomic(fp16_path, data16)
+        files.append((fp16_path, data16))
         report.fp16_variant = Fp16Variant(str(fp16_path), len(data16), "Gemm/Conv in FP16; neuron dynamics, threshold and state in FP32")
     if adapt:
-        report.train_step = _export_train_step(net, payload, checkpoint, out, profile, actual_opset, trainable, adapt_batch,
-                                                 data, check, adapt_updates, strict_parity, report, log, guard_samples, adapt_chunk)
-    write_json_atomic(report_path, report.to_dict())
+        report.train_step, train_files = _export_train_step(net, payload, checkpoint, out, hashlib.sha256(model_bytes).hexdigest(), profile,
+                                                            actual_opset, trainable, adapt_batch, ds, adapt_updates, strict_parity, report, log,
+                                                            guard_samples, adapt_chunk)
+        files += train_files
+    files.append((report_path, json_bytes(report.to_dict())))
+    write_files_atomic(files)
     return report
 
 
-def _export_train_step(net, payload, checkpoint, out, profile, opset, trainable, batch, data, check, updates, strict,
-                       report: ExportReport, log, guard_samples, chunk: int = 1) -> dict:
-    """``MODEL.train.onnx`` (``--adapt``), checked on the same real data as the parity unless ``--no-check``."""
+def _export_train_step(net, payload, checkpoint, out, model_sha256, profile, opset, trainable, batch, ds, updates, strict,
+                       report: ExportReport, log, guard_samples, chunk: int = 1) -> tuple[dict, list[tuple[Path, bytes]]]:
+    """``MODEL.train.onnx`` (``--adapt``) and its guard set, checked on the same real data as the parity unless ``--no-check``."""
     from .adapt_export import _TrainCheckFailed, export_train_step
 
-    check_data = None
-    if check:
-        ds = _check_set(net, payload, data)
-        check_data = (ds.x.numpy(), ds.y.numpy(), None if ds.lengths is None else ds.lengths.numpy())
+    check_data = None if ds is None else (ds.x.numpy(), ds.y.numpy(), None if ds.lengths is None else ds.lengths.numpy())
     try:
-        return export_train_step(net, payload, checkpoint, out, profile, opset, trainable, batch, check_data, updates, strict, log,
-                                 guard_samples, chunk)
+        return export_train_step(net, payload, checkpoint, out, model_sha256, profile, opset, trainable, batch, check_data, updates, strict,
+                                 log, guard_samples, chunk)
     except _TrainCheckFailed as exc:
         report.train_step = exc.report
         write_json_atomic(Path(report.report), report.to_dict())
@@ -160,9 +203,8 @@ def _check_set(net, payload, data):
     return ds
 
 
-def _run_checks(net, payload, model, model_bytes, data, batch, n_streams, steps, precision_samples, strict,
+def _run_checks(net, ds, model, model_bytes, batch, n_streams, steps, precision_samples, strict,
                 log) -> tuple[ParityResult, PrecisionResult, dict]:
-    ds = _check_set(net, payload, data)
     n_streams = max(n_streams, batch or 1)
     n_streams -= n_streams % (batch or 1)
     xs = make_streams(ds, n_streams, steps)

@@ -7,12 +7,14 @@ the graph hands its state back, and logits at every step). The reference
 is :class:`~fptt_edge.training.trainers.FPTTTrainer` itself (its :meth:`apply_update`) on the
 batch-norm-folded network with only the trainable tensors requiring grad. Spikes must be
 identical (rounding ties are classified by the reference margin as in the export's parity,
-then every buffer is re-synchronised); weights, ``Wbar``, ``lam`` and both Adamax moments must
-agree within ``rtol`` relative to each buffer's largest magnitude, or, where PyTorch disagrees
-with itself by more (the same update with the batch summed in reverse order; Adamax with fresh
-moments amplifies rounding noise in near-zero gradients), within ``NOISE_FACTOR`` times that
-noise floor. Each update starts from the reference's state and buffers (teacher forcing), so
-one update's rounding never compounds into the next.
+then every buffer is re-synchronised). Weights, ``Wbar``, ``lam`` and both Adamax moments, relative
+to each buffer's largest magnitude: the largest deviation within ``rtol``, or, where the same update
+in float64 moves further from the float32 reference (Adamax with fresh moments amplifies rounding
+noise in near-zero gradients), within ``NOISE_FACTOR`` times that; and the deviation of 99 % of
+the elements within ``BULK_RTOL`` (a fault in the update rule moves most elements, rounding
+noise a few). Both floors come from the trainer, never from the graph's own function, so a fault
+in that function cannot widen its own tolerance. Each update starts from the reference's state
+and buffers (teacher forcing), so one update's rounding never compounds into the next.
 """
 from __future__ import annotations
 
@@ -26,10 +28,16 @@ from torch.nn import functional as F
 from ..model import LTCNetwork, detach_state, flatten_state
 from ..train_contract import FLAT_IO, LR, MASK, STEP, WEIGHTS_OUT, Hyper, TrainTensor, W, X, Y, chunk_loss_weights
 from ..training.trainers import FPTTTrainer, TrainConfig, picked_step_loss
+from .errors import ExportError
 from .parity import TIE_TOLERANCE, spike_margins
 from .train_graph import OUTPUT_SUFFIX
 
 RTOL = 1e-5
+BULK_QUANTILE = 0.99
+# the BULK_QUANTILE of each buffer's deviation, relative to its largest element, must stay below these: a wrong rate,
+# bias correction or trace rule moves most elements (a 1.1x rate: 7.5e-5 in the weights, 0.1 in lam, on the demo
+# model), rounding noise moves the bulk by 4e-7 (weights) and 3e-4 (lam, small early on, so relatively noisier)
+BULK_RTOL = {"weights": 1e-5, "wbar": 1e-5, "lam": 1e-2, "m": 1e-5, "u": 1e-5}
 NOISE_FACTOR = 4.0
 BUFFERS = ("weights", "wbar", "lam", "m", "u")
 
@@ -40,7 +48,9 @@ class TrainParityResult:
     batch: int
     sequences: int
     max_rel: dict[str, float]  # buffer -> max |ort - torch| / max |torch| over all updates
-    control_rel: dict[str, float]  # the same for PyTorch against itself with the batch summed in reverse order
+    control_rel: dict[str, float]  # the same for the reference in float64 against the reference (float32)
+    bulk_rel: dict[str, float]  # buffer -> max over updates of the BULK_QUANTILE of |ort - torch| / max |torch|
+    control_bulk: dict[str, float]  # the same for the float64 reference
     max_abs_logits: float
     spike_mismatches: dict[str, int]
     ties: list[dict] = field(default_factory=list)
@@ -54,9 +64,10 @@ class TrainParityResult:
         return all(v == 0 for v in self.spike_mismatches.values()) and not (self.strict and self.ties)
 
     def buffer_ok(self, name: str) -> bool:
-        """Within ``rtol``, or within ``NOISE_FACTOR`` x PyTorch's own rounding noise floor (fresh Adamax
-        moments turn rounding noise in a near-zero gradient into an lr-sized step in any two implementations)."""
-        return self.max_rel[name] <= max(self.rtol, NOISE_FACTOR * self.control_rel[name])
+        """The largest deviation within ``rtol`` or within ``NOISE_FACTOR`` x the float64 reference's (fresh Adamax
+        moments turn rounding noise in a near-zero gradient into an lr-sized step in any two implementations), and the
+        bulk of the elements within ``BULK_RTOL`` (which no rounding noise widens)."""
+        return self.max_rel[name] <= max(self.rtol, NOISE_FACTOR * self.control_rel[name]) and self.bulk_rel[name] <= BULK_RTOL[name]
 
     @property
     def passed(self) -> bool:
@@ -95,17 +106,17 @@ def loss_weights(lengths: np.ndarray, t: int) -> np.ndarray:
 
 
 def _reference_update(ref: LTCNetwork, trainer: FPTTTrainer, xb: np.ndarray, yb: np.ndarray, lb: np.ndarray, t0: int, chunk: int,
-                      state):
+                      state, dtype: torch.dtype = torch.float32):
     """The trainer's own update over steps ``t0 .. t0 + chunk - 1`` (fewer where the batch ends): one step and
     ``w_t CE`` as the per-step loop weighs it, or the chunk and :func:`picked_step_loss`, as FPTT-K does.
     Returns the logits ``[B, C]`` or ``[B, L', C]`` and the state after the chunk."""
     if chunk == 1:
         w = loss_weights(lb, t0)
-        logits, state = ref.step(torch.from_numpy(np.ascontiguousarray(xb[:, t0], dtype=np.float32)), state)
-        loss = (torch.from_numpy(w) * F.cross_entropy(logits, torch.from_numpy(yb).long(), reduction="none")).sum() / len(yb)
+        logits, state = ref.step(torch.from_numpy(np.ascontiguousarray(xb[:, t0], dtype=np.float32)).to(dtype), state)
+        loss = (torch.from_numpy(w).to(dtype) * F.cross_entropy(logits, torch.from_numpy(yb).long(), reduction="none")).sum() / len(yb)
     else:
         t1 = min(t0 + chunk, int(lb.max()))
-        logits, state = ref(torch.from_numpy(np.ascontiguousarray(xb[:, t0:t1], dtype=np.float32)), state)
+        logits, state = ref(torch.from_numpy(np.ascontiguousarray(xb[:, t0:t1], dtype=np.float32)).to(dtype), state)
         loss = picked_step_loss(logits, torch.from_numpy(yb).long(), torch.from_numpy(lb.astype(np.int64)), t0)[0]
     trainer.apply_update(loss)
     return logits.detach().numpy(), detach_state(state)
@@ -152,13 +163,13 @@ def check_train_parity(net: LTCNetwork, tensors: tuple[TrainTensor, ...], hyper:
     bufs = trainer_buffers(trainer)
     step = np.zeros(1, np.float32)
     feeds_const = {MASK: np.ones_like(bufs["weights"]), LR: np.full(1, hyper.lr, np.float32)}
-    max_rel, control_rel = dict.fromkeys(BUFFERS, 0.0), dict.fromkeys(BUFFERS, 0.0)
-    control = _reversed_batch_control(net, names, hyper, state_names, tensors, chunk)
+    max_rel, control_rel, bulk_rel, control_bulk = (dict.fromkeys(BUFFERS, 0.0) for _ in range(4))
+    control = _Float64Control(net, names, hyper)
     mismatches, ties, first, max_logits = dict.fromkeys(spike_names, 0), [], None, 0.0
     updates, used = 0, 0
     n_total = len(x) - len(x) % batch
     if n_total == 0:
-        raise ValueError(f"need at least {batch} labelled sequences for the train-step check")
+        raise ExportError(f"need at least {batch} labelled sequences for the train-step check, got {len(x)}")
     full_len = np.full(len(x), x.shape[1]) if lengths is None else np.asarray(lengths)
     while updates < min_updates:
         i0 = used % n_total
@@ -174,6 +185,7 @@ def check_train_parity(net: LTCNetwork, tensors: tuple[TrainTensor, ...], hyper:
                      **{FLAT_IO[k]: bufs[k] for k in ("wbar", "lam", "m", "u")}}
             out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
             before = tstate
+            ctrl = control(trainer, xb, yb, lb, t, chunk, before)
             logits, tstate = _reference_update(ref, trainer, xb, yb, lb, t, chunk, tstate)
             updates += 1
             tflat = {n: v.numpy() for n, v in zip(state_names, flatten_state(tstate))}
@@ -182,8 +194,8 @@ def check_train_parity(net: LTCNetwork, tensors: tuple[TrainTensor, ...], hyper:
             new = {"weights": out[WEIGHTS_OUT], **{k: out[FLAT_IO[k] + OUTPUT_SUFFIX] for k in ("wbar", "lam", "m", "u")}}
             refb = trainer_buffers(trainer)
             for k in BUFFERS:
-                scale = max(float(np.abs(refb[k]).max()), 1e-30)
-                max_rel[k] = max(max_rel[k], float(np.abs(new[k] - refb[k]).max()) / scale)
+                big, bulk = _deviation(new[k], refb[k])
+                max_rel[k], bulk_rel[k] = max(max_rel[k], big), max(bulk_rel[k], bulk)
             got = out["logits"] if chunk == 1 else out["logits"][:, :real]
             max_logits = max(max_logits, float(np.abs(got - logits).max()))
             for li, n in enumerate(spike_names):
@@ -201,14 +213,22 @@ def check_train_parity(net: LTCNetwork, tensors: tuple[TrainTensor, ...], hyper:
             # so each update is compared on its own (Adamax amplifies any rounding difference in a
             # near-zero gradient to an lr-sized step, which would otherwise compound)
             bufs, ostate, step = refb, {k: v.copy() for k, v in tflat.items()}, np.asarray([float(updates)], np.float32)
-            ctrl = control(feeds)
             for k in BUFFERS:
-                scale = max(float(np.abs(refb[k]).max()), 1e-30)
-                control_rel[k] = max(control_rel[k], float(np.abs(ctrl[k] - refb[k]).max()) / scale)
-            ref.train()
-    return TrainParityResult(updates=updates, batch=batch, sequences=used, max_rel=max_rel, control_rel=control_rel, max_abs_logits=max_logits,
+                big, bulk = _deviation(ctrl[k], refb[k])
+                control_rel[k], control_bulk[k] = max(control_rel[k], big), max(control_bulk[k], bulk)
+    return TrainParityResult(updates=updates, batch=batch, sequences=used, max_rel=max_rel, control_rel=control_rel, bulk_rel=bulk_rel,
+                             control_bulk=control_bulk,
+                             max_abs_logits=max_logits,
                              spike_mismatches={n[: -len(".s")]: v for n, v in mismatches.items()}, ties=ties, first_mismatch=first,
                              rtol=rtol, tie_tolerance=tie_tolerance, strict=strict)
+
+
+def _deviation(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """``|got - ref| / max |ref|``: its largest element, and its ``BULK_QUANTILE`` (a fault moves most elements; rounding
+    noise that Adamax amplifies moves the few whose gradient is near zero)."""
+    rel = np.abs(got - ref).reshape(-1) / max(float(np.abs(ref).max()), 1e-30)
+    k = int(BULK_QUANTILE * (rel.size - 1))
+    return float(rel.max()), float(np.partition(rel, k)[k])
 
 
 def _weight_views(flat: np.ndarray, tensors: tuple[TrainTensor, ...]) -> dict[str, np.ndarray]:
@@ -217,19 +237,26 @@ def _weight_views(flat: np.ndarray, tensors: tuple[TrainTensor, ...]) -> dict[st
     return {t.name: row[t.offset:t.offset + t.size].reshape(t.shape) for t in tensors}
 
 
-def _reversed_batch_control(net: LTCNetwork, names: list[str], hyper: Hyper, state_names: list[str], tensors, chunk: int = 1):
-    """The same update in PyTorch (the traced function, eager) with the batch in reverse order: the
-    rounding noise floor of the update, against which ONNX Runtime's deviation is judged."""
-    from .train_graph import make_train_step
+class _Float64Control:
+    """The reference update again in float64, from the reference's own state and buffers: how far float32 rounding
+    alone moves an update (Adamax turns rounding noise in a near-zero gradient into an lr-sized step), the floor
+    against which ONNX Runtime's deviation from the float32 reference is judged. It is a second
+    :class:`FPTTTrainer`, not the traced function, so a fault in the graph's update (a wrong rate, bias correction or
+    trace rule) cannot widen its own tolerance."""
 
-    fn = make_train_step(net, names, hyper, chunk)
-    batch_inputs = [X, Y, W, *state_names]
+    def __init__(self, net: LTCNetwork, names: list[str], hyper: Hyper):
+        self.trainer = reference_trainer(copy.deepcopy(net).double(), names, hyper)
 
-    def run(feeds: dict) -> dict[str, np.ndarray]:
-        args = [feeds[n][::-1].copy() if n in batch_inputs else feeds[n] for n in batch_inputs]
-        args += [feeds[t.name] for t in tensors] + [feeds[FLAT_IO[k]] for k in ("wbar", "lam", "m", "u")] + [feeds[MASK], feeds[STEP], feeds[LR]]
-        out = fn(*(torch.from_numpy(np.ascontiguousarray(a)) for a in args))
-        flat = [o.detach().numpy() for o in out[1 + len(state_names):]]
-        return dict(zip(BUFFERS, flat))
-
-    return run
+    def __call__(self, ref: FPTTTrainer, xb: np.ndarray, yb: np.ndarray, lb: np.ndarray, t0: int, chunk: int, state) -> dict[str, np.ndarray]:
+        """``ref``'s buffers after the same update in float64 (``ref`` itself is left as it is)."""
+        ctrl = self.trainer
+        with torch.no_grad():
+            ctrl.flat.flat.copy_(ref.flat.flat)
+        ctrl.traces.load_state_dict({k: [t.double() for t in v] if isinstance(v, list) else v for k, v in ref.traces.state_dict().items()})
+        opt = copy.deepcopy(ref.optimizer.state_dict())
+        for st in opt["state"].values():
+            for k in ("exp_avg", "exp_inf"):
+                st[k] = st[k].double()
+        ctrl.optimizer.load_state_dict(opt)
+        _reference_update(ctrl.model, ctrl, xb, yb, lb, t0, chunk, state.map(lambda t: t.double()), torch.float64)
+        return trainer_buffers(ctrl)

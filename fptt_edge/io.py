@@ -131,8 +131,24 @@ def write_bytes_atomic(path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def json_bytes(obj) -> bytes:
+    """``obj`` as the JSON every artefact is written in (indented, sorted keys)."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 def write_json_atomic(path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(path, json_bytes(obj))
+
+
+def write_files_atomic(files: list[tuple[Path, bytes]]) -> None:
+    """Write several files all or nothing: every one to its temporary and synced first (a full disk or any other failure
+    leaves every existing file as it was), then each renamed over its path, the first listed last."""
+    with contextlib.ExitStack() as stack:
+        for path, data in files:
+            tmp = stack.enter_context(atomic_path(path))
+            tmp.write_bytes(data)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
 
 
 def file_sha256(path) -> str:

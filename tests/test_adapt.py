@@ -76,6 +76,25 @@ def test_train_check_catches_a_wrong_update():
     assert not result.passed
 
 
+@pytest.mark.parametrize("fault", ["lr x1.1", "no bias correction"])
+def test_train_check_catches_a_fault_in_the_graphs_own_update(monkeypatch, fault):
+    """A fault in the function the graph is traced from must not widen its own tolerance (the noise floors come from
+    the trainer): a rate 10 % too high, or Adamax without its bias correction, fails the check."""
+    from fptt_edge.export import train_graph
+
+    orig = train_graph.fptt_adamax_update
+
+    def faulty(g, W, wbar, lam, m, u, mask, step, lr, hyper):
+        if fault == "lr x1.1":
+            return orig(g, W, wbar, lam, m, u, mask, step, lr * 1.1, hyper)
+        return orig(g, W, wbar, lam, m, u, mask, step + 1e6, lr, hyper)  # beta1^step = 0: the correction is gone
+    monkeypatch.setattr(train_graph, "fptt_adamax_update", faulty)
+    model, tensors, folded = trace_train_step(tiny_net(), "all", Hyper(), 4, None)
+    x, y = digits(16)
+    result = check_train_parity(folded, tensors, Hyper(), ort_session(model.SerializeToString()), x, y, None, 4, min_updates=16)
+    assert not result.passed and not result.buffer_ok("weights")
+
+
 def test_conv_backward_matches_autograd():
     """The hand-written convolution_backward decomposition against eager autograd (same function, same inputs)."""
     from torch.fx.experimental.proxy_tensor import make_fx

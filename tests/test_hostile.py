@@ -30,6 +30,7 @@ from export_helpers import make_checkpoint, real_spec
 
 from fptt_edge.cli import main
 from fptt_edge.config import ModelConfig
+from fptt_edge.devices import PROFILE_DIR
 from fptt_edge.errors import FpttEdgeError
 from fptt_edge.export.pipeline import export_checkpoint
 from fptt_edge.runtime import RuntimeInputError, open_session
@@ -673,9 +674,9 @@ def test_hostile_labels_csv(art, tmp_path, name):
 # ---------------------------------------------------------------- options and writers
 
 
-def _copy(art, tmp_path, name: str) -> Path:
+def _copy(art, tmp_path, name: str, src: Path | None = None) -> Path:
     dst = tmp_path / name
-    shutil.copy(art.pt, dst)
+    shutil.copy(src or art.pt, dst)
     return dst
 
 
@@ -687,7 +688,8 @@ def _release_held_locks():
     """Close the lock files the "busy" cases hold once this module's tests are done."""
     yield
     while _HELD:
-        _HELD.pop().close()
+        held = _HELD.pop()
+        os.close(held) if isinstance(held, int) else held.close()
 
 
 def _held_lock(folder: Path):
@@ -700,6 +702,34 @@ def _held_lock(folder: Path):
 
 def _enospc(*_a, **_k):
     raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _enospc_after(calls: int):
+    """``os.fsync`` that syncs ``calls`` times, then finds the disk full."""
+    real, seen = os.fsync, []
+
+    def fsync(fd):
+        seen.append(fd)
+        if len(seen) > calls:
+            _enospc()
+        real(fd)
+    return fsync
+
+
+def _earlier_export(a, t) -> Path:
+    """An earlier export's three files at ``t/x.*`` (what a failed export must leave as they were)."""
+    for suffix, src in ((".onnx", a.onnx), (".report.json", None), (".fp16.onnx", a.dyn)):
+        (t / f"x{suffix}").write_bytes(src.read_bytes() if src else b'{"earlier": "report"}')
+    return t / "x.onnx"
+
+
+def _held_folder_lock(folder: Path) -> Path:
+    """Another export writing into ``folder``: its advisory lock on the folder, held until the process ends."""
+    folder.mkdir(exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _HELD.append(fd)
+    return folder
 
 
 OPTION_CASES = {
@@ -720,6 +750,17 @@ OPTION_CASES = {
     "export-disk-full": lambda a, t, mp: ((t / "o.onnx").write_bytes(b"earlier artefact"), mp.setattr("os.fsync", _enospc),
                                           ["export", a.pt, "-o", t / "o.onnx", "--no-check"], False)[2:],
     "train-disk-full": lambda a, t, mp: (mp.setattr("os.fsync", _enospc), ["train", *TINY, "--epochs", "1", "--out", t / "full"], False)[1:],
+    # the disk fills on the second artefact: the earlier export's model, variant and report stay as they were, together
+    "export-disk-full-later-artefact": lambda a, t, mp: (mp.setattr("os.fsync", _enospc_after(1)),
+                                                         ["export", a.pt, "-o", _earlier_export(a, t), "--no-check", "--fp16-variant",
+                                                          "--batch", "dynamic"], False)[1:],
+    "export-while-another-writes-there": lambda a, t, mp: (["export", a.pt, "-o", _held_folder_lock(t / "busy") / "o.onnx", "--no-check"],
+                                                           False),
+    "export-onto-its-data": lambda a, t, mp: (["export", a.npz_pt, "--data", _copy(a, t, "d.npz", a.d3), "-o", t / "d.npz"], False),
+    "export-onto-its-device-file": lambda a, t, mp: (["export", a.pt, "--device", _copy(a, t, "p.toml", PROFILE_DIR / "orin-nano-8gb.toml"),
+                                                      "-o", t / "p.toml", "--no-check"], False),
+    "export-adapt-batch-beyond-the-data": lambda a, t, mp: (["export", a.npz_pt, "--data", a.d3, "-o", t / "o.onnx", "--adapt",
+                                                             "--adapt-batch", "64"], False),
 }
 
 
@@ -733,6 +774,10 @@ def test_hostile_options_and_writers(art, tmp_path, monkeypatch, name):
         assert "no space left on device writing" in out
     if "locked" in name:
         assert "another training is using" in out
+    if "another-writes" in name:
+        assert "another fptt-edge export is writing into" in out
+    if name in ("export-adapt-batch-beyond-the-data", "export-while-another-writes-there"):
+        assert not [p for p in tmp_path.rglob("o.*")]
 
 
 # ---------------------------------------------------------------- runtime API

@@ -13,7 +13,8 @@ Only regular files are opened (a FIFO, device or directory is refused from ``sta
 nothing blocks), only ``F32`` tensors of the contract's shapes are read into memory, and the
 file's size is bounded by the contract before it is opened. Saves hold an exclusive lock
 (``flock`` on ``model.adapted/.lock``) while they pick the next number and write it, so two
-processes saving at once get different generations and neither overwrites the other.
+processes saving at once get different generations and neither overwrites the other. A save never
+writes over an existing name: junk under the last number the loader reads is numbered past, not hit.
 """
 from __future__ import annotations
 
@@ -90,6 +91,7 @@ class AdaptedStore:
         for lock in (self.folder / LOCK, self.folder / LEARNER_LOCK):
             if os.path.lexists(lock) and (lock.is_symlink() or not lock.is_file()):
                 raise AdaptationError(f"{lock}: exists and is not a regular file (the store's lock)")
+        self.next_number()  # refuses a full store now, not after a whole training run
 
     def hold_for_learning(self) -> int | None:
         """Take the store for one learner until :meth:`release` (``flock`` on ``folder/.learner.lock``, dropped by the kernel
@@ -111,16 +113,30 @@ class AdaptedStore:
         os.close(held)  # drops the lock
 
     def generations(self) -> list[int]:
-        """Generation numbers present, newest first (names that do not match are ignored)."""
+        """Generation numbers present, newest first (names that do not match, or beyond what the loader reads, are ignored)."""
         if not self.folder.is_dir():
             return []
         found = []
         for p in self.folder.iterdir():
             m = NAME.match(p.name)
             # canonical names only: gen-0000007.safetensors would alias generation 7
-            if m and self.path(int(m.group(1))).name == p.name:
+            if m and self.path(int(m.group(1))).name == p.name and int(m.group(1)) <= MAX_GENERATION:
                 found.append(int(m.group(1)))
         return sorted(found, reverse=True)
+
+    def next_number(self) -> int:
+        """The number the next save takes: after the highest name; if that is the last, the first free name after the newest
+        generation that loads (junk under a high name does not block saves; no existing file is ever written over)."""
+        taken = self.generations()
+        if not taken or taken[0] < MAX_GENERATION:
+            return (taken or [0])[0] + 1
+        good = self.latest_good()
+        start, names = (1 if good is None else good.number + 1), set(taken)
+        number = next((n for n in range(start, MAX_GENERATION + 1) if n not in names and not os.path.lexists(self.path(n))), None)
+        if number is None:
+            raise AdaptationError(f"{self.folder}: generation numbers are used up (none free after generation {start - 1}); "
+                                  "move the folder away to start again from the shipped weights")
+        return number
 
     def path(self, number: int) -> Path:
         return self.folder / f"gen-{number:06d}.safetensors"
@@ -156,10 +172,7 @@ class AdaptedStore:
             raise AdaptationError(f"refusing to save adapted weights: info is not plain JSON ({str(exc).splitlines()[0][:200]})") from None
         self.check_folder()
         with _locked(self.folder):
-            number = (self.generations() or [0])[0] + 1
-            if number > MAX_GENERATION:
-                raise AdaptationError(f"{self.folder}: generation numbers are used up (the newest is {number - 1}); "
-                                      "move the folder away to start again from the shipped weights")
+            number = self.next_number()
             meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "generation": str(number),
                     "base_sha256": self.base_sha256, "train_sha256": self.train_sha256, "layout": layout(self.contract),
                     "checksum": checksum(tensors), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "info": info_json}

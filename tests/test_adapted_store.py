@@ -211,6 +211,38 @@ def test_names_that_are_not_generations(tmp_path):
     assert same(store.latest_good().buffers, buffers(3))
 
 
+MAX_GEN = 10 ** 12 - 1  # the last number the loader reads (12 digits)
+
+
+def test_junk_under_the_last_numbers_does_not_block_saves(tmp_path):
+    store = make_store(tmp_path)
+    store.save(buffers(1))
+    junk = {store.path(MAX_GEN): b"junk\n", tmp_path / "gen-1000000000000.safetensors": b""}
+    for path, data in junk.items():
+        path.write_bytes(data)
+    store.check_folder()  # room is left: after generation 1
+    assert store.save(buffers(2)).number == 2
+    store.path(3).write_bytes(b"junk where the next number would go")
+    assert store.save(buffers(3)).number == 4  # numbered past an existing name, never over it
+    assert all(path.read_bytes() == data for path, data in junk.items())
+    assert store.path(3).read_bytes() == b"junk where the next number would go"
+    warns = []
+    assert same(store.latest_good(warn=warns.append).buffers, buffers(3))
+    assert len(warns) == 1 and f"gen-{MAX_GEN}" in warns[0]
+
+
+def test_a_store_at_its_last_number_is_refused_before_any_work(tmp_path):
+    store = make_store(tmp_path)
+    store.path(MAX_GEN).write_bytes(encode(entries_of(buffers(2)), good_meta(buffers(2), generation=MAX_GEN)))
+    assert store.load(store.path(MAX_GEN)).number == MAX_GEN  # a good generation with the last number
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for attempt in (store.check_folder, lambda: store.save(buffers(3))):
+        with pytest.raises(AdaptationError, match="generation numbers are used up") as info:
+            attempt()
+        assert one_line(info.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != ".lock"} == before
+
+
 # --- 2. kill -9 during a save -----------------------------------------------------------------------
 CHILD = r"""
 import os, pathlib, sys, time

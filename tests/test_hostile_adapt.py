@@ -226,6 +226,18 @@ def test_adapt_json_reports_the_generations_it_skipped(model, data):
     assert report["started_from"] == "factory weights" and any("gen-000001" in w for w in report["warnings"])
 
 
+def test_junk_under_a_huge_generation_number_does_not_block_adapt(model, data):
+    store = model.with_name("model.adapted")
+    store.mkdir()
+    junk = {store / "gen-999999999999.safetensors": b"junk\n", store / "gen-1000000000000.safetensors": b""}
+    for path, content in junk.items():
+        path.write_bytes(content)
+    res = CliRunner().invoke(main, ["adapt", str(model), "--data", str(data), "--holdout", "0", "--max-drop", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["committed"] and (store / "gen-000001.safetensors").is_file()
+    assert all(path.read_bytes() == content for path, content in junk.items())
+
+
 def test_the_store_refuses_a_generation_number_its_loader_would_not_read(model, monkeypatch):
     from fptt_edge.runtime import adapted
     from fptt_edge.runtime.adapted import AdaptedStore

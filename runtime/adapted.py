@@ -9,12 +9,13 @@ Loading refuses, with one line, a file for another base model, with another layo
 checksum mismatch, non-finite values or anything safetensors cannot parse; ``latest_good``
 skips such files and says which it skipped. safetensors never unpickles anything.
 
-Only regular files are opened (a FIFO, device or directory is refused from ``stat`` alone, so
-nothing blocks), only ``F32`` tensors of the contract's shapes are read into memory, and the
-file's size is bounded by the contract before it is opened. Saves hold an exclusive lock
-(``flock`` on ``model.adapted/.lock``) while they pick the next number and write it, so two
-processes saving at once get different generations and neither overwrites the other. A save never
-writes over an existing name: junk under the last number the loader reads is numbered past, not hit.
+Only regular files are opened, never through a link (a link, FIFO, device or directory is refused
+from ``lstat`` alone, so nothing blocks and nothing outside the store is read), only ``F32`` tensors
+of the contract's shapes are read into memory, and the file's size is bounded by the contract
+before it is opened. Saves hold an exclusive lock (``flock`` on ``model.adapted/.lock``) while
+they pick the next number and write it, so two processes saving at once get different generations
+and neither overwrites the other. A save never writes over an existing name: junk under the last
+number the loader reads is numbered past, not hit.
 """
 from __future__ import annotations
 
@@ -186,15 +187,11 @@ class AdaptedStore:
     def load(self, path) -> Generation:
         """Load and verify one file (any name); :class:`AdaptationError` with one line if it is not usable."""
         path = Path(path)
+        fd = self._open(path)
         try:
-            st = os.stat(path)  # one stat, before anything opens it: a FIFO or device is never opened
-        except (OSError, ValueError) as exc:
-            raise AdaptationError(f"{path}: cannot read adapted weights ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise AdaptationError(f"{path}: not a regular file")
-        if st.st_size > self.max_bytes():
-            raise AdaptationError(f"{path}: {st.st_size} bytes, more than an adapted-weights file of this model ({self.max_bytes()})")
-        meta, tensors = _read(path, self.contract.size)
+            meta, tensors = _read(path, self.contract.size, fd)
+        finally:
+            os.close(fd)
         if meta.get("format") != FORMAT:
             raise AdaptationError(f"{path}: not an fptt-edge adapted-weights file")
         if meta.get("format_version") != str(FORMAT_VERSION):
@@ -225,6 +222,23 @@ class AdaptedStore:
             raise AdaptationError(f"{path}: holds generation {number}, its name says {int(named.group(1))}")
         return Generation(number, path, tensors, meta)
 
+    def _open(self, path: Path) -> int:
+        """A descriptor of ``path`` if it is a regular file of a plausible size, itself and not a link (``lstat`` first:
+        a link, FIFO or device is never opened; ``O_NOFOLLOW`` and the same inode after opening: nor is a swapped-in link)."""
+        st = _os_call(path, os.lstat, path)
+        if stat.S_ISLNK(st.st_mode):
+            raise AdaptationError(f"{path}: a symbolic link (adapted weights are read only from regular files in the store)")
+        if not stat.S_ISREG(st.st_mode):
+            raise AdaptationError(f"{path}: not a regular file")
+        if st.st_size > self.max_bytes():
+            raise AdaptationError(f"{path}: {st.st_size} bytes, more than an adapted-weights file of this model ({self.max_bytes()})")
+        fd = _os_call(path, os.open, path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino, now.st_size) != (st.st_dev, st.st_ino, st.st_size):
+            os.close(fd)
+            raise AdaptationError(f"{path}: changed while it was opened")
+        return fd
+
     def latest_good(self, warn=None) -> Generation | None:
         """The newest generation that loads and verifies; ``warn(message)`` for each one skipped."""
         for number in self.generations():
@@ -249,6 +263,14 @@ def _locked(folder: Path):
         os.close(fd)  # drops the lock
 
 
+def _os_call(path: Path, fn, *args):
+    """``fn(*args)``; its ``OSError`` (or ``ValueError``: a NUL in the name) as one line naming ``path``."""
+    try:
+        return fn(*args)
+    except (OSError, ValueError) as exc:
+        raise AdaptationError(f"{path}: cannot read adapted weights ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+
+
 def _plain(obj):
     """numpy scalars and arrays in ``info`` as plain JSON values."""
     if isinstance(obj, (np.generic, np.ndarray)):
@@ -256,15 +278,17 @@ def _plain(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
-def _read(path: Path, n: int) -> tuple[dict, dict[str, np.ndarray]]:
-    """safetensors' own parser (Rust; no pickle); its errors become one line.
+def _read(path: Path, n: int, fd: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """safetensors' own parser (Rust; no pickle) on the open file ``fd`` (by its ``/proc`` name where there is one, so
+    nothing swapped in at ``path`` is read); its errors become one line.
 
     Shapes and dtypes are checked from the header before any tensor is read: only ``F32``
     tensors of the expected shape are materialised (numpy has no bf16/fp8; big tensors stay unread)."""
     from safetensors import safe_open
 
+    opened = f"/proc/self/fd/{fd}"
     try:
-        with safe_open(str(path), framework="numpy") as f:
+        with safe_open(opened if os.path.exists(opened) else str(path), framework="numpy") as f:
             meta = dict(f.metadata() or {})
             keys = list(f.keys())
             if len(keys) > len(KEYS):

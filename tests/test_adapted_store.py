@@ -602,6 +602,34 @@ def test_hostile_corpus(tmp_path, monkeypatch):
     assert len(strict) > 1000 and len({c.name for c in cases}) == len(cases)
 
 
+def test_a_link_in_the_store_is_skipped_and_its_target_never_opened(tmp_path, monkeypatch):
+    import safetensors
+
+    elsewhere = make_store(tmp_path / "elsewhere")
+    elsewhere.save(buffers(1))
+    elsewhere.save(buffers(2))  # a good generation 2 of this very model, outside the store
+    store = make_store(tmp_path / "model.adapted")
+    store.save(buffers(1))
+    store.path(2).symlink_to(elsewhere.path(2))
+    opened = []
+    real_open = safetensors.safe_open
+
+    def tracing(name, *args, **kwargs):
+        opened.append(os.path.realpath(name))
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors, "safe_open", tracing)
+    with pytest.raises(AdaptationError, match="symbolic link") as info:
+        store.load(store.path(2))
+    assert one_line(info.value)
+    warns = []
+    latest = store.latest_good(warn=warns.append)
+    assert latest.number == 1 and same(latest.buffers, buffers(1))
+    assert len(warns) == 1 and warns[0].startswith("skipping ") and "gen-000002" in warns[0] and "symbolic link" in warns[0]
+    assert os.path.realpath(elsewhere.path(2)) not in opened and os.path.realpath(store.path(1)) in opened
+    assert store.save(buffers(3)).number == 3 and store.path(2).is_symlink()  # the link is numbered past, not written through
+
+
 # --- 4. refused saves ----------------------------------------------------------------------------------
 def test_save_refuses_bad_buffers_and_writes_nothing(tmp_path):
     fresh = make_store(tmp_path / "never")

@@ -126,17 +126,17 @@ class Learner:
         self.push_seconds: list[float] = []
         self.streams = check_count(streams, "streams")
         self.ring_capacity = check_count(ring, "ring")
-        self.check_every, self.max_drop, self.rate_band = check_count(check_every, "check_every"), float(max_drop), float(rate_band)
+        self.check_every, self.max_drop, self.rate_band = check_count(check_every, "check_every"), _max_drop(max_drop), _rate_band(rate_band)
         self.max_failures = check_count(max_failures, "max_failures")
         self._failures = 0
         tc = self.train_contract
         self.batch, self.frame_shape, self.classes = tc.batch, tuple(tc.frame_shape), tc.num_classes
         self.backend = TrainStepBackend(self.train_path, tc, threads, backend)
-        self.base_lr = float(lr) if lr is not None else tc.hyper.lr
+        self.base_lr = _real(lr, "lr") if lr is not None else tc.hyper.lr
         with np.errstate(over="ignore", under="ignore"):
             lr32 = np.float32(self.base_lr)  # what the train graph computes with
         if not (np.isfinite(lr32) and lr32 > 0):
-            raise AdaptationError(f"lr must be a positive number within float32's range (1.2e-38 .. 3.4e38), got {lr!r}")
+            raise AdaptationError(f"lr must be a positive number within float32's range (1.2e-38 .. 3.4e38), got {self.base_lr:g}")
         self.backend.lr[:] = self.base_lr
         self.trainable = trainable
         self.set_trainable(trainable)
@@ -153,7 +153,7 @@ class Learner:
                          "u": np.zeros_like(factory), "step": np.zeros(1, np.float32)}
         self._good = {k: v.copy() for k, v in self._factory.items()}
         self.backend.load(self._factory)
-        self.guard = None if guard is None else self._guard_arrays(*guard)  # checked before the store is taken
+        self.guard = None if guard is None else self._guard_arrays(*_pair(guard))  # checked before the store is taken
         if session is not None and (not hasattr(session.backend, "set_initializers") or session.streams != self.streams):
             raise AdaptationError("the live session must be a StreamSession over ONNX Runtime or TensorRT with the learner's streams")
         self.store = AdaptedStore(store_dir(self.model_path), base_sha, file_sha256(self.train_path), tc) if store else None
@@ -315,6 +315,8 @@ class Learner:
 
     def train(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None, epochs: int = 1, seed: int = 0, progress=None) -> int:
         """Adapt on labelled recordings ``x`` ``[N, T, *frame]`` (``y`` ``[N]``), ``epochs`` passes in a seeded order."""
+        if _int(seed, "seed") < 0:
+            raise AdaptationError(f"seed must be a non-negative integer, got {seed}")
         x, y = np.asarray(x), np.asarray(y)
         if x.ndim != len(self.frame_shape) + 2 or x.shape[2:] != self.frame_shape or len(x) == 0 or x.shape[1] == 0:
             raise AdaptationError(f"x must be [N, T, {', '.join(map(str, self.frame_shape))}] with N, T >= 1, got {list(x.shape)}")
@@ -349,7 +351,15 @@ class Learner:
     def evaluate(self, x: np.ndarray, y: np.ndarray | None = None, wbar: np.ndarray | None = None) -> GuardResult:
         """Accuracy (at each recording's last step) and spike rates of ``wbar`` (default: the current ``Wbar``)."""
         x, y = self._guard_arrays(x, np.zeros(len(x), np.int64) if y is None else y)
-        return self._score(self.backend.buffers()["wbar"] if wbar is None else wbar, (x, y))
+        return self._score(self.backend.buffers()["wbar"] if wbar is None else self._flat_weights(wbar), (x, y))
+
+    def _flat_weights(self, wbar) -> np.ndarray:
+        """``wbar`` as the train graph's flat float32 ``[1, N]`` (``[N]`` is taken too)."""
+        wbar, n = np.asarray(wbar), self.train_contract.size
+        if wbar.dtype.kind not in "fiu" or wbar.shape not in ((1, n), (n,)):
+            raise AdaptationError(f"wbar must be real numbers [1, {n}] (the train graph's flat weights), got {wbar.dtype} {list(wbar.shape)[:6]}")
+        with np.errstate(over="ignore"):  # beyond float32: Inf, scored as non-finite
+            return np.ascontiguousarray(wbar.reshape(1, n), np.float32)
 
     def _score(self, wbar: np.ndarray, data=None) -> GuardResult:
         if data is None:
@@ -498,6 +508,41 @@ def _int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise AdaptationError(f"{what} must be an integer, got {type(value).__name__} {value!r}"[:200])
     return int(value)
+
+
+def _real(value, what: str) -> float:
+    """A real number (not a bool or text) as a float; huge integers become Inf (refused by the caller's range check)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise AdaptationError(f"{what} must be a number, got {type(value).__name__} {str(value)[:20]!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf")
+
+
+def _max_drop(value) -> float:
+    """The largest guard-accuracy drop a check accepts, in [-1, 1] (negative: the accuracy must rise; NaN or more than 1
+    would switch the guard off)."""
+    drop = _real(value, "max_drop")
+    if not -1.0 <= drop <= 1.0:
+        raise AdaptationError(f"max_drop must be a guard-accuracy drop in [-1, 1] (0.02: two points), got {drop}")
+    return drop
+
+
+def _rate_band(value) -> float:
+    """The spike-rate factor a check accepts: finite and >= 1 (0 divides by zero; below 1, NaN or negative fails every check)."""
+    band = _real(value, "rate_band")
+    if not (np.isfinite(band) and band >= 1.0):
+        raise AdaptationError(f"rate_band must be a finite factor >= 1 (spike rates within [shipped / band, shipped * band]), got {band}")
+    return band
+
+
+def _pair(guard) -> tuple:
+    """``guard`` as ``(x, y)``."""
+    if not isinstance(guard, (tuple, list)) or len(guard) != 2:
+        size = f" of {len(guard)}" if isinstance(guard, (tuple, list)) else ""
+        raise AdaptationError(f"guard must be a pair (x, y) of arrays, got a {type(guard).__name__}{size}")
+    return tuple(guard)
 
 
 def _index(value, n: int, what: str) -> int:

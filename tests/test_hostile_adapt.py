@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from numpy.lib import format as npy_format
 from test_adapt import digits, exported  # noqa: F401 - the module fixture: a small model exported with --adapt
-from test_hostile import refused_cli
+from test_hostile import refused_api, refused_cli
 
 from fptt_edge.cli import main
 
@@ -139,6 +139,51 @@ def test_hostile_adapt_options(model, data, tmp_path, name):
     out = refused_cli(["adapt", model, "--data", data, "--holdout", "0", *extra], model.parent, tmp_path, usage=usage)
     assert str(data) not in out  # refused for the option, not for the data
     assert not list(model.parent.rglob("gen-*"))
+
+
+LEARNER_OPTION_CASES = {  # open_learner keyword arguments that must be refused with one AdaptationError line, naming the option
+    "max_drop": [float("nan"), 1.5, -2.0, "x", None, True],
+    "rate_band": [0, 0.0, 0.5, -2.0, float("nan"), float("inf"), "4"],
+    "lr": ["abc", 1j, 10 ** 400, np.zeros(3), float("nan")],
+    "guard": ["text", "one", "three", "array"],
+}
+
+
+def _guard_value(kind: str, gx, gy):
+    return {"text": "(x, y)", "one": (gx,), "three": (gx, gy, gy), "array": gx}[kind]
+
+
+@pytest.mark.parametrize("option", list(LEARNER_OPTION_CASES))
+def test_hostile_learner_options(model, option):
+    from fptt_edge.runtime.errors import AdaptationError
+    from fptt_edge.runtime.learner import open_learner
+
+    gx, gy = digits(6, offset=260)
+    for value in LEARNER_OPTION_CASES[option]:
+        value = _guard_value(value, gx, gy) if option == "guard" else value
+        kwargs = {"guard": (gx, gy), option: value}
+        exc = refused_api(open_learner, model, store=False, **kwargs)
+        assert isinstance(exc, AdaptationError) and option in str(exc), (value, str(exc))
+    with open_learner(model, store=False, guard=(gx, gy), max_drop=-1.0, rate_band=1.0, lr=np.float32(1e-3)):
+        pass  # the edges are taken
+
+
+def test_hostile_learner_train_seed_and_evaluate_weights(model):
+    from fptt_edge.runtime.errors import AdaptationError
+    from fptt_edge.runtime.learner import open_learner
+
+    x, y = digits(4, offset=280)
+    with open_learner(model, store=False) as learner:
+        n = learner.train_contract.size
+        for seed in (-1, "x", 1.5, None):
+            exc = refused_api(learner.train, x, y, seed=seed)
+            assert isinstance(exc, AdaptationError) and "seed" in str(exc)
+        assert learner.events.updates == 0
+        for wbar in (np.zeros(5), np.zeros((2, n)), np.zeros((1, n), complex), "abc", np.zeros((1, n), "U1")):
+            exc = refused_api(learner.evaluate, x, y, wbar=wbar)
+            assert isinstance(exc, AdaptationError) and "wbar" in str(exc)
+        current = learner.backend.buffers()["wbar"].copy()
+        assert learner.evaluate(x, y, wbar=current.reshape(-1).astype(np.float64)) == learner.evaluate(x, y)
 
 
 def _edit_train_graph(model: Path, edit, restamp: bool) -> None:

@@ -65,7 +65,7 @@ def train_path_for(model_path: Path) -> Path:
 
 
 def trainable_names(contract: TrainContract, model_config: dict, choice: str) -> list[str]:
-    """The train graph's tensors that a ``--trainable`` choice updates (a subset of what the graph can)."""
+    """The train graph's tensors that a ``--trainable`` choice updates; refused unless the graph holds all of them."""
     names = [t.name for t in contract.tensors]
     layers = len(model_config.get("conv_channels", ())) + len(model_config.get("hidden", ()))
     pick = {"all": lambda n: True, "readout": lambda n: n.startswith("readout."),
@@ -73,11 +73,24 @@ def trainable_names(contract: TrainContract, model_config: dict, choice: str) ->
             "input": lambda n: n.startswith(("layers.0.fc_x.", "layers.0.conv."))}
     if choice not in pick:
         raise AdaptationError(f"unknown trainable set {choice!r}; choose from {sorted(pick)}")
+    if not _covers(contract.trainable, choice, layers):
+        raise AdaptationError(f"--trainable {choice}: this train graph was exported with --trainable {contract.trainable} and updates "
+                              f"only those tensors; use --trainable {contract.trainable}, or re-export with "
+                              f"`fptt-edge export MODEL.pt --adapt --trainable {choice}`")
     chosen = [n for n in names if pick[choice](n)]
     if not chosen:
         raise AdaptationError(f"--trainable {choice}: the train graph (exported with --trainable {contract.trainable}) cannot update "
                               f"those tensors; re-export with --adapt --trainable {choice} or all")
     return chosen
+
+
+def _covers(exported: str, choice: str, layers: int) -> bool:
+    """Whether a graph exported with ``--trainable exported`` holds every tensor that ``choice`` updates in the whole network
+    (its parameters: the layers' and the readout's; ``input`` is part of layer 0)."""
+    regions = {"all": {f"layers.{i}" for i in range(layers)} | {"readout"}, "readout": {"readout"},
+               "last": {f"layers.{layers - 1}", "readout"}, "input": {"layers.0.input"}}
+    held = regions[exported] | ({"layers.0.input"} if "layers.0" in regions[exported] else set())
+    return regions[choice] <= held
 
 
 def factory_weights(model_path: Path, contract: TrainContract) -> np.ndarray:
@@ -103,7 +116,7 @@ class Learner:
     """FPTT fine-tuning beside a live session; see the module docstring."""
 
     def __init__(self, model, train_model=None, *, streams: int = 1, ring: int = 512, threads: int = 1, lr: float | None = None,
-                 trainable: str = "all", guard=None, check_every: int = 500, max_drop: float = 0.02, rate_band: float = 4.0,
+                 trainable: str | None = None, guard=None, check_every: int = 500, max_drop: float = 0.02, rate_band: float = 4.0,
                  max_failures: int = 3, store: bool = True, resume: bool = True, backend: str = "ort", session=None, warn=None):
 
         self.model_path = Path(model)
@@ -138,8 +151,8 @@ class Learner:
         if not (np.isfinite(lr32) and lr32 > 0):
             raise AdaptationError(f"lr must be a positive number within float32's range (1.2e-38 .. 3.4e38), got {self.base_lr:g}")
         self.backend.lr[:] = self.base_lr
-        self.trainable = trainable
-        self.set_trainable(trainable)
+        self.trainable = tc.trainable if trainable is None else trainable  # default: what the graph was exported to update
+        self.set_trainable(self.trainable)
         # preallocated: ring buffer, replay slots, snapshots (factory, last good)
         self._ring = np.zeros((self.streams, self.ring_capacity, *self.frame_shape), np.float32)
         self._seen = np.zeros(self.streams, np.int64)

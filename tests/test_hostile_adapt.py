@@ -186,6 +186,60 @@ def test_hostile_learner_train_seed_and_evaluate_weights(model):
         assert learner.evaluate(x, y, wbar=current.reshape(-1).astype(np.float64)) == learner.evaluate(x, y)
 
 
+def _contract(exported_with: str, names: list[str]):
+    from fptt_edge.train_contract import Hyper, TrainContract, TrainTensor
+
+    tensors = tuple(TrainTensor(name, (2,), 2 * i) for i, name in enumerate(names))
+    return TrainContract(batch=4, frame_shape=(8,), num_classes=10, states=(), tensors=tensors, trainable=exported_with, hyper=Hyper(),
+                         checkpoint_sha256="c" * 64, inference_sha256="d" * 64, opset=20)
+
+
+def test_a_trainable_set_the_train_graph_only_partly_holds_is_refused():
+    from fptt_edge.runtime.errors import AdaptationError
+    from fptt_edge.runtime.learner import trainable_names
+
+    two, one = {"hidden": [16, 16]}, {"hidden": [16]}
+    readout = _contract("readout", ["readout.fc.weight", "readout.fc.bias"])
+    last1 = _contract("last", ["layers.0.fc_x.weight", "layers.0.fc_h.weight", "readout.fc.weight"])
+    last2 = _contract("last", ["layers.1.fc_x.weight", "layers.1.fc_h.weight", "readout.fc.weight"])
+    refused = [(readout, two, c) for c in ("all", "last", "input")] + [(last2, two, c) for c in ("all", "input")]
+    for contract, config, choice in refused:
+        exc = refused_api(trainable_names, contract, config, choice)
+        assert isinstance(exc, AdaptationError), str(exc)
+        assert f"--trainable {contract.trainable}" in str(exc) and f"fptt-edge export MODEL.pt --adapt --trainable {choice}" in str(exc)
+    assert trainable_names(readout, two, "readout") == ["readout.fc.weight", "readout.fc.bias"]
+    assert trainable_names(last2, two, "readout") == ["readout.fc.weight"]
+    assert trainable_names(last1, one, "all") == [t.name for t in last1.tensors]  # one layer: its last layer and readout are all
+    assert trainable_names(last1, one, "input") == ["layers.0.fc_x.weight"]
+
+
+@pytest.fixture(scope="module")
+def readout_model(exported, tmp_path_factory):  # noqa: F811 - the imported fixture
+    """The same small model exported with --adapt --trainable readout."""
+    from fptt_edge.export.pipeline import export_checkpoint
+
+    folder = tmp_path_factory.mktemp("readout")
+    shutil.copy(exported[0] / "model.pt", folder / "model.pt")
+    export_checkpoint(folder / "model.pt", steps=40, precision_samples=20, adapt=True, trainable="readout", adapt_updates=24, log=lambda m: None)
+    return folder / "model.onnx"
+
+
+def test_adapt_refuses_a_trainable_set_the_train_graph_cannot_update(readout_model, data, tmp_path):
+    model = readout_model
+    for choice in ("all", "last", "input"):
+        out = refused_cli(["adapt", model, "--data", data, "--holdout", "0", "--trainable", choice], model.parent, tmp_path)
+        assert "--trainable readout" in out and f"fptt-edge export MODEL.pt --adapt --trainable {choice}" in out, out
+    assert not model.with_name("model.adapted").exists()
+    res = CliRunner().invoke(main, ["adapt", str(model), "--data", str(data), "--holdout", "0", "--max-drop", "1", "--trainable", "readout",
+                                    "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["trainable"] == "readout"
+    from fptt_edge.runtime.learner import open_learner
+
+    with open_learner(model, store=False) as learner:  # by default, what the graph was exported to update
+        assert learner.trainable == "readout"
+
+
 def _edit_train_graph(model: Path, edit, restamp: bool) -> None:
     import onnx
 

@@ -55,7 +55,8 @@ def float32_x(x: np.ndarray, what: str, error: type[Exception] = NpzError) -> np
     ``error`` naming ``what`` when another dtype, or NaN or Inf as float32 (a float64 beyond float32's range)."""
     if x.dtype.kind not in "fiub":
         raise error(f"{what} must hold real numbers (float32; bool or integer are cast), got {x.dtype}")
-    x = np.ascontiguousarray(x, np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range: Inf, refused below (no RuntimeWarning printed)
+        x = np.ascontiguousarray(x, np.float32)
     if not np.isfinite(x).all():
         raise error(f"{what} holds NaN or Inf (as float32)")
     return x

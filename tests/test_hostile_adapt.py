@@ -111,6 +111,28 @@ def test_hostile_adapt_data(model, data, tmp_path, name, flag):
     assert str(bad) in refused_cli(args, model.parent, tmp_path)
 
 
+HUGE_X_CASES = {  # where an .npz whose float64 x lies beyond float32's range goes
+    "adapt --data": lambda m, d, bad: ["adapt", m, "--data", bad],
+    "adapt --guard": lambda m, d, bad: ["adapt", m, "--data", d, "--guard", bad],
+    "shift --task npz": lambda m, d, bad: ["shift", "--task", "npz", "--data", bad, "--shift", "none", "-o", bad.with_name("o.npz")],
+}
+
+
+@pytest.mark.parametrize("name", list(HUGE_X_CASES))
+def test_x_beyond_float32_is_one_line_without_a_warning(model, data, tmp_path, name):
+    import warnings
+
+    x, y = digits(6, offset=200)
+    bad = tmp_path / "huge.npz"
+    np.savez(bad, x=x.astype(np.float64) * 1e39, y=y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = refused_cli(HUGE_X_CASES[name](model, data, bad), model.parent, tmp_path)
+    assert (str(bad) in out or "guard x" in out) and "NaN or Inf" in out, out
+    assert [str(w.message) for w in caught] == [] and "Warning" not in out
+    assert not (tmp_path / "o.npz").exists() and not model.with_name("model.adapted").exists()
+
+
 def _file_as_store(m: Path, t: Path):
     m.with_name("model.adapted").write_text("not a folder")
 

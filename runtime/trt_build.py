@@ -119,6 +119,7 @@ def plan_build(onnx_path, precision: str = "fp32", refit: bool = False, streams:
             if not source.is_file():
                 raise BuildError(f"TensorRT {major} builds FP16 only from a strongly typed FP16 graph: {source.name} is missing; "
                                  "export with --fp16-variant (it keeps the neuron dynamics and state in FP32)")
+            _check_fp16_pair(source, contract, onnx_path)
             notes.append(f"strongly typed: precision from {source.name}")
         else:
             import onnx
@@ -131,7 +132,34 @@ def plan_build(onnx_path, precision: str = "fp32", refit: bool = False, streams:
                   [(contract.input.name, contract.input.frame_shape)] + [(s.name, tuple(int(d) for d in s.shape[1:])) for s in contract.states]}
     plan = BuildPlan(source, onnx_path.with_suffix(".engine"), precision, refit, onnx_path.with_suffix(".timing.cache"), fp32_layers,
                      shapes, dla, tensorrt=str(tensorrt), tf32=tf32, model=onnx_path, notes=notes)
+    _check_outputs(plan)
     return plan, contract
+
+
+def _check_fp16_pair(source: Path, contract: StepContract, onnx_path: Path) -> None:
+    """Refuse an FP16 variant that another export left (another checkpoint or contract than the model's)."""
+    try:
+        half = read_contract(source)
+    except FpttEdgeError as exc:
+        raise BuildError(f"{source.name} is not a readable FP16 variant ({exc}); export {onnx_path.name}'s checkpoint with --fp16-variant again") from None
+    if half != contract:
+        what = "checkpoint" if half.checkpoint_sha256 != contract.checkpoint_sha256 else "contract"
+        raise BuildError(f"{source.name} is not the FP16 variant of {onnx_path.name} (another {what}: a stale file from an earlier export); "
+                         "export the checkpoint with --fp16-variant again")
+
+
+def build_outputs(plan: BuildPlan) -> list[Path]:
+    """The files a build (here or by MODEL.build.sh) writes: engine, its contract, timing cache, build script."""
+    model = plan.model or plan.onnx
+    return [plan.engine, contract_path(plan.engine), plan.timing_cache, model.with_suffix(".build.sh")]
+
+
+def _check_outputs(plan: BuildPlan) -> None:
+    """Refuse a build whose outputs would overwrite the graph it reads (an input named X.engine, ...)."""
+    inputs = {p.resolve() for p in (plan.onnx, plan.model) if p is not None}
+    for out in build_outputs(plan):
+        if out.resolve() in inputs:
+            raise BuildError(f"{out}: the build would write over its input; name the model MODEL.onnx (the engine goes to MODEL.engine)")
 
 
 def trtexec_command(plan: BuildPlan, save_as: str | None = None) -> list[str]:
@@ -162,7 +190,7 @@ def write_build_script(plan: BuildPlan, profile, contract: StepContract) -> Path
     It checks that the device's TensorRT is the profile's version (an engine runs only with the
     TensorRT it was built with; ``FORCE=1`` overrides), builds into a temporary file, then
     installs the engine and its contract (with the engine's SHA-256) as a pair."""
-    script = (plan.model or plan.onnx).with_suffix(".build.sh")
+    script = build_outputs(plan)[-1]
     data = engine_contract(contract, plan, profile, trt_version="@TRT_VERSION@", built_on={"by": "trtexec", "device": "@DEVICE@"},
                            engine_sha256="@ENGINE_SHA256@")
     contract_json = json.dumps(data, indent=2, sort_keys=True)

@@ -413,6 +413,38 @@ def test_build_refuses_another_gpu_unless_here(monkeypatch, model):
     assert build["device_profile"] == "orin-nano-8gb" and build["built_on"]["name"] == "Fake Orin (nvgpu)" and build["fp32_layers"] == 4
 
 
+def _files(folder: Path) -> dict:
+    return {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+
+
+@pytest.mark.parametrize("tensorrt", ["10.3.0", None])
+def test_build_never_writes_over_its_input(monkeypatch, model, tmp_path, tensorrt):
+    install(monkeypatch, tensorrt)
+    named = tmp_path / "m.engine"  # the engine path (MODEL with .engine) would be the input itself
+    shutil.copy(model, named)
+    before = _files(tmp_path)
+    res = CliRunner().invoke(main, ["build", str(named), "--device", "orin-nano-8gb"])
+    assert res.exit_code == 2 and res.output.startswith("Error:") and len(res.output.strip().splitlines()) == 1 and "write over its input" in res.output
+    assert _files(tmp_path) == before
+
+
+def test_tensorrt_11_refuses_a_stale_fp16_variant(monkeypatch, model, tmp_path):
+    import onnx
+
+    other = counter_model(tmp_path / "other.onnx")
+    m = onnx.load(str(other))
+    for p in m.metadata_props:
+        if p.key == "fptt_edge.checkpoint_sha256":
+            p.value = "1" * 64  # another checkpoint exported over c.onnx, without --fp16-variant
+    onnx.save(m, str(model))
+    with pytest.raises(BuildError, match="not the FP16 variant.*--fp16-variant again"):
+        plan_build(model, "fp16", tensorrt="11.1")
+    install(monkeypatch, "11.1.0")
+    res = CliRunner().invoke(main, ["build", str(model), "--device", "orin-nano-8gb", "--precision", "fp16", "--here"])
+    assert res.exit_code == 2 and "not the FP16 variant" in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert plan_build(model, "fp32", tensorrt="11.1")[0].onnx == model  # FP32 does not read the variant
+
+
 def test_build_script_checks_the_tensorrt_version_and_installs_engine_and_contract_as_a_pair(model, tmp_path):
     if not shutil.which("bash") or not shutil.which("sha256sum"):
         pytest.skip("needs bash and sha256sum")

@@ -7,6 +7,8 @@ for the model card's latency estimate). ``load_profile("orin-nano-8gb")`` or a p
 """
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -20,6 +22,7 @@ from ..errors import FpttEdgeError
 
 PROFILE_DIR = Path(__file__).resolve().parent
 DEFAULT_PROFILE = "orin-nano-8gb"
+MAX_PROFILE_BYTES = 1 << 20  # a profile is a few hundred bytes
 
 
 class DeviceProfileError(FpttEdgeError, ValueError):
@@ -70,7 +73,7 @@ def load_profile(name_or_path: str) -> DeviceProfile:
         if not path.is_file():
             raise DeviceProfileError(f"unknown device profile {name_or_path!r}; known: {', '.join(profile_names())} (or a path to a .toml profile)")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(_read_profile(path))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise DeviceProfileError(f"{path}: unreadable device profile ({exc})") from None
     known = {f.name for f in fields(DeviceProfile)}
@@ -99,6 +102,21 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     except (TypeError, ValueError) as exc:
         raise DeviceProfileError(f"{path}: invalid profile ({exc})") from None
     return profile
+
+
+def _read_profile(path: Path) -> str:
+    """The text of a profile file: a regular file of at most :data:`MAX_PROFILE_BYTES` (a FIFO or device would block or never end)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO must not wait for a writer
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise DeviceProfileError(f"{path}: not a regular file; a device profile is a .toml file")
+        if info.st_size > MAX_PROFILE_BYTES:
+            raise DeviceProfileError(f"{path}: {info.st_size:,} bytes; a device profile is a small .toml file (at most {MAX_PROFILE_BYTES:,} bytes)")
+        data = f.read(MAX_PROFILE_BYTES + 1)
+    if len(data) > MAX_PROFILE_BYTES:
+        raise DeviceProfileError(f"{path}: more than {MAX_PROFILE_BYTES:,} bytes; a device profile is a small .toml file")
+    return data.decode()
 
 
 _TEXT = {"name", "module", "gpu_arch", "compute_capability", "jetpack", "tensorrt", "cuda", "python", "peak_source"}

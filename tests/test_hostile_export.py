@@ -34,6 +34,41 @@ def test_hostile_device_profile(art, tmp_path, name):  # noqa: F811 - the import
     assert not (tmp_path / "e.onnx").exists()
 
 
+@pytest.fixture
+def fifo_profile(tmp_path):
+    """A FIFO named like a profile; a reader left blocked on it is released after 20 s (EOF), so a hang fails, not stalls."""
+    import os
+    import threading
+
+    path = tmp_path / "fifo.toml"
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def release():
+        while not done.wait(20):
+            try:  # succeeds only while a reader waits on it; closing gives that reader EOF
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+    threading.Thread(target=release, daemon=True).start()
+    yield path
+    done.set()
+
+
+@pytest.mark.parametrize("cmd", ["lint", "export", "build"])
+def test_a_device_profile_that_is_not_a_regular_file_is_refused(art, tmp_path, fifo_profile, cmd):  # noqa: F811
+    args = {"lint": ["lint", art.onnx], "export": ["export", art.pt, "-o", tmp_path / "e.onnx", "--no-check"], "build": ["build", art.onnx]}[cmd]
+    refused_cli([*args, "--device", fifo_profile], tmp_path, art.root, expect="not a regular file")
+    assert not (tmp_path / "e.onnx").exists()
+
+
+def test_a_huge_device_profile_is_refused_unread(art, tmp_path):  # noqa: F811
+    big = tmp_path / "big.toml"
+    big.write_text((PROFILE_DIR / "orin-nano-8gb.toml").read_text() + "#" * (2 << 20) + "\n")
+    refused_cli(["lint", art.onnx, "--device", big], tmp_path, art.root, expect="at most")
+
+
 def test_export_checks_every_output_before_writing_the_first(art, tmp_path):  # noqa: F811
     shutil.copy(art.onnx, tmp_path / "x.onnx")
     (tmp_path / "x.report.json").mkdir()

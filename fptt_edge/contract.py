@@ -201,6 +201,9 @@ def _check_fields(c: StepContract, source: str) -> None:
         _fail(source, "input needs a name, dtype float32 and a source object")
     if len(c.class_names) < 2 or not all(isinstance(n, str) for n in c.class_names):
         _fail(source, f"class_names must list at least 2 names, got {len(c.class_names)} entries")
+    if len(set(c.class_names)) != len(c.class_names):
+        twice = next(n for i, n in enumerate(c.class_names) if n in c.class_names[:i])
+        _fail(source, f"class_names lists {twice[:40]!r} more than once; each class needs its own name")
     if not all(isinstance(v, dict) and isinstance(v.get("initializer"), (str, type(None))) and isinstance(v.get("transform"), str)
                for v in c.parameter_map.values()):
         _fail(source, "parameter_map entries must be objects with 'initializer' and 'transform'")

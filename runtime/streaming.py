@@ -47,7 +47,7 @@ def stream_recordings(session, recordings: Sequence[Recording], *, reset: bool =
     if session.streams != 1:
         raise RuntimeInputError(f"streaming recordings needs a one-stream session, got {session.streams} streams")
     classes = session.contract.class_names
-    latencies, results = [], []
+    latencies, results, correct = [], [], []
     for rec in recordings:
         if reset:
             session.reset()
@@ -57,15 +57,16 @@ def stream_recordings(session, recordings: Sequence[Recording], *, reset: bool =
             latencies.append(time.perf_counter_ns() - t0)
             if on_step is not None:
                 on_step(rec, t, logits)
-        results.append({"recording": rec.name, "steps": len(rec.frames), "prediction": classes[int(logits[0].argmax())],
-                        "label": label_name(rec.label, classes)})
+        predicted = int(logits[0].argmax())
+        results.append({"recording": rec.name, "steps": len(rec.frames), "prediction": classes[predicted], "label": label_name(rec.label, classes)})
+        if rec.label is not None:
+            correct.append(predicted == rec.label)  # by index: names are for people
     us = np.asarray(latencies) / 1e3
-    labelled = [r for r in results if r["label"] is not None]
     return {
         "recordings": len(results),
         "steps": len(us),
         "predictions": [r["prediction"] for r in results],
         "results": results,
         "latency_us": {p: float(np.percentile(us, q)) for p, q in (("p50", 50), ("p90", 90), ("p99", 99))},
-        "accuracy": (sum(r["prediction"] == r["label"] for r in labelled) / len(labelled)) if labelled else None,
+        "accuracy": sum(correct) / len(correct) if correct else None,
     }

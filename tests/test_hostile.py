@@ -500,6 +500,7 @@ ONNX_CASES = {
     "class-names-count": _onnx_meta(class_names='["a", "b", "c"]'),
     "class-names-text": _onnx_meta(class_names='"abc"'),
     "class-names-numbers": _onnx_meta(class_names=json.dumps(list(range(10)))),
+    "class-names-duplicate": _onnx_meta(class_names=json.dumps(["same"] * 10)),
     "input-name-unknown": _onnx_meta(input=_input_edit(name="nope")),
     "input-shape-differs": _onnx_meta(input=_input_edit(shape=[1, 5])),
     "input-shape-text": _onnx_meta(input=_input_edit(shape="big")),

@@ -110,6 +110,16 @@ def test_window_frames_and_recognise_with_a_scripted_session():
     assert set(out["latency_us"]) == {"p50", "p90", "p99"}
 
 
+def test_stream_recordings_scores_by_class_index_not_name():
+    from fptt_edge.runtime.inputs import Recording
+    from fptt_edge.runtime.streaming import stream_recordings
+
+    session = SimpleNamespace(streams=1, contract=SimpleNamespace(class_names=("same", "same")), reset=lambda: None,
+                              step=lambda x: np.array([[1.0, 0.0]]))  # always class 0
+    recs = [Recording("r0", np.zeros((2, 3), np.float32), 0), Recording("r1", np.zeros((2, 3), np.float32), 1)]
+    assert stream_recordings(session, recs)["accuracy"] == 0.5  # one name for two classes: r1 is still wrong
+
+
 def test_recognition_is_torch_free():
     code = ("import sys; sys.modules['torch'] = None\n"
             "import fptt_edge.runtime.recognition, fptt_edge.runtime.sparse_conv\n"

@@ -30,15 +30,23 @@ def from_events(path, contract: StepContract, labels=None) -> list[Recording]:
         raise EventFileError(f"{path}: no events")
     if labels is None:
         return [Recording(Path(path).name, binner(events))]
-    offset = csv_class_offset(contract)
     out = []
+    for label, start, end in labelled_segments(labels, contract):
+        seg = events[(events["t"] >= start) & (events["t"] < end)]
+        out.append(Recording(f"{Path(path).name}[{start}:{end}]", binner(seg), label))
+    return out
+
+
+def labelled_segments(labels, contract: StepContract) -> list[tuple[int, int, int]]:
+    """The segments of a DVS128 Gesture labels CSV as ``(model class, start_us, end_us)``; a class outside the model's is refused."""
+    offset = csv_class_offset(contract)
     classes = len(contract.class_names)
+    out = []
     for label, start, end in read_gesture_labels(labels):
         if not 0 <= label - offset < classes:
             raise RuntimeInputError(f"{labels}: class {label} is outside the model's {classes} classes"
                                     f"{' (numbered from 1 in the CSV)' if offset else ''}")
-        seg = events[(events["t"] >= start) & (events["t"] < end)]
-        out.append(Recording(f"{Path(path).name}[{start}:{end}]", binner(seg), label - offset))
+        out.append((label - offset, start, end))
     return out
 
 

@@ -19,6 +19,7 @@ numpy only, no torch.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,12 @@ import numpy as np
 
 from .errors import RuntimeInputError
 from .frames import FrameBinner
+
+MAX_SMOOTHING = 100_000  # steps a decision rule averages over (its buffer is steps x classes)
+
+
+def _is_index(c) -> bool:
+    return isinstance(c, (int, np.integer)) and not isinstance(c, bool) and bool(c >= 0)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,10 @@ class DecisionRule:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise RuntimeInputError(f"{name} must be a positive whole number of steps, got {str(v)[:20]}")
+        if self.window > MAX_SMOOTHING:
+            raise RuntimeInputError(f"window must be at most {MAX_SMOOTHING:,} steps of smoothing, got {self.window}")
+        if not isinstance(self.ignore, (tuple, list)) or not all(_is_index(c) for c in self.ignore):
+            raise RuntimeInputError(f"ignore must be a tuple of class indices (whole numbers >= 0), got {str(self.ignore)[:40]}")
         if isinstance(self.refractory, bool) or not isinstance(self.refractory, (int, np.integer)) or self.refractory < 0:
             raise RuntimeInputError(f"refractory must be a whole number of steps >= 0, got {str(self.refractory)[:20]}")
         if not (isinstance(self.threshold, (int, float)) and 0 < self.threshold <= 1):
@@ -147,19 +158,53 @@ class Recognizer:
 
 # --- a continuous stream as frames ----------------------------------------------------------------
 
+INT64_MAX = 2 ** 63 - 1
+MAX_WINDOWS = 10_000_000  # steps of one continuous run
+FALLBACK_MEMORY = 4 << 30  # bytes the frames may take where the free physical memory cannot be read
+
+
+def _whole_us(value, what: str, low: int) -> int:
+    """``value`` as whole microseconds in ``low .. INT64_MAX``, else :class:`RuntimeInputError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= INT64_MAX:
+        raise RuntimeInputError(f"{what} must be a whole number of microseconds in {low}..{INT64_MAX}, got {type(value).__name__} {str(value)[:24]}")
+    return int(value)
+
+
+def available_memory() -> int:
+    """Free physical memory in bytes (``os.sysconf``), or :data:`FALLBACK_MEMORY` where the system does not say."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return FALLBACK_MEMORY
+
+
+def _check_frames_fit(n: int, window_us: int, frame_bytes: int) -> None:
+    """Refuse, before allocating, more windows than a run takes or frames than free memory holds."""
+    if n > MAX_WINDOWS:
+        raise RuntimeInputError(f"{n:,} windows of {window_us} us (at most {MAX_WINDOWS:,}): choose a larger window")
+    need, free = n * frame_bytes, available_memory()
+    if need > free:
+        raise RuntimeInputError(f"{n:,} windows of {window_us} us need {need / 2**30:.1f} GiB of frames, {free / 2**30:.1f} GiB is free: "
+                                "choose a larger window or a shorter recording")
+
+
 def window_frames(events: np.ndarray, binner: FrameBinner, window_us: int, start_us: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Frames of consecutive fixed windows ``[start + k * window, start + (k + 1) * window)`` over the
     whole stream, binned as ``binner`` bins (sensor, downsampling, normalisation); and each window's start (us)."""
-    if isinstance(window_us, bool) or not isinstance(window_us, (int, np.integer)) or window_us < 1:
-        raise RuntimeInputError(f"the frame window must be a positive whole number of microseconds, got {str(window_us)[:20]}")
+    window_us = _whole_us(window_us, "the frame window", 1)
     binner._check(events)
     if len(events) == 0:
         raise RuntimeInputError("no events to recognise")
     t = events["t"]
-    t0 = int(t[0]) if start_us is None else int(start_us)
-    n = int((int(t[-1]) - t0) // window_us) + 1
-    if n > 10_000_000:
-        raise RuntimeInputError(f"{n} windows of {window_us} us: choose a larger window")
+    t0 = int(t[0]) if start_us is None else _whole_us(start_us, "start_us", -INT64_MAX)
+    if t0 > int(t[-1]):
+        raise RuntimeInputError(f"start_us {t0} is after the recording's last event ({int(t[-1])} us)")
+    if int(t[-1]) - t0 > INT64_MAX:
+        raise RuntimeInputError(f"start_us {t0} is more than the int64 microsecond range before the recording's last event")
+    n = (int(t[-1]) - t0) // window_us + 1
+    if t0 + n * window_us > INT64_MAX:
+        raise RuntimeInputError(f"windows of {window_us} us from {t0} us run past the int64 microsecond range: choose a smaller window")
+    _check_frames_fit(n, window_us, int(np.prod(binner.frame_shape)) * 4)
     starts = t0 + np.arange(n, dtype=np.int64) * window_us
     keep = t >= t0
     ev = events[keep]
@@ -186,6 +231,12 @@ def recognise(session, frames: np.ndarray, starts: np.ndarray, window_us: int, r
     (p50/p90/p99 per step, µs); ``on_event(gesture)`` is called as each gesture is emitted."""
     if session.streams != 1:
         raise RuntimeInputError(f"continuous recognition needs a one-stream session, got {session.streams} streams")
+    window_us = _whole_us(window_us, "the frame window", 1)
+    if not isinstance(frames, np.ndarray) or frames.ndim < 2:
+        raise RuntimeInputError("frames must be a numpy array [windows, *frame]")
+    if not (isinstance(starts, np.ndarray) and starts.shape == (len(frames),) and np.issubdtype(starts.dtype, np.integer)):
+        raise RuntimeInputError(f"starts must be {len(frames)} integer window starts (us), one per frame, got "
+                                f"{getattr(starts, 'dtype', type(starts).__name__)} {list(getattr(starts, 'shape', ()))}")
     rec = Recognizer(session.contract.class_names, rule)
     latencies = np.empty(len(frames))
     for i, frame in enumerate(frames):
@@ -238,9 +289,17 @@ def score(gestures: Sequence[dict], segments: Sequence[tuple[int, int, int]], du
 
 
 def default_window_us(source: dict) -> int | None:
-    """The training bin width the model recorded (``window_us``), if any."""
+    """The training bin width the model recorded (``window_us``), if any; one beyond an hour is refused."""
     v = source.get("window_us")
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 1 else None
+    if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 1):
+        return None
+    if v > MAX_DEFAULT_WINDOW_US:
+        raise RuntimeInputError(f"the model's metadata records a frame window of {str(v)[:24]} us (window_us), beyond an hour; "
+                                "give one (--window-ms)")
+    return int(v)
+
+
+MAX_DEFAULT_WINDOW_US = 3_600_000_000  # an hour, as --window-ms allows
 
 
 def recognise_events(session, contract, events_path, labels_path=None, window_us: int | None = None, rule: DecisionRule = DecisionRule(),
@@ -249,17 +308,16 @@ def recognise_events(session, contract, events_path, labels_path=None, window_us
     windows (``window_us``, default the training step span the model records), the decision rule
     on the logits, and with ``labels_path`` (a DVS128 Gesture labels CSV) the :func:`score`.
     ``contract`` is the model's own (its binning metadata)."""
-    from .events import read_events, read_gesture_labels
-    from .inputs import csv_class_offset
+    from .events import read_events
+    from .inputs import labelled_segments
 
     binner = FrameBinner.from_contract(contract)
     window = window_us if window_us is not None else default_window_us(contract.input.source)
     if window is None:
         raise RuntimeInputError("the model records no frame window (window_us in its input metadata); give one (--window-ms)")
-    frames, starts = window_frames(read_events(events_path), binner, int(window))
-    out = recognise(session, frames, starts, int(window), rule, on_event)
-    if labels_path is not None:
-        offset = csv_class_offset(contract)
-        segs = [(c - offset, s, e) for c, s, e in read_gesture_labels(labels_path)]
+    segs = None if labels_path is None else labelled_segments(labels_path, contract)  # refused before any step
+    frames, starts = window_frames(read_events(events_path), binner, window)
+    out = recognise(session, frames, starts, window, rule, on_event)
+    if segs is not None:
         out["score"] = score(out["gestures"], segs, out["duration_s"], grace_us)
     return out

@@ -672,6 +672,20 @@ def test_hostile_labels_csv(art, tmp_path, name):
     assert "garbage" not in out  # no file contents echoed
 
 
+def test_continuous_run_refuses_labels_outside_the_models_classes(art, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("class,startTime_usec,endTime_usec\n99,0,5000\n")
+    refused_cli(["run", art.onnx, "--events", art.events, "--labels", labels, "--continuous", "--window-ms", "10"], tmp_path, art.root,
+                expect="outside the model's")
+
+
+@pytest.mark.parametrize("window", [1e30, 2.0 ** 64, 1e12])
+def test_continuous_run_refuses_an_absurd_window_in_the_metadata(art, tmp_path, window):
+    bad = tmp_path / "bad.onnx"
+    _source_edit(window_us=window)(art, bad)
+    refused_cli(["run", bad, "--events", art.events, "--continuous"], tmp_path, art.root, expect="window")
+
+
 # ---------------------------------------------------------------- options and writers
 
 

@@ -110,6 +110,58 @@ def test_window_frames_and_recognise_with_a_scripted_session():
     assert set(out["latency_us"]) == {"p50", "p90", "p99"}
 
 
+def _stream(n=200, t_end=1_000_000):
+    rng = np.random.default_rng(1)
+    ev = np.zeros(n, EVENT_DTYPE)
+    ev["t"] = np.sort(rng.integers(0, t_end, n))
+    ev["x"], ev["y"], ev["p"] = rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n)
+    return ev, FrameBinner((128, 128, 2), 20, "time", 4, "counts")
+
+
+BAD_WINDOWS = {  # (window_us, start_us)
+    "start-after-the-recording": (1000, 10 ** 9), "window-beyond-int64": (2 ** 64, None), "start-beyond-int64": (1000, 2 ** 70),
+    "start-nan": (1000, float("nan")), "start-float": (1000, 5.0), "window-float": (1000.0, None), "window-bool": (True, None),
+    "start-far-before": (2 ** 62, -(2 ** 63) + 1), "windows-past-int64": (2 ** 62, 0),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_WINDOWS))
+def test_window_frames_refuses_windows_and_starts_out_of_range(name):
+    ev, binner = _stream()
+    window, start = BAD_WINDOWS[name]
+    if name == "windows-past-int64":
+        ev["t"][-1] = 2 ** 63 - 2 ** 61  # the last window would end past int64
+    with pytest.raises(RuntimeInputError) as err:
+        window_frames(ev, binner, window, start_us=start)
+    assert "\n" not in str(err.value)
+
+
+def test_window_frames_refuses_frames_beyond_free_memory_up_front(monkeypatch):
+    import fptt_edge.runtime.recognition as recognition
+
+    ev, binner = _stream()
+    monkeypatch.setattr(recognition, "available_memory", lambda: 1 << 20)  # 1 MiB free; ~1,000 frames of 8 KiB need 8 MiB
+    with pytest.raises(RuntimeInputError, match="GiB is free"):
+        window_frames(ev, binner, 1000)
+    monkeypatch.setattr(recognition, "available_memory", lambda: 1 << 30)
+    assert window_frames(ev, binner, 1000)[0].shape[1:] == (2, 32, 32)
+    with pytest.raises(RuntimeInputError, match="at most 10,000,000"):
+        window_frames(ev, binner, 1, start_us=-(10 ** 7))
+
+
+def test_recognition_api_refuses_bad_arguments_before_stepping():
+    steps = []
+    session = SimpleNamespace(streams=1, contract=SimpleNamespace(class_names=NAMES), step=lambda x: steps.append(1) or np.zeros((1, 6)))
+    frames = np.zeros((5, 2, 3), np.float32)
+    for starts, window in ((np.arange(2) * 1000, 1000), (np.arange(5) * 1000.0, 1000), (np.arange(5) * 1000, 2 ** 64), (list(range(5)), 1000)):
+        with pytest.raises(RuntimeInputError):
+            recognise(session, frames, starts, window)
+    assert not steps  # nothing stepped
+    for rule in (dict(ignore=("a",)), dict(ignore=(-1,)), dict(ignore=5), dict(window=10 ** 12), dict(threshold=float("nan"))):
+        with pytest.raises(RuntimeInputError):
+            Recognizer(NAMES, DecisionRule(**rule))
+
+
 def test_stream_recordings_scores_by_class_index_not_name():
     from fptt_edge.runtime.inputs import Recording
     from fptt_edge.runtime.streaming import stream_recordings

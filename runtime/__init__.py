@@ -2,7 +2,7 @@
 
 Nothing here imports torch.
 """
-from .errors import BackendUnavailable, EventFileError, RuntimeInputError
+from .errors import BackendUnavailable, EventFileError, RuntimeInputError, StepFailed
 from .session import BACKENDS, StreamSession, open_session
 
-__all__ = ["BACKENDS", "BackendUnavailable", "EventFileError", "RuntimeInputError", "StreamSession", "open_session"]
+__all__ = ["BACKENDS", "BackendUnavailable", "EventFileError", "RuntimeInputError", "StepFailed", "StreamSession", "open_session"]

@@ -10,6 +10,10 @@ class BackendUnavailable(FpttEdgeError, RuntimeError):
     """A backend whose libraries or hardware are missing on this machine, with what is missing."""
 
 
+class StepFailed(FpttEdgeError, RuntimeError):
+    """A backend that could not run a step (e.g. a graph that does not compute what its contract declares); the state is unchanged."""
+
+
 class EventFileError(FpttEdgeError, ValueError):
     """An event file that cannot be read: corrupt, truncated or not the claimed format."""
 

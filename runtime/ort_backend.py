@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..contract import StepContract
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, StepFailed
 
 PROVIDERS = {
     "ort": "CPUExecutionProvider",
@@ -165,7 +165,7 @@ class OrtBackend:
         """Run one step on ``self.x``; logits land in ``self.logits``, the new state in the other set."""
         if self.device != "cpu":
             self._x_dev.update_inplace(self.x)
-        self.session.run_with_iobinding(self._bindings[self._current])
+        run_bound(self.session, self._bindings[self._current], self._model)
         self._current = 1 - self._current
 
     def state_views(self) -> dict[str, np.ndarray]:
@@ -196,6 +196,20 @@ class OrtBackend:
         self._sets = []
         self._init_values = {}
         self.session = None
+
+
+def run_bound(session, binding, model) -> None:
+    """``session.run_with_iobinding(binding)``; ONNX Runtime's failure to execute becomes one :class:`StepFailed` line
+    (the outputs are bound to the other state set, so the current state is unchanged)."""
+    try:
+        session.run_with_iobinding(binding)
+    except Exception as exc:
+        if not isinstance(exc, RuntimeError) and not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = (lines[0] if lines else type(exc).__name__)[:400]
+        raise StepFailed(f"{model}: ONNX Runtime could not run the step ({detail}); does the graph compute what its metadata declares? "
+                         "State unchanged") from None
 
 
 def _with_row(full: np.ndarray, row: int, value: np.ndarray) -> np.ndarray:

@@ -459,6 +459,23 @@ def _symlinked_external(art, path):
     _external("inside.bin")(art, path)
 
 
+def _logits_dim_edited(art, path):
+    """The graph's declared logits size edited (+1), class_names edited to match, the checksum re-stamped: the graph computes 10."""
+    import onnx
+
+    from fptt_edge.contract import stamp_checksum
+
+    model = onnx.load(str(art.onnx))
+    logits = next(p.value for p in model.metadata_props if p.key == "fptt_edge.logits")
+    out = next(o for o in model.graph.output if o.name == logits)
+    out.type.tensor_type.shape.dim[1].dim_value += 1
+    for p in model.metadata_props:
+        if p.key == "fptt_edge.class_names":
+            p.value = json.dumps([*json.loads(p.value), "extra"])
+    stamp_checksum(model)
+    onnx.save(model, str(path))
+
+
 def _shape(i, shape):
     return _state_edit(lambda s: [dict(e, shape=shape) if j == i else e for j, e in enumerate(s)])
 
@@ -501,6 +518,7 @@ ONNX_CASES = {
     "class-names-text": _onnx_meta(class_names='"abc"'),
     "class-names-numbers": _onnx_meta(class_names=json.dumps(list(range(10)))),
     "class-names-duplicate": _onnx_meta(class_names=json.dumps(["same"] * 10)),
+    "logits-dim-edited": _logits_dim_edited,
     "input-name-unknown": _onnx_meta(input=_input_edit(name="nope")),
     "input-shape-differs": _onnx_meta(input=_input_edit(shape=[1, 5])),
     "input-shape-text": _onnx_meta(input=_input_edit(shape="big")),
@@ -521,7 +539,7 @@ ONNX_CASES = {
 ONNX_COMMANDS = {"info": lambda m, a: ["info", m], "run": lambda m, a: ["run", m, "--npz", a.frames],
                  "bench": lambda m, a: ["bench", m, "--steps", "10", "--backends", "ort", "--streams", "1"]}
 INSPECT_ONLY = {"bitflip-weight-start", "bitflip-weight-middle", "bitflip-weight-end", "bitflip-small-initializer", "checksum-removed",
-                "checksum-tampered"}  # info shows what a file claims; run and bench verify it
+                "checksum-tampered", "logits-dim-edited"}  # info shows what a file claims; run and bench verify or run it
 ONNX_RUNS = [(n, c) for n in ONNX_CASES for c in ONNX_COMMANDS if not (c == "info" and n in INSPECT_ONLY)]
 
 
@@ -947,6 +965,15 @@ def test_hostile_open_session(art, name):
     refused_api(open_session, **OPEN_CASES[name](art))
 
 
+def test_a_step_onnx_runtime_cannot_run_is_refused_with_the_state_unchanged(art, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    _logits_dim_edited(art, bad)
+    sess = open_session(bad)
+    before = sess.get_state()
+    err = refused_api(sess.step, _frame(art.shape))
+    assert "ONNX Runtime could not run the step" in str(err) and _same_state(before, sess.get_state())
+
+
 def test_hostile_session_from_two_threads(art):
     sess = _warm(open_session(art.onnx), art.shape)
     inside, release = threading.Event(), threading.Event()
@@ -1050,11 +1077,11 @@ def test_every_error_type_shares_one_base():
     from fptt_edge.data.dataset import DataError
     from fptt_edge.devices import DeviceProfileError
     from fptt_edge.export.errors import ExportError
-    from fptt_edge.runtime.errors import BackendUnavailable, EventFileError
+    from fptt_edge.runtime.errors import BackendUnavailable, EventFileError, StepFailed
     from fptt_edge.training.loop import TrainingError
 
     for cls in (CheckpointError, ContractError, DataError, DeviceProfileError, ExportError, BackendUnavailable, EventFileError,
-                RuntimeInputError, TrainingError):
+                RuntimeInputError, StepFailed, TrainingError):
         assert issubclass(cls, FpttEdgeError), cls
     assert issubclass(RuntimeInputError, ValueError) and issubclass(TrainingError, RuntimeError)
 

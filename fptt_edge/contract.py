@@ -23,6 +23,7 @@ from .errors import FpttEdgeError
 MODEL_TYPE = "fptt-edge/ltc-snn-step"
 CONTRACT_VERSION = 1
 OUTPUT_SUFFIX = "_out"
+MAX_BATCH = 1_000_000  # streams a state is built for (the CLI's and the runtime's cap)
 KEYS = ("model_type", "contract_version", "class_names", "input", "logits", "state", "model_config",
         "checkpoint_sha256", "exporter", "opset", "parameter_map", "producer")
 
@@ -88,6 +89,8 @@ class StepContract:
             if not isinstance(self.batch, int):
                 raise ContractError("the model has a dynamic batch axis: pass batch=")
             batch = self.batch
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= MAX_BATCH:
+            raise ContractError(f"batch must be a whole number in 1..{MAX_BATCH:,}, got {type(batch).__name__} {str(batch)[:20]}")
         return {s.name: s.initial(batch) for s in self.states}
 
     def to_metadata(self) -> dict[str, str]:

@@ -15,6 +15,7 @@ for graphs edited on purpose).
 """
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -44,10 +45,15 @@ def validate_frames(x, streams: int, frame_shape: tuple[int, ...]) -> np.ndarray
     return x
 
 
-def check_count(value, what: str) -> int:
-    """A positive integer (not a bool, float or text), else :class:`RuntimeInputError`."""
+MAX_STREAMS = 1_000_000  # as the CLI: beyond this no device has the memory
+
+
+def check_count(value, what: str, most: int | None = None) -> int:
+    """A positive integer (up to ``most`` where given; not a bool, float or text), else :class:`RuntimeInputError`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise RuntimeInputError(f"{what} must be a positive integer, got {type(value).__name__} {str(value)[:20]}")
+    if most is not None and value > most:
+        raise RuntimeInputError(f"{what} must be at most {most:,}, got {value}")
     return int(value)
 
 
@@ -236,19 +242,19 @@ def open_session(model, backend: str = "ort", streams: int | None = None, contra
     model = Path(model)
     if backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {str(backend)[:40]!r}; choose from {BACKENDS}")
-    threads = check_count(threads, "threads")
-    if threads > MAX_THREADS:
-        raise RuntimeInputError(f"threads must be at most {MAX_THREADS}, got {threads}")
+    threads = check_count(threads, "threads", MAX_THREADS)
     if contract is None:
         contract = contract_for(model)
     else:
+        if not isinstance(contract, (StepContract, str, os.PathLike)):
+            raise RuntimeInputError(f"contract must be a StepContract or the path of a model, got {type(contract).__name__}")
         contract = contract if isinstance(contract, StepContract) else read_contract(contract)
         if model.suffix == ".onnx" and contract != read_contract(model):
             raise RuntimeInputError(f"the contract given is not the one {model.name} was exported with")
     if initializers is not None and model.suffix == ".onnx":
         initializers = checked_initializers(model, initializers)
     fixed = contract.batch if isinstance(contract.batch, int) else None
-    streams = check_count((fixed or 1) if streams is None else streams, "streams")
+    streams = check_count((fixed or 1) if streams is None else streams, "streams", MAX_STREAMS)
     if fixed is not None and streams != fixed:
         raise RuntimeInputError(f"{model} was exported for batch {fixed}; re-export with --batch {streams} or --batch dynamic")
     if backend == "tensorrt":

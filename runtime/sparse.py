@@ -17,7 +17,7 @@ import numpy as np
 
 from ..contract import ContractError, InputSpec, StepContract, read_contract, verify_checksum
 from .errors import RuntimeInputError
-from .session import StreamSession, check_count, ort_backend, validate_frames
+from .session import MAX_STREAMS, StreamSession, check_count, ort_backend, validate_frames
 
 WEIGHT, BIAS = "layers.0.fc_x.weight", "layers.0.fc_x.bias"
 
@@ -147,7 +147,7 @@ class SparseInputSession(FrontEndSession):
         graph, self.wt, self.bias, _, split = split_input_projection(model_path)
         self.frame_shape = read_contract(model_path).input.frame_shape
         fixed = split.batch if isinstance(split.batch, int) else None
-        streams = check_count((fixed or 1) if streams is None else streams, "streams")
+        streams = check_count((fixed or 1) if streams is None else streams, "streams", MAX_STREAMS)
         if fixed is not None and streams != fixed:
             raise RuntimeInputError(f"{model_path} was exported for batch {fixed}; re-export with --batch {streams} or --batch dynamic")
         self.session = StreamSession(ort_backend(graph, split, streams, "ort", threads), split)

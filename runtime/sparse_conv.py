@@ -31,7 +31,7 @@ import numpy as np
 
 from ..contract import ContractError, InputSpec, StepContract, read_contract, verify_checksum
 from .errors import RuntimeInputError
-from .session import StreamSession, check_count, ort_backend, validate_frames
+from .session import MAX_STREAMS, StreamSession, check_count, ort_backend, validate_frames
 from .sparse import FrontEndSession, check_active
 
 WEIGHT, BIAS = "layers.0.conv.weight", "layers.0.conv.bias"
@@ -289,7 +289,7 @@ class SparseConvSession(FrontEndSession):
         front = split_conv_front(model_path)
         self.frame_shape = read_contract(model_path).input.frame_shape
         fixed = front.contract.batch if isinstance(front.contract.batch, int) else None
-        streams = check_count((fixed or 1) if streams is None else streams, "streams")
+        streams = check_count((fixed or 1) if streams is None else streams, "streams", MAX_STREAMS)
         if fixed is not None and streams != fixed:
             raise RuntimeInputError(f"{model_path} was exported for batch {fixed}; re-export with --batch {streams} or --batch dynamic")
         self.refresh = check_count(refresh, "refresh")

@@ -957,6 +957,7 @@ OPEN_CASES = {
     "streams-float": lambda a: {"model": a.dyn, "streams": 2.5}, "streams-text": lambda a: {"model": a.dyn, "streams": "2"},
     "backend-unknown": lambda a: {"model": a.onnx, "backend": "nope"}, "model-missing": lambda a: {"model": a.root / "nope.onnx"},
     "model-is-folder": lambda a: {"model": a.root}, "model-is-checkpoint": lambda a: {"model": a.pt},
+    "streams-huge": lambda a: {"model": a.dyn, "streams": 10 ** 12},
 }
 
 
@@ -972,6 +973,13 @@ def test_a_step_onnx_runtime_cannot_run_is_refused_with_the_state_unchanged(art,
     before = sess.get_state()
     err = refused_api(sess.step, _frame(art.shape))
     assert "ONNX Runtime could not run the step" in str(err) and _same_state(before, sess.get_state())
+
+
+@pytest.mark.parametrize("batch", [-1, 0, 1.5, True, "2", 10 ** 12])
+def test_hostile_initial_state_batch(art, batch):
+    from fptt_edge.contract import read_contract
+
+    refused_api(read_contract(art.dyn).initial_state, batch)
 
 
 def test_hostile_session_from_two_threads(art):
@@ -1104,6 +1112,8 @@ OPEN_ARG_CASES = {  # open_session arguments a caller can get wrong
     "threads-float": lambda a: {"threads": 1.5},
     "threads-zero": lambda a: {"threads": 0},
     "threads-huge": lambda a: {"threads": 10 ** 12},
+    "contract-dict": lambda a: {"contract": {"fptt_edge.model_type": "x"}},
+    "contract-number": lambda a: {"contract": 123},
 }
 
 

@@ -45,6 +45,9 @@ MAX_COUNT = 1_000_000  # streams, batch sizes: beyond this no device has the mem
 SEED = click.IntRange(0, 2 ** 63 - 1)  # what numpy's and torch's generators both take
 
 
+TRAIN_EXTRAS = {"torch", "tqdm", "matplotlib", "mlxtend", "sklearn", "tonic", "onnxscript", "onnx_graphsurgeon"}  # pip install "fptt-edge[train]"
+
+
 def _friendly(fn):
     """Any :class:`FpttEdgeError` (bad input, file or option) and the file system's refusals (a full disk, no
     permission, a folder where a file was named, ...) become one line on stderr and exit status 2; any other
@@ -56,6 +59,12 @@ def _friendly(fn):
             return fn(*args, **kwargs)
         except FpttEdgeError as exc:
             raise UserError(_one_line(exc)) from None
+        except ImportError as exc:
+            missing = (exc.name or "").split(".")[0]
+            if missing not in TRAIN_EXTRAS:
+                raise
+            raise UserError(f"`fptt-edge {click.get_current_context().info_name}` needs the training extras here ({missing} is not "
+                            'installed): pip install "fptt-edge[train]"') from None
         except MemoryError as exc:  # numpy's "Unable to allocate ..." among them
             raise UserError(f"not enough memory for the sizes asked for ({_one_line(exc)[:160] or 'MemoryError'})") from None
         except RuntimeError as exc:

@@ -56,6 +56,15 @@ def test_device_commands_run_without_torch(device, name):
     assert check(out), out
 
 
+@pytest.mark.parametrize("args", [["info", "m.pt"], ["export", "m.pt", "--no-check"], ["eval", "m.pt"], ["card", "m.pt"]],
+                         ids=lambda a: a[0])
+def test_checkpoint_commands_without_torch_say_what_to_install(device, tmp_path, args):
+    (tmp_path / "m.pt").write_bytes((device.parent / "m.pt").read_bytes())
+    proc = subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("Error:") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert 'pip install "fptt-edge[train]"' in proc.stderr and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
 def test_every_runtime_module_imports_without_torch():
     code = NO_TORCH + f"""
 import importlib

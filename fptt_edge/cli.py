@@ -546,7 +546,7 @@ def bench(model_path, streams, steps, backends, checkpoint, as_json, verify):
     from .runtime.benchmark import bench_matrix, find_checkpoint, format_table
 
     counts = _positive_ints(streams, "--streams")
-    ckpt = Path(checkpoint) if checkpoint else find_checkpoint(model_path)
+    ckpt = _exported_from(Path(checkpoint), model_path) if checkpoint else find_checkpoint(model_path)
     references = None
     if ckpt is not None:
         from .torch_bench import bench_torch
@@ -560,6 +560,21 @@ def bench(model_path, streams, steps, backends, checkpoint, as_json, verify):
     click.echo(format_table(rows))
     if ckpt is None:
         click.echo("(no PyTorch row: no checkpoint beside MODEL matches its checkpoint_sha256; pass --checkpoint)")
+
+
+def _exported_from(ckpt, model_path):
+    """``ckpt`` where it is the checkpoint ``model_path`` was exported from (its SHA-256), else a one-line refusal."""
+    import stat
+
+    from .contract import read_contract
+    from .io import file_sha256
+
+    if not stat.S_ISREG(os.stat(ckpt).st_mode):
+        raise UserError(f"--checkpoint {ckpt}: not a regular file")
+    if file_sha256(ckpt) != read_contract(model_path).checkpoint_sha256:
+        raise UserError(f"--checkpoint {ckpt} is not the checkpoint {model_path} was exported from (its SHA-256 differs from the "
+                        "model's checkpoint_sha256): a PyTorch row for it would time another model")
+    return ckpt
 
 
 @main.command("lint")

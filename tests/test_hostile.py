@@ -813,6 +813,15 @@ def test_hostile_options_and_writers(art, tmp_path, monkeypatch, name):
         assert not [p for p in tmp_path.rglob("o.*")]
 
 
+def test_bench_takes_only_the_checkpoint_the_model_was_exported_from(art, tmp_path):
+    args = ["bench", art.onnx, "--steps", "10", "--backends", "ort", "--streams", "1"]
+    refused_cli([*args, "--checkpoint", art.npz_pt], tmp_path, art.root, expect="not the checkpoint")
+    os.mkfifo(tmp_path / "f.pt")
+    refused_cli([*args, "--checkpoint", tmp_path / "f.pt"], tmp_path, art.root, expect="not a regular file")
+    res = CliRunner().invoke(main, [*map(str, args), "--checkpoint", str(art.pt), "--json"])
+    assert res.exit_code == 0 and "torch-eager" in {r["engine"] for r in json.loads(res.output)}, res.output
+
+
 # ---------------------------------------------------------------- runtime API
 
 

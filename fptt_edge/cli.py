@@ -93,6 +93,22 @@ def _named_path(value, option: str):
     return value
 
 
+def _output_file(value, option: str):
+    """An output file option's path, refused (one line) when empty or when a parent on its way is a file, not a folder."""
+    from pathlib import Path
+
+    if value is None:
+        return value
+    if not str(value).strip():
+        raise UserError(f"{option}: an empty path; name a file")
+    for parent in Path(value).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{option} {value}: {parent} is not a folder")
+            break
+    return value
+
+
 def _one_line(exc: Exception) -> str:
     return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
 
@@ -346,7 +362,8 @@ def info(model_path):
 
 @main.command()
 @click.argument("checkpoint", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="ONNX file to write (default: MODEL with .onnx).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), callback=lambda c, p, v: _output_file(v, "-o"),
+              help="ONNX file to write (default: MODEL with .onnx).")
 @click.option("--device", "device", metavar="PROFILE", help="Target device profile (see `fptt-edge devices`) or a .toml file; sets the opset and the lint.")
 @click.option("--opset", type=click.IntRange(7, 25), help="ONNX opset (default: the highest the device's TensorRT parses, at least 18).")
 @click.option("--batch", default="1", show_default=True, help="Batch size baked into the graph (static shapes for TensorRT), or 'dynamic'.")
@@ -467,6 +484,7 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
         raise UserError("give exactly one of --events FILE or --npz FILE")
     if continuous and events_path is None:
         raise UserError("--continuous recognises gestures in an event recording: give --events FILE")
+    _refuse_unused_run_options(labels_path, events_path, continuous)
     contract = contract_for(Path(model_path))
     if not continuous:
         recordings = from_events(events_path, contract, labels_path) if events_path else from_npz(npz_path, contract)
@@ -519,6 +537,18 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
                **result}
     shown = summary if as_json else {k: v for k, v in summary.items() if k not in ("results", "predictions")}
     click.echo(json.dumps(shown, indent=2))
+
+
+def _refuse_unused_run_options(labels_path, events_path, continuous) -> None:
+    """``run`` options that would be silently ignored: --labels without --events, the decision rule's without --continuous."""
+    if labels_path is not None and events_path is None:
+        raise UserError("--labels labels the segments of --events FILE; an --npz file carries its labels as y")
+    if not continuous:
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name in ("window_ms", "smooth", "threshold", "hold")
+                 if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
+        if given:
+            raise UserError(f"{', '.join(given)} apply to --continuous only")
 
 
 def _front_end(sess) -> dict:
@@ -708,7 +738,8 @@ def doctor(no_probe, as_json):
               help="Another run of the same model and task (folder, metrics.json or model.pt), e.g. the BPTT baseline (repeatable).")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Frames (.npz, x [N, T, *frame]) to measure the input event rate on.")
 @click.option("--device", "devices", multiple=True, metavar="PROFILE", help="Device profiles for the latency estimate (repeatable; default: all).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write OUTPUT.card.md and OUTPUT.card.json (default: beside MODEL).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), callback=lambda c, p, v: _output_file(v, "-o"),
+              help="Write OUTPUT.card.md and OUTPUT.card.json (default: beside MODEL).")
 @click.option("--json", "as_json", is_flag=True, help="Print the card as JSON instead of the Markdown.")
 @_friendly
 def card(model_path, compare, data_path, devices, output, as_json):
@@ -807,7 +838,8 @@ def adapt(model_path, data_path, events_path, labels_path, guard_path, trainable
 @click.option("--samples", type=click.IntRange(1), default=200, show_default=True, help="Samples to write.")
 @click.option("--shift", "spec", required=True, help="gain:G, columns:K, polarity-swap, dropout:P or hot-pixels:P.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help=".npz to write (x, y, lengths).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, callback=lambda c, p, v: _output_file(v, "-o"),
+              help=".npz to write (x, y, lengths).")
 @_friendly
 def shift_cmd(task, data_path, mode, source, steps, binning, downsample, normalisation, split, offset, samples, spec, seed, output):
     """Write a deterministically shifted copy of real data (a drifted sensor) as an .npz for adapt/run/eval."""

@@ -794,6 +794,13 @@ OPTION_CASES = {
                                                       "-o", t / "p.toml", "--no-check"], False),
     "export-adapt-batch-beyond-the-data": lambda a, t, mp: (["export", a.npz_pt, "--data", a.d3, "-o", t / "o.onnx", "--adapt",
                                                              "--adapt-batch", "64"], False),
+    "export-empty-output": lambda a, t, mp: ((t / "c.onnx").write_bytes(b"earlier artefact"), ["export", _copy(a, t, "c.pt"), "-o", "", "--no-check"],
+                                             False)[1:],
+    "export-output-under-a-file": lambda a, t, mp: (["export", _copy(a, t, "c.pt"), "-o", t / "c.pt" / "x.onnx", "--no-check"], False),
+    "run-npz-with-labels": lambda a, t, mp: ((t / "l.csv").write_text("1,0,5000\n"), ["run", a.onnx, "--npz", a.frames, "--labels", t / "l.csv"],
+                                             False)[1:],
+    "run-window-without-continuous": lambda a, t, mp: (["run", a.onnx, "--npz", a.frames, "--window-ms", "10"], False),
+    "run-rule-without-continuous": lambda a, t, mp: (["run", a.onnx, "--events", a.events, "--smooth", "5", "--threshold", "0.7"], False),
 }
 
 
@@ -811,6 +818,8 @@ def test_hostile_options_and_writers(art, tmp_path, monkeypatch, name):
         assert "another fptt-edge export is writing into" in out
     if name in ("export-adapt-batch-beyond-the-data", "export-while-another-writes-there"):
         assert not [p for p in tmp_path.rglob("o.*")]
+    if name == "export-output-under-a-file":
+        assert "is not a folder" in out
 
 
 def test_bench_takes_only_the_checkpoint_the_model_was_exported_from(art, tmp_path):

@@ -769,7 +769,8 @@ def card(model_path, compare, data_path, devices, output, as_json):
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="DVS128 Gesture labels CSV for --events.")
 @click.option("--guard", "guard_path", type=click.Path(dir_okay=False),
               help="Labelled original-domain data (.npz) checked against forgetting (default: MODEL.guard.npz).")
-@click.option("--trainable", type=click.Choice(["all", "readout", "last", "input"]), default="all", show_default=True, help="Which tensors learn.")
+@click.option("--trainable", type=click.Choice(["all", "readout", "last", "input"]), default=None,
+              help="Which tensors learn (default: those the train graph was exported to update, export --trainable).")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None, help="Learning rate (default: the one the model was trained with).")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=1, show_default=True, help="Passes over the training part of the data.")
 @click.option("--holdout", type=FiniteFloat(0, 1, max_open=True), default=0.3, show_default=True,
@@ -821,7 +822,8 @@ def adapt(model_path, data_path, events_path, labels_path, guard_path, trainable
         for path in score_paths:
             click.echo(f"  {path}: {fmt(b[path])} -> {fmt(a[path])}")
         click.echo(f"  rollbacks {report['rollbacks']}, factory resets {report['factory_resets']}")
-        click.echo(f"  weights: {report['weights'] or 'not committed (the guard check failed; the previous weights stay)'}")
+        kept = "not committed (the guard check failed, or nothing was learned after a return to the factory weights; the previous weights stay)"
+        click.echo(f"  weights: {report['weights'] or kept}")
         for line in report["events"]:
             click.echo(f"  {line}")
     else:

@@ -67,16 +67,16 @@ def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[k:]), np.sort(order[:k])
 
 
-def read_guard(path) -> tuple[np.ndarray, np.ndarray]:
-    """A guard set ``.npz`` (``x [N, T, *frame]``, ``y [N]``); never unpickles. Dtypes, shapes, labels and values are
-    checked against the model by the learner."""
+def read_guard(path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A guard set ``.npz`` (``x [N, T, *frame]``, ``y [N]``, optional ``lengths [N]`` of zero-padded recordings); never
+    unpickles. Dtypes, shapes, labels and values are checked against the model by the learner."""
     arrays = read_npz(path, AdaptationError)
     if "x" not in arrays or "y" not in arrays:
         raise AdaptationError(f"{path}: a guard set needs arrays 'x' and 'y' (have {sorted(arrays)[:10]})")
-    return arrays["x"], arrays["y"]
+    return arrays["x"], arrays["y"], arrays.get("lengths")
 
 
-def adapt(model, *, data=None, events=None, labels=None, guard=None, trainable: str = "all", lr: float | None = None, epochs: int = 1,
+def adapt(model, *, data=None, events=None, labels=None, guard=None, trainable: str | None = None, lr: float | None = None, epochs: int = 1,
           holdout: float = 0.3, seed: int = 0, factory: bool = False, max_drop: float = 0.02, check_every: int = 500,
           score=(), backend: str = "ort", progress=None, warn=None) -> dict:
     """Adapt ``model`` (``.onnx`` with ``.train.onnx`` beside it); returns the report.
@@ -90,24 +90,24 @@ def adapt(model, *, data=None, events=None, labels=None, guard=None, trainable: 
     recs = load_labelled(contract, data, events, labels)
     x, y, lengths = pack(recs)
     train_idx, test_idx = split(len(recs), holdout, seed)
-    scored = {str(p): pack(load_labelled(contract, data=p))[:2] for p in score}
+    scored = {str(p): pack(load_labelled(contract, data=p)) for p in score}  # scored at each recording's own last step
     guard_source = guard if guard is not None else (guard_path_for(model) if guard_path_for(model).is_file() else None)
     guard_data = read_guard(guard_source) if guard_source is not None else None
     learner = open_learner(model, trainable=trainable, lr=lr, guard=guard_data, resume=not factory, max_drop=max_drop,
                            check_every=check_every, ring=max(int(lengths.max()), 1), backend=backend, warn=warn)
     with learner:
         start = learner.generation.number if learner.generation is not None else 0
-        held_out = lambda: learner.evaluate(x[test_idx], y[test_idx]).accuracy if len(test_idx) else None  # noqa: E731
-        extra = lambda: {p: learner.evaluate(*xy).accuracy for p, xy in scored.items()}  # noqa: E731
+        held_out = lambda: learner.evaluate(x[test_idx], y[test_idx], lengths=lengths[test_idx]).accuracy if len(test_idx) else None  # noqa: E731
+        extra = lambda: {p: learner.evaluate(xs, ys, lengths=ls).accuracy for p, (xs, ys, ls) in scored.items()}  # noqa: E731
         before = {"new_data": held_out(), "guard": None if learner.baseline is None else learner.baseline.accuracy, **extra()}
         t0 = time.perf_counter()
         updates = learner.train(x[train_idx], y[train_idx], lengths[train_idx], epochs=epochs, seed=seed, progress=progress)
         seconds = time.perf_counter() - t0
         gen = learner.commit({"data": str(data or events), "samples": int(len(train_idx)), "epochs": epochs})
-        guard_after = learner.evaluate(*learner.guard).accuracy if learner.guard is not None else None
+        guard_after = None if learner.guard is None else learner.evaluate(learner.guard[0], learner.guard[1], lengths=learner.guard[2]).accuracy
         after = {"new_data": held_out(), "guard": guard_after, **extra()}
         return {
-            "model": str(model), "train_model": str(learner.train_path), "trainable": trainable, "lr": learner.lr, "epochs": epochs,
+            "model": str(model), "train_model": str(learner.train_path), "trainable": learner.trainable, "lr": learner.lr, "epochs": epochs,
             "samples": {"train": int(len(train_idx)), "held_out": int(len(test_idx))}, "guard": None if guard_source is None else str(guard_source),
             "started_from": f"generation {start}" if start else "factory weights", "updates": updates,
             "seconds": seconds, "update_us": 1e6 * learner.events.update_seconds / max(learner.events.updates, 1),

@@ -352,19 +352,32 @@ class Learner:
         return updates + self.flush()
 
     # --- safety --------------------------------------------------------------------------------
-    def _guard_arrays(self, x, y):
-        x, y = np.asarray(x), np.asarray(y)
+    def _guard_arrays(self, x, y, lengths=None):
+        """``(x, y, lengths)`` checked against the model: ``lengths`` ``None`` (every recording ``T`` steps) or ``[N]``
+        integers in ``1..T`` (recordings zero-padded to ``T``)."""
+        try:
+            x, y = np.asarray(x), np.asarray(y)
+        except ValueError as exc:  # ragged lists
+            raise AdaptationError(f"guard/evaluation data must be arrays of one shape ({str(exc).splitlines()[0][:120]})") from None
         x = float32_x(x, "guard x", AdaptationError)  # checked as float32: a float64 beyond its range is Inf here
         if x.ndim != len(self.frame_shape) + 2 or x.shape[2:] != self.frame_shape or len(x) == 0 or x.shape[1] == 0:
             raise AdaptationError(f"guard x must be [N, T, {', '.join(map(str, self.frame_shape))}], got {list(x.shape)}")
         if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= self.classes:
             raise AdaptationError(f"guard y must be [N] integer labels in 0..{self.classes - 1}")
-        return x, y.astype(np.int64)
+        if lengths is not None:
+            lengths = np.asarray(lengths)
+            if lengths.shape != (len(x),) or lengths.dtype.kind not in "iu" or lengths.min() < 1 or lengths.max() > x.shape[1]:
+                raise AdaptationError(f"lengths of the guard or scored recordings must be [N] integers in 1..{x.shape[1]} "
+                                      "(each recording's steps before the padding)")
+            lengths = lengths.astype(np.int64)
+        return x, y.astype(np.int64), lengths
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray | None = None, wbar: np.ndarray | None = None) -> GuardResult:
-        """Accuracy (at each recording's last step) and spike rates of ``wbar`` (default: the current ``Wbar``)."""
-        x, y = self._guard_arrays(x, np.zeros(len(x), np.int64) if y is None else y)
-        return self._score(self.backend.buffers()["wbar"] if wbar is None else self._flat_weights(wbar), (x, y))
+    def evaluate(self, x: np.ndarray, y: np.ndarray | None = None, wbar: np.ndarray | None = None,
+                 lengths: np.ndarray | None = None) -> GuardResult:
+        """Accuracy (at each recording's last step: ``lengths - 1`` where given) and spike rates (over the recordings'
+        own steps) of ``wbar`` (default: the current ``Wbar``)."""
+        data = self._guard_arrays(x, np.zeros(len(x), np.int64) if y is None else y, lengths)
+        return self._score(self.backend.buffers()["wbar"] if wbar is None else self._flat_weights(wbar), data)
 
     def _flat_weights(self, wbar) -> np.ndarray:
         """``wbar`` as the train graph's flat float32 ``[1, N]`` (``[N]`` is taken too)."""
@@ -379,28 +392,37 @@ class Learner:
             if self.guard is None:
                 raise AdaptationError("no guard set to score")
             data = self.guard
-        x, y = data
+        x, y, lengths = data
+        if lengths is None:
+            lengths = np.full(len(x), x.shape[1], np.int64)
         ev = self._eval
         ev.set_initializers(self.backend.views(wbar))
         spikes = [s.name for s in self.contract.states if s.name.endswith(".s")]
-        fired, total, correct = dict.fromkeys(spikes, 0.0), 0, 0
+        fired, total, correct, finite = dict.fromkeys(spikes, 0.0), 0, 0, True
         b = ev.streams
         for i0 in range(0, len(x), b):
-            xb = x[i0:i0 + b]
+            xb, lb = x[i0:i0 + b], lengths[i0:i0 + b]
+            n = len(xb)
             for name, init in self._initial.items():
                 ev.write_state(name, np.broadcast_to(init, (b, *init.shape)))
-            for t in range(x.shape[1]):
-                ev.x[:len(xb)] = xb[:, t]
-                ev.x[len(xb):] = 0.0
+            pred = np.zeros(n, np.int64)
+            for t in range(int(lb.max())):
+                ev.x[:n] = xb[:, t]
+                ev.x[n:] = 0.0
                 ev.step()
+                running = lb > t  # the steps after a recording's end are padding: not scored, not counted
                 cur = ev.state_views()
                 for name in spikes:
-                    fired[name] += float(cur[name][:len(xb)].sum())
-                total += len(xb)
-            correct += int((ev.logits[:len(xb)].argmax(1) == y[i0:i0 + b]).sum())
+                    fired[name] += float(cur[name][:n][running].sum())
+                total += int(running.sum())
+                ends = lb == t + 1
+                if ends.any():
+                    logits = ev.logits[:n][ends]
+                    finite &= bool(np.isfinite(logits).all())
+                    pred[ends] = logits.argmax(1)
+            correct += int((pred == y[i0:i0 + b]).sum())
         sizes = {s.name: int(np.prod([int(d) for d in s.shape[1:]])) for s in self.contract.states}
         rates = {n[:-2]: fired[n] / max(total * sizes[n], 1) for n in spikes}
-        finite = bool(np.isfinite(ev.logits).all())
         return GuardResult(correct / len(x), rates, finite, finite)
 
     def check(self) -> GuardResult:
@@ -467,13 +489,18 @@ class Learner:
     def commit(self, info: dict | None = None) -> Generation | None:
         """Train what waits in the slots, check, save a generation (if there is a store) and push it live.
 
-        Returns the saved generation, or ``None`` if the check rolled back (nothing new is saved)."""
+        Returns the saved generation, or ``None`` if the check rolled back or nothing was learned since the weights were
+        loaded (after a return to the factory weights: the generation the learner started from stays the latest)."""
         self.flush()
         if not self.check().ok:
             self.push()
             return None
         self.push()
         if self.store is None:
+            return None
+        if float(self.backend.buffers()["step"][0]) == 0.0:  # the factory weights, untrained: nothing to save
+            self.events.log.append("commit: no update since the factory weights were loaded; nothing saved"
+                                   + (f", generation {self.generation.number} stays the latest" if self.generation is not None else ""))
             return None
         self.generation = self.store.save(self.backend.buffers(), {"updates": self.events.updates, "trainable": self.trainable,
                                                                    "lr": self.lr, **(info or {})})
@@ -551,10 +578,10 @@ def _rate_band(value) -> float:
 
 
 def _pair(guard) -> tuple:
-    """``guard`` as ``(x, y)``."""
-    if not isinstance(guard, (tuple, list)) or len(guard) != 2:
+    """``guard`` as ``(x, y)`` or ``(x, y, lengths)``."""
+    if not isinstance(guard, (tuple, list)) or len(guard) not in (2, 3):
         size = f" of {len(guard)}" if isinstance(guard, (tuple, list)) else ""
-        raise AdaptationError(f"guard must be a pair (x, y) of arrays, got a {type(guard).__name__}{size}")
+        raise AdaptationError(f"guard must be a pair (x, y) of arrays, or (x, y, lengths), got a {type(guard).__name__}{size}")
     return tuple(guard)
 
 

@@ -40,7 +40,7 @@ class TrainStepBackend:
             raise AdaptationError(f"{path}: ONNX Runtime cannot load this train-step graph, damaged or foreign "
                                   f"({type(exc).__name__}{': ' + first if first else ''}); export it again with --adapt") from None
         session_providers(self.session, backend)  # refuse a silent fall-back to the CPU
-        self.contract = contract
+        self.contract, self.path = contract, path
         b, n = contract.batch, contract.size
         self.x = np.zeros(contract.x_shape, np.float32)  # [B, *frame], or [B, L, *frame] for chunks of L steps
         self.y = np.zeros((b, contract.num_classes), np.float32)
@@ -94,8 +94,11 @@ class TrainStepBackend:
         return b
 
     def step(self) -> None:
-        """One FPTT update; the new values land in the other set, which becomes current."""
-        self.session.run_with_iobinding(self._bindings[self._current])
+        """One FPTT update; the new values land in the other set, which becomes current (a graph ONNX Runtime cannot run
+        is one :class:`StepFailed` line, the current set unchanged)."""
+        from .ort_backend import run_bound
+
+        run_bound(self.session, self._bindings[self._current], self.path)
         self._current = 1 - self._current
 
     def buffers(self) -> dict[str, np.ndarray]:

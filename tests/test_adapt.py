@@ -203,6 +203,29 @@ print(json.dumps({{k: r[k] for k in ('committed', 'weights', 'updates')}}))
     assert adapted["weights"].endswith(".safetensors") and factory["weights"] == "factory"
 
 
+def test_zero_padded_recordings_are_scored_at_their_own_last_step(exported, tmp_path):
+    """Recordings of 4 and 8 steps in one zero-padded array with ``lengths`` score as the two sets scored apart
+    (evaluate, the held-out and --score figures of adapt, and a guard set with lengths)."""
+    from fptt_edge.runtime.adaptation import adapt
+
+    folder, _ = exported
+    x, y = digits(40, offset=150)
+    short, long_ = x[:20, :4], x[20:]
+    padded = x.copy()
+    padded[:20, 4:] = 0.0
+    lengths = np.array([4] * 20 + [8] * 20)
+    with open_learner(folder / "model.onnx", store=False) as learner:
+        apart = (learner.evaluate(short, y[:20]).accuracy * 20 + learner.evaluate(long_, y[20:]).accuracy * 20) / 40
+        assert learner.evaluate(padded, y, lengths=lengths).accuracy == pytest.approx(apart)
+        assert learner.evaluate(padded, y).accuracy != pytest.approx(apart)  # the padding matters on this data
+    np.savez(tmp_path / "padded.npz", x=padded, y=y, lengths=lengths)
+    np.savez(tmp_path / "guard.npz", x=padded, y=y, lengths=lengths)
+    report = adapt(folder / "model.onnx", data=tmp_path / "padded.npz", score=[tmp_path / "padded.npz"], guard=tmp_path / "guard.npz",
+                   holdout=0.0, factory=True, max_drop=1.0)
+    assert report["accuracy_before"][str(tmp_path / "padded.npz")] == pytest.approx(apart)
+    assert report["accuracy_before"]["guard"] == pytest.approx(apart)
+
+
 def test_learner_matches_the_trainer_on_one_batch(exported):
     """A batch of 4 labelled recordings through the learner = FPTTTrainer.train_batch on them."""
     folder, _ = exported

@@ -167,12 +167,12 @@ LEARNER_OPTION_CASES = {  # open_learner keyword arguments that must be refused 
     "max_drop": [float("nan"), 1.5, -2.0, "x", None, True],
     "rate_band": [0, 0.0, 0.5, -2.0, float("nan"), float("inf"), "4"],
     "lr": ["abc", 1j, 10 ** 400, np.zeros(3), float("nan")],
-    "guard": ["text", "one", "three", "array"],
+    "guard": ["text", "one", "four", "bad-lengths", "array"],
 }
 
 
 def _guard_value(kind: str, gx, gy):
-    return {"text": "(x, y)", "one": (gx,), "three": (gx, gy, gy), "array": gx}[kind]
+    return {"text": "(x, y)", "one": (gx,), "four": (gx, gy, gy, gy), "bad-lengths": (gx, gy, gy - gy), "array": gx}[kind]
 
 
 @pytest.mark.parametrize("option", list(LEARNER_OPTION_CASES))
@@ -206,6 +206,10 @@ def test_hostile_learner_train_seed_and_evaluate_weights(model):
             assert isinstance(exc, AdaptationError) and "wbar" in str(exc)
         current = learner.backend.buffers()["wbar"].copy()
         assert learner.evaluate(x, y, wbar=current.reshape(-1).astype(np.float64)) == learner.evaluate(x, y)
+        for bad in ({"x": [x[0], x[1, :3]], "y": y[:2]}, {"x": x, "y": y, "lengths": [0, 1, 2, 3]},
+                    {"x": x, "y": y, "lengths": [9, 9, 9, 9]}, {"x": x, "y": y, "lengths": np.ones(3, int)}):
+            exc = refused_api(learner.evaluate, **bad)
+            assert isinstance(exc, AdaptationError)
 
 
 def _contract(exported_with: str, names: list[str]):
@@ -451,3 +455,16 @@ def test_adapt_without_json_draws_its_progress_and_commits(model, data):
     res = CliRunner().invoke(main, ["adapt", str(model), "--data", str(data), "--holdout", "0", "--max-drop", "1"])
     assert res.exit_code == 0, (res.output, res.exception)
     assert "adapting" in res.output and "weights: " in res.output and list(model.with_name("model.adapted").glob("gen-*.safetensors"))
+
+
+def test_a_run_that_ends_at_the_factory_weights_keeps_the_earlier_generation(model, data):
+    """A diverging run (every check rolls back, three in a row return to the factory weights) saves nothing: the
+    generation it started from stays the latest, and run keeps using it."""
+    from fptt_edge.runtime.adaptation import adapt, adapted_weights
+
+    first = adapt(model, data=data, holdout=0.0, max_drop=1.0)
+    assert first["committed"]
+    diverged = adapt(model, data=data, holdout=0.0, lr=1e30, check_every=1)
+    assert diverged["factory_resets"] >= 1 and not diverged["committed"] and diverged["weights"] is None
+    assert sorted(p.name for p in (model.parent / "model.adapted").glob("gen-*.safetensors")) == [Path(first["weights"]).name]
+    assert adapted_weights(model)[1] == first["weights"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import time
 from importlib import metadata as importlib_metadata
@@ -17,6 +18,7 @@ from ..data.dataset import DataError
 from ..devices import DEFAULT_PROFILE, load_profile
 from ..io import file_sha256, json_bytes, output_target, write_files_atomic, write_json_atomic
 from ..model import LTCNetwork, flatten_state
+from ..runtime.recognition import available_memory
 from .errors import ExportError
 from .graph_passes import default_opset
 from .lint import lint
@@ -71,6 +73,17 @@ def _refuse_overwrite(inputs: dict[str, Path], outputs: list[Path]) -> None:
         output_target(path)
 
 
+def _refuse_beyond_memory(net: LTCNetwork, streams: int, batch: int | None, steps: int) -> None:
+    """The parity check holds every stream's inputs, states and logits for every step (three copies at most, float32):
+    refuse, before any work, a run that would not fit in half the free memory."""
+    streams = max(streams, batch or 1)
+    per_step = math.prod(net.config.input_shape) + net.config.num_classes + sum(math.prod(s[1:]) for s in net.state_shapes(1))
+    need, free = 3 * 4 * streams * steps * per_step, available_memory()
+    if need > free // 2:
+        raise ExportError(f"--parity-streams {streams} x --parity-steps {steps:,} would hold {need / 2**30:.1f} GiB for the parity check; "
+                          f"{free / 2**30:.1f} GiB are free here: choose fewer steps or streams")
+
+
 @contextlib.contextmanager
 def _export_lock(folder: Path):
     """One export at a time into ``folder`` (an advisory lock on the folder itself, no file made): two exports writing
@@ -112,6 +125,8 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
               **({"--device file": Path(device)} if device and os.path.lexists(device) else {})}
     _refuse_overwrite(inputs, [out, report_path, *([out.with_suffix(".fp16.onnx")] if fp16 else []),
                                *([out.with_suffix(".train.onnx"), out.with_name(out.stem + ".guard.npz")] if adapt else [])])
+    if check:
+        _refuse_beyond_memory(net, streams, batch, steps)
     with _export_lock(out.parent):
         ds = _check_set(net, payload, data) if check else None
         if adapt and ds is not None and len(ds) < adapt_batch:

@@ -792,6 +792,7 @@ OPTION_CASES = {
     "export-onto-its-data": lambda a, t, mp: (["export", a.npz_pt, "--data", _copy(a, t, "d.npz", a.d3), "-o", t / "d.npz"], False),
     "export-onto-its-device-file": lambda a, t, mp: (["export", a.pt, "--device", _copy(a, t, "p.toml", PROFILE_DIR / "orin-nano-8gb.toml"),
                                                       "-o", t / "p.toml", "--no-check"], False),
+    "export-parity-beyond-memory": lambda a, t, mp: (["export", a.pt, "-o", t / "o.onnx", "--parity-steps", "1000000000000"], False),
     "export-adapt-batch-beyond-the-data": lambda a, t, mp: (["export", a.npz_pt, "--data", a.d3, "-o", t / "o.onnx", "--adapt",
                                                              "--adapt-batch", "64"], False),
     "export-empty-output": lambda a, t, mp: ((t / "c.onnx").write_bytes(b"earlier artefact"), ["export", _copy(a, t, "c.pt"), "-o", "", "--no-check"],
@@ -816,7 +817,9 @@ def test_hostile_options_and_writers(art, tmp_path, monkeypatch, name):
         assert "another training is using" in out
     if "another-writes" in name:
         assert "another fptt-edge export is writing into" in out
-    if name in ("export-adapt-batch-beyond-the-data", "export-while-another-writes-there"):
+    if name == "export-parity-beyond-memory":
+        assert "GiB are free here" in out
+    if name in ("export-adapt-batch-beyond-the-data", "export-while-another-writes-there", "export-parity-beyond-memory"):
         assert not [p for p in tmp_path.rglob("o.*")]
     if name == "export-output-under-a-file":
         assert "is not a folder" in out

@@ -42,16 +42,21 @@ def tiny_net(seed: int = 0, hidden: int = 16) -> LTCNetwork:
     return LTCNetwork(ModelConfig(input_shape=(8,), num_classes=10, hidden=(hidden,)))
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A small trained-from-init dense model exported with --adapt (checked against the trainer)."""
-    folder = tmp_path_factory.mktemp("adapt")
+def tiny_checkpoint(folder):
+    """``folder/model.pt``: :func:`tiny_net` as a checkpoint trained with FPTT at the default settings."""
     net = tiny_net()
     ckpt = folder / "model.pt"
     save_checkpoint(ckpt, {"kind": "model", "model_config": net.config.to_dict(), "state_dict": net.state_dict(),
                            "class_names": [str(i) for i in range(10)], "input_spec": SPEC,
                            "training": {"method": "fptt", "lr": 3e-3, "alpha": 0.1, "beta": 0.5, "clip": 1.0}})
-    report = export_checkpoint(ckpt, steps=40, precision_samples=20, adapt=True, adapt_updates=24, log=lambda m: None)
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small trained-from-init dense model exported with --adapt (checked against the trainer)."""
+    folder = tmp_path_factory.mktemp("adapt")
+    report = export_checkpoint(tiny_checkpoint(folder), steps=40, precision_samples=20, adapt=True, adapt_updates=24, log=lambda m: None)
     return folder, report
 
 

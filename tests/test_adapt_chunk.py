@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_adapt import SPEC, digits, tiny_net
+from test_adapt import digits, tiny_checkpoint, tiny_net
 from torch.nn import functional as F
 
-from fptt_edge.checkpoint import save_checkpoint
 from fptt_edge.cli import main
 from fptt_edge.export.parity import ort_session
 from fptt_edge.export.train_check import check_train_parity, loss_weights
@@ -48,12 +47,7 @@ def test_chunk_loss_weights_give_the_trainers_fptt_k_loss(chunk):
 def chunked(tmp_path_factory):
     """The tiny dense model exported through the CLI with ``--adapt --adapt-chunk 3`` (checked against the trainer)."""
     folder = tmp_path_factory.mktemp("adapt_chunk")
-    net = tiny_net()
-    ckpt = folder / "model.pt"
-    save_checkpoint(ckpt, {"kind": "model", "model_config": net.config.to_dict(), "state_dict": net.state_dict(),
-                           "class_names": [str(i) for i in range(10)], "input_spec": SPEC,
-                           "training": {"method": "fptt", "lr": 3e-3, "alpha": 0.1, "beta": 0.5, "clip": 1.0}})
-    result = CliRunner().invoke(main, ["export", str(ckpt), "--adapt", "--adapt-chunk", str(CHUNK), "--adapt-updates", "12",
+    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint(folder)), "--adapt", "--adapt-chunk", str(CHUNK), "--adapt-updates", "12",
                                        "--parity-steps", "40", "--precision-samples", "20", "--guard-samples", "20"])
     return folder, result
 

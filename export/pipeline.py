@@ -74,11 +74,11 @@ def _refuse_overwrite(inputs: dict[str, Path], outputs: list[Path]) -> None:
 
 
 def _refuse_beyond_memory(net: LTCNetwork, streams: int, batch: int | None, steps: int) -> None:
-    """The parity check holds every stream's inputs, states and logits for every step (three copies at most, float32):
-    refuse, before any work, a run that would not fit in half the free memory."""
+    """The parity check holds every stream's input frames for every step (float32, built once from the recordings and
+    stacked: two copies at the peak), the states only for the current step: refuse, before any work, a run whose
+    frames would not fit in half the available memory."""
     streams = max(streams, batch or 1)
-    per_step = math.prod(net.config.input_shape) + net.config.num_classes + sum(math.prod(s[1:]) for s in net.state_shapes(1))
-    need, free = 3 * 4 * streams * steps * per_step, available_memory()
+    need, free = 2 * 4 * streams * steps * math.prod(net.config.input_shape), available_memory()
     if need > free // 2:
         raise ExportError(f"--parity-streams {streams} x --parity-steps {steps:,} would hold {need / 2**30:.1f} GiB for the parity check; "
                           f"{free / 2**30:.1f} GiB are free here: choose fewer steps or streams")
@@ -86,19 +86,25 @@ def _refuse_beyond_memory(net: LTCNetwork, streams: int, batch: int | None, step
 
 @contextlib.contextmanager
 def _export_lock(folder: Path):
-    """One export at a time into ``folder`` (an advisory lock on the folder itself, no file made): two exports writing
-    the same names would leave one's model beside the other's report."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
+    """One export at a time into ``folder`` (an advisory lock on the folder itself, or on its nearest existing parent
+    while it does not exist yet; no file or folder made): two exports writing the same names would leave one's model
+    beside the other's report. Best effort: where the folder cannot be opened (write-only) or there is no ``fcntl``,
+    the export goes on unlocked."""
+    held = next((p for p in (folder, *folder.parents) if p.is_dir()), None)
     try:
-        if fcntl is not None:
+        fd = None if fcntl is None or held is None else os.open(held, os.O_RDONLY)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise ExportError(f"another fptt-edge export is writing into {folder}; wait for it to finish") from None
+                raise ExportError(f"another fptt-edge export is writing into {held}; wait for it to finish") from None
         yield
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset: int | None = None, batch: int | None = 1,

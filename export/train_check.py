@@ -10,9 +10,10 @@ identical (rounding ties are classified by the reference margin as in the export
 then every buffer is re-synchronised). Weights, ``Wbar``, ``lam`` and both Adamax moments, relative
 to each buffer's largest magnitude: the largest deviation within ``rtol``, or, where the same update
 in float64 moves further from the float32 reference (Adamax with fresh moments amplifies rounding
-noise in near-zero gradients), within ``NOISE_FACTOR`` times that; and the deviation of 99 % of
+noise in near-zero gradients), within ``NOISE_FACTOR`` times that; and the deviation of 90 % of
 the elements within ``BULK_RTOL`` (a fault in the update rule moves most elements, rounding
-noise a few). Both floors come from the trainer, never from the graph's own function, so a fault
+noise a few; a fault confined to a few elements, e.g. one bias, is caught only by the first bound,
+when it exceeds the float64 floor). Both floors come from the trainer, never from the graph's own function, so a fault
 in that function cannot widen its own tolerance. Each update starts from the reference's state
 and buffers (teacher forcing), so one update's rounding never compounds into the next.
 """
@@ -33,11 +34,12 @@ from .parity import TIE_TOLERANCE, spike_margins
 from .train_graph import OUTPUT_SUFFIX
 
 RTOL = 1e-5
-BULK_QUANTILE = 0.99
+BULK_QUANTILE = 0.9
 # the BULK_QUANTILE of each buffer's deviation, relative to its largest element, must stay below these: a wrong rate,
-# bias correction or trace rule moves most elements (a 1.1x rate: 7.5e-5 in the weights, 0.1 in lam, on the demo
-# model), rounding noise moves the bulk by 4e-7 (weights) and 3e-4 (lam, small early on, so relatively noisier)
-BULK_RTOL = {"weights": 1e-5, "wbar": 1e-5, "lam": 1e-2, "m": 1e-5, "u": 1e-5}
+# bias correction or trace rule moves most elements (a 1.1x rate: 7.5e-5 to 2.2e-4 in the weights, 0.1 in lam),
+# rounding noise (Adamax amplifies it in the few elements whose gradient is near zero) moves the bulk by 5e-9
+# (weights) and 3e-6 (lam, small early on, so relatively noisier); measured on S-MNIST row models at batch 4 and 16
+BULK_RTOL = {"weights": 1e-6, "wbar": 1e-6, "lam": 1e-3, "m": 1e-5, "u": 1e-5}
 NOISE_FACTOR = 4.0
 BUFFERS = ("weights", "wbar", "lam", "m", "u")
 

@@ -399,6 +399,12 @@ def export(checkpoint, output, device, opset, batch, check, data_path, parity_st
     from .export.pipeline import export_checkpoint
     from .export.report import summary
 
+    ctx = click.get_current_context()
+    given = [f"--{p.replace('_', '-')}" for p in ("trainable", "adapt_batch", "adapt_updates", "adapt_chunk", "guard_samples")
+             if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE]
+    if given and not adapt:
+        raise click.UsageError(f"{', '.join(given)} only apply with --adapt")
+
     if batch == "dynamic":
         batch_size = None
     else:

@@ -292,6 +292,8 @@ class Learner:
                 self._fill_chunk(t, lengths)
             else:
                 self._fill_step(t, lengths)
+            if n < self.batch:  # the graph divides by its batch B; the trainer by the n sequences it has
+                be.w[:n] *= np.float32(self.batch / n)
             started = time.perf_counter()
             be.step()
             self.events.update_seconds += time.perf_counter() - started

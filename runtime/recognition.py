@@ -171,7 +171,15 @@ def _whole_us(value, what: str, low: int) -> int:
 
 
 def available_memory() -> int:
-    """Free physical memory in bytes (``os.sysconf``), or :data:`FALLBACK_MEMORY` where the system does not say."""
+    """Memory available to a new allocation in bytes: Linux's ``MemAvailable`` (free memory plus the page cache it can
+    reclaim), else free physical pages (``os.sysconf``), else :data:`FALLBACK_MEMORY` where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, ValueError, OSError):

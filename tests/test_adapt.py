@@ -252,6 +252,25 @@ def test_learner_matches_the_trainer_on_one_batch(exported):
         np.testing.assert_allclose(got["weights"][0], trainer.flat.flat.detach().numpy(), atol=3e-3 * x.shape[1])
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_a_partly_filled_batch_at_flush_is_the_trainers_update_on_those_sequences(exported, n):
+    """flush() with n < B slots: the same update as FPTTTrainer.train_batch on the n sequences (the graph divides the loss
+    by its batch B, so the learner scales the weights by B / n)."""
+    folder, _ = exported
+    x, y = digits(n, offset=310)
+    with open_learner(folder / "model.onnx", store=False) as learner:
+        for i in range(n):
+            learner.learn(x[i], int(y[i]))
+        learner.flush()
+        got = learner.backend.buffers()
+        trainer = FPTTTrainer(tiny_net(), TrainConfig(lr=3e-3))
+        trainer.train_batch(torch.from_numpy(x), torch.from_numpy(y))
+        opt = trainer.optimizer.state[trainer.flat.flat]
+        for name, ref in (("m", opt["exp_avg"]), ("u", opt["exp_inf"])):
+            ref = ref.numpy()
+            assert np.abs(got[name][0] - ref).max() <= 1e-4 * np.abs(ref).max(), name
+
+
 def test_label_replays_the_ring_buffer_and_refuses_bad_input(exported):
     folder, _ = exported
     x, y = digits(4, offset=100)

@@ -792,6 +792,9 @@ OPTION_CASES = {
     "export-onto-its-data": lambda a, t, mp: (["export", a.npz_pt, "--data", _copy(a, t, "d.npz", a.d3), "-o", t / "d.npz"], False),
     "export-onto-its-device-file": lambda a, t, mp: (["export", a.pt, "--device", _copy(a, t, "p.toml", PROFILE_DIR / "orin-nano-8gb.toml"),
                                                       "-o", t / "p.toml", "--no-check"], False),
+    "export-bad-data-into-a-new-folder": lambda a, t, mp: (["export", a.npz_pt, "--data", t / "nosuch.npz", "-o", t / "new" / "sub" / "o.onnx"],
+                                                           False),
+    "export-adapt-option-without-adapt": lambda a, t, mp: (["export", a.pt, "-o", t / "o.onnx", "--no-check", "--adapt-chunk", "3"], True),
     "export-parity-beyond-memory": lambda a, t, mp: (["export", a.pt, "-o", t / "o.onnx", "--parity-steps", "1000000000000"], False),
     "export-adapt-batch-beyond-the-data": lambda a, t, mp: (["export", a.npz_pt, "--data", a.d3, "-o", t / "o.onnx", "--adapt",
                                                              "--adapt-batch", "64"], False),
@@ -817,6 +820,8 @@ def test_hostile_options_and_writers(art, tmp_path, monkeypatch, name):
         assert "another training is using" in out
     if "another-writes" in name:
         assert "another fptt-edge export is writing into" in out
+    if name == "export-bad-data-into-a-new-folder":
+        assert not (tmp_path / "new").exists()
     if name == "export-parity-beyond-memory":
         assert "GiB are free here" in out
     if name in ("export-adapt-batch-beyond-the-data", "export-while-another-writes-there", "export-parity-beyond-memory"):

@@ -62,9 +62,9 @@ def spike_margins(net: LTCNetwork, x: torch.Tensor, state: NetState) -> list[tor
 def ort_session(model_bytes: bytes, threads: int = 1):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
+    from ..runtime.ort_backend import session_options
+
+    opts = session_options(ort, threads)
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 

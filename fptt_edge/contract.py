@@ -237,6 +237,12 @@ def read_contract(path) -> StepContract:
     return contract
 
 
+def _quiet_options(ort):
+    from .runtime.ort_backend import session_options  # runtime imports this module: late
+
+    return session_options(ort, 1)
+
+
 def read_metadata(path) -> dict[str, str]:
     """The ``metadata_props`` of an ``.onnx`` file (onnx if installed, else onnxruntime)."""
     path = Path(path)
@@ -248,7 +254,7 @@ def read_metadata(path) -> dict[str, str]:
         import onnxruntime as ort
 
         try:
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(str(path), _quiet_options(ort), providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ContractError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
         props = dict(sess.get_modelmeta().custom_metadata_map)
@@ -271,7 +277,7 @@ def graph_io(path) -> tuple[dict, dict]:
         import onnxruntime as ort
 
         try:
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(str(path), _quiet_options(ort), providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ContractError(f"{path}: not a loadable ONNX model ({_first_line(exc)})") from None
         return ({a.name: (a.type, tuple(a.shape)) for a in sess.get_inputs()},

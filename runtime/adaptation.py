@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import StepContract, read_contract
-from ..npzfile import read_npz
+from ..npzfile import float32_x, read_npz
 from .errors import AdaptationError
 from .inputs import Recording, from_contract_source, from_events, from_npz
 
@@ -73,7 +73,7 @@ def read_guard(path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     arrays = read_npz(path, AdaptationError)
     if "x" not in arrays or "y" not in arrays:
         raise AdaptationError(f"{path}: a guard set needs arrays 'x' and 'y' (have {sorted(arrays)[:10]})")
-    return arrays["x"], arrays["y"], arrays.get("lengths")
+    return float32_x(arrays["x"], f"{path}: field 'x'", AdaptationError), arrays["y"], arrays.get("lengths")
 
 
 def adapt(model, *, data=None, events=None, labels=None, guard=None, trainable: str | None = None, lr: float | None = None, epochs: int = 1,

@@ -28,6 +28,19 @@ PROVIDERS = {
     "ort-trt": "TensorrtExecutionProvider",
 }
 TF32_ENV = "NVIDIA_TF32_OVERRIDE"
+LOG_ERRORS_ONLY = 3
+"""ONNX Runtime's ``log_severity_level`` for every session made here: its own warnings (shape-merge notes, provider
+hints) are not the user's to act on and broke the one-line errors; what matters is checked (providers) or raised."""
+
+
+def session_options(ort, threads: int):
+    """``SessionOptions`` for one sequential stream: ``threads`` intra-op threads, ONNX Runtime's log at errors only."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = LOG_ERRORS_ONLY
+    return opts
 
 
 def _ort_version() -> tuple[int, int]:
@@ -96,10 +109,7 @@ class OrtBackend:
                                      "install onnxruntime-gpu on a CUDA machine (on a Jetson: NVIDIA's wheel, see the README)")
         if backend == "ort-trt" and not tf32:
             os.environ.setdefault(TF32_ENV, "0")  # the TensorRT provider's only TF32 switch; a user's own setting wins
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts = session_options(ort, threads)
         # User-owned initializers (on-device adaptation): ONNX Runtime reads these arrays in place on
         # the CPU, so new weights need no rebuild; pre-packing would keep a stale packed copy, so it is off.
         self.initializers = {n: np.ascontiguousarray(v, np.float32).copy() for n, v in (initializers or {}).items()}

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..contract import ContractError, InputSpec, StepContract, read_contract, verify_checksum
 from .errors import RuntimeInputError
+from .ort_backend import session_options
 from .session import MAX_STREAMS, StreamSession, check_count, ort_backend, validate_frames
 from .sparse import FrontEndSession, check_active
 
@@ -303,8 +304,7 @@ class SparseConvSession(FrontEndSession):
         self._frame = np.zeros((streams, *self.frame_shape), np.float32)  # the dense path's input
         self._events_frame = np.zeros((streams, self.scatter.in_size), np.float32)  # step_events builds its frames here
         self._acc_rows, self._prev_rows = list(self._acc), list(self._prev)  # per-stream views, made once
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts = session_options(ort, threads)
         self._conv = ort.InferenceSession(front.conv_graph, opts, providers=["CPUExecutionProvider"])
         self._binding = self._conv.io_binding()
         self._binding.bind_input(self._conv.get_inputs()[0].name, "cpu", 0, np.float32, self._frame.shape, self._frame.ctypes.data)

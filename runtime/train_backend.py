@@ -23,16 +23,13 @@ class TrainStepBackend:
     def __init__(self, path, contract: TrainContract, threads: int = 1, backend: str = "ort"):
         import onnxruntime as ort
 
-        from .ort_backend import PROVIDERS, provider_options, session_providers
+        from .ort_backend import PROVIDERS, provider_options, session_options, session_providers
 
         if backend not in ("ort", "ort-cuda"):
             raise BackendUnavailable(f"the train step runs on 'ort' or 'ort-cuda', not {backend!r}")
         if PROVIDERS[backend] not in ort.get_available_providers():
             raise BackendUnavailable(f"{backend}: ONNX Runtime here has no {PROVIDERS[backend]}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts = session_options(ort, threads)
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=provider_options(backend, None, False))
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types (InvalidGraph, Fail, InvalidProtobuf, ...)

@@ -122,6 +122,11 @@ def summary(report: ExportReport) -> str:
                             for k, v in tpar["max_rel"].items())
             lines.append(f"    vs PyTorch's FPTT trainer, {tpar['updates']} updates: {'PASS' if tpar['passed'] else 'FAIL'}; spike mismatches "
                          f"{sum(tpar['spike_mismatches'].values())}, ties {len(tpar['ties'])}; max relative difference {rel}")
+            if "tensor_rel" in tpar:  # reports written before the per-tensor bound have none
+                share = tpar["tensor_share"]
+                worst = max(share, key=share.get)
+                lines.append(f"    each tensor's median element: at most {share[worst]:.2g} of its bound ({worst} of "
+                             f"{tpar['tensor_worst'][worst] or '-'}: {tpar['tensor_rel'][worst]:.1e})")
     lines.append(f"  device lint ({r.lint.device}, TensorRT {r.lint.tensorrt}): {r.lint.verdict.upper()}")
     lines.extend(f"    {f.level}: [{f.check}] {f.message}" for f in r.lint.findings if f.level != "info")
     lines.append(f"  report: {r.report}")

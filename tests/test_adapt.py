@@ -21,7 +21,7 @@ from fptt_edge.export.adapt_export import eps_survives
 from fptt_edge.export.lint import lint
 from fptt_edge.export.parity import ort_session
 from fptt_edge.export.pipeline import export_checkpoint
-from fptt_edge.export.train_check import check_train_parity
+from fptt_edge.export.train_check import BULK_RTOL, check_train_parity
 from fptt_edge.export.train_graph import _decompositions, example_inputs, make_train_step, select_trainable, trace_train_step
 from fptt_edge.model import LTCNetwork
 from fptt_edge.runtime.errors import AdaptationError, RuntimeInputError
@@ -98,6 +98,34 @@ def test_train_check_catches_a_fault_in_the_graphs_own_update(monkeypatch, fault
     x, y = digits(16)
     result = check_train_parity(folded, tensors, Hyper(), ort_session(model.SerializeToString()), x, y, None, 4, min_updates=16)
     assert not result.passed and not result.buffer_ok("weights")
+
+
+@pytest.mark.parametrize("fault", ["gradient x2", "gradient negated", "rate x1.5"])
+@pytest.mark.parametrize("target", ["readout.fc.bias", "layers.0.gate_a.bias"])
+def test_train_check_catches_a_fault_confined_to_one_tensor(monkeypatch, fault, target):
+    """A fault in one small tensor (a bias of 16 or 10 of the 1,300 weights) leaves the whole buffer's bulk and its largest
+    deviation within their float32 bounds (a rate 1.5x too high for one bias did, before the per-tensor bound); the
+    median of that tensor's elements moves far beyond rounding noise."""
+    from fptt_edge.export import train_graph
+
+    orig = train_graph.fptt_adamax_update
+    _, tensors, _ = trace_train_step(tiny_net(), "all", Hyper(), 4, None)
+    t = next(t for t in tensors if t.name == target)
+
+    def faulty(g, W, wbar, lam, m, u, mask, step, lr, hyper):
+        factor = torch.ones_like(g)
+        factor[:, t.offset:t.offset + t.size] = {"gradient x2": 2.0, "gradient negated": -1.0, "rate x1.5": 1.0}[fault]
+        out = orig(g * factor, W, wbar, lam, m, u, mask, step, lr, hyper)
+        if fault != "rate x1.5":
+            return out
+        rate = torch.ones_like(g)
+        rate[:, t.offset:t.offset + t.size] = 1.5
+        return (W + (out[0] - W) * rate, *out[1:])
+    monkeypatch.setattr(train_graph, "fptt_adamax_update", faulty)
+    model, tensors, folded = trace_train_step(tiny_net(), "all", Hyper(), 4, None)
+    result = check_train_parity(folded, tensors, Hyper(), ort_session(model.SerializeToString()), *digits(32), None, 4, min_updates=32)
+    assert not result.passed and result.tensor_worst["weights"] == target, result.to_dict()
+    assert result.tensor_rel["weights"] > 100 * BULK_RTOL["weights"]
 
 
 def test_conv_backward_matches_autograd():

@@ -56,6 +56,7 @@ def _reset(trainer: FPTTTrainer, like: FPTTTrainer) -> None:
     st["step"].zero_()
     st["exp_avg"].zero_()
     st["exp_inf"].zero_()
+    trainer.grad_stats.copy_(like.grad_stats)
 
 
 def _buffers(trainer: FPTTTrainer) -> dict[str, torch.Tensor]:
@@ -107,6 +108,14 @@ def test_compiled_update_equals_eager(compiled, with_lengths):
     assert sum(int(s.sum()) for step in s_eager for s in step) > 0, "vacuous: no spikes"
     _assert_buffers_close(_buffers(compiled), _buffers(eager), _buffers(control), updates=T)
     assert float((compiled.flat.flat.detach() - fresh.flat.flat.detach()).abs().max()) > 1e-3, "vacuous: nothing learned"
+    _assert_grad_stats_close(compiled, eager, updates=T)
+
+
+def _assert_grad_stats_close(compiled: FPTTTrainer, eager: FPTTTrainer, updates: int) -> None:
+    """The pre-clip gradient norms the compiled graph records (its own blocked sum) against the eager clip's."""
+    got, want = compiled.grad_stats, eager.grad_stats
+    assert float(got[0]) == float(want[0]) == updates and float(got[1]) == float(want[1])
+    torch.testing.assert_close(got[2:], want[2:], rtol=1e-4, atol=1e-4)
 
 
 def _assert_buffers_close(got: dict, want: dict, noise: dict, updates: int) -> None:
@@ -148,6 +157,7 @@ def test_compiled_fptt_k_equals_eager(parts, with_lengths):
     assert int(compiled.optimizer.state[compiled.flat.flat]["step"]) == updates == int(eager.optimizer.state[eager.flat.flat]["step"])
     _assert_buffers_close(_buffers(compiled), _buffers(eager), _buffers(control), updates=updates)
     assert float((compiled.flat.flat - FPTTTrainer(_net(), cfg).flat.flat).detach().abs().max()) > 1e-3, "vacuous: nothing learned"
+    _assert_grad_stats_close(compiled, eager, updates)
 
 
 @pytest.mark.parametrize("beta", [0.3, 1.0])
@@ -329,7 +339,7 @@ def test_a_chunk_length_that_fails_to_compile_sends_the_batch_eager_before_any_u
         compiled_fn = real(fn, **kwargs)
 
         def call(*args):
-            if args[6].shape[1] == 2:  # x of the last, 2-step chunk
+            if args[7].shape[1] == 2:  # x of the last, 2-step chunk (after the 7 buffers)
                 raise RuntimeError("inductor failed on this graph")
             return compiled_fn(*args)
         return call

@@ -343,6 +343,15 @@ RESUME_CASES = {
     "progress-loss-nan": lambda p: _progress(p, batch=1, loss_sum=float("nan")),
     "progress-seen-negative": lambda p: _progress(p, batch=1, seen=-5),
     "progress-elapsed-inf": lambda p: _progress(p, batch=1, elapsed=float("inf")),
+    "progress-grad-stats-short": lambda p: _progress(p, batch=1, grad_stats=[1.0, 0.0]),
+    "progress-grad-stats-text": lambda p: _progress(p, batch=1, grad_stats="many"),
+    "progress-grad-stats-tensor": lambda p: _progress(p, batch=1, grad_stats=torch.zeros(4)),
+    "progress-grad-stats-clipped-beyond-updates": lambda p: _progress(p, batch=1, grad_stats=[2.0, 3.0, 0.0, 1.0]),
+    "progress-grad-stats-fractional-count": lambda p: _progress(p, batch=1, grad_stats=[2.5, 0.0, 0.0, 1.0]),
+    "progress-grad-stats-nan-count": lambda p: _progress(p, batch=1, grad_stats=[float("nan"), 0.0, 0.0, 1.0]),
+    "history-grad-norm-tensor": lambda p: {**p, "history": [{**r, "grad_norm": torch.zeros(4)} for r in p["history"]]},
+    "history-grad-norm-extra-key": lambda p: {**p, "history": [{**r, "grad_norm": {**r["grad_norm"], "x": 1}} for r in p["history"]]},
+    "history-grad-norm-negative": lambda p: {**p, "history": [{**r, "grad_norm": {**r["grad_norm"], "clipped": -1.0}} for r in p["history"]]},
     "no-history": lambda p: {k: v for k, v in p.items() if k != "history"},
     "history-dict": lambda p: {**p, "history": {"a": 1}},
     "history-not-records": lambda p: {**p, "history": [5]},
@@ -376,6 +385,8 @@ def test_hostile_resume_checkpoint(art, tmp_path, name):
     torch.save(RESUME_CASES[name](payload), out / "checkpoint.pt")
     said = refused_cli(["train", *RESUMABLE, "--epochs", "2", "--out", out, "--resume"], tmp_path, art.root)
     assert "these differ" not in said, f"refused for the settings, not for the crafted field: {said}"
+    if "grad" in name:
+        assert "grad_" in said or "plain values" in said, said  # refused for that field (a tensor: by the plain-values check)
 
 
 # ---------------------------------------------------------------- ONNX files

@@ -215,6 +215,9 @@ def test_mid_epoch_resume_replays_the_same_batches_and_draws(tmp_path, monkeypat
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    # the epochs' gradient-norm figures, the one cut too (its first part restored from the checkpoint)
+    assert [e["grad_norm"] for e in a["history"]] == [e["grad_norm"] for e in b["history"]]
+    assert [e["grad_norm"]["updates"] for e in a["history"]] == [5 * T] * 2
 
 
 def _fit(out, train, test, resume=False, **changes):

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from .gradstats import record
 from .oracle import OracleTargets
 
 # The graph unrolls an FPTT-K chunk: compiling took 23 s for 7 steps and 170 s for 28 (a 64-neuron layer, a loaded
@@ -157,7 +158,7 @@ class CompiledFPTTUpdate:
         self.n_state = len(model.state_names())
 
     # the traced function: no Python value in it may change between calls
-    def _update(self, weights, exp_avg, exp_inf, anchor, lam, step_size, x, y, w, pick, *rest):
+    def _update(self, weights, exp_avg, exp_inf, anchor, lam, step_size, grad_stats, x, y, w, pick, *rest):
         from ..model import unflatten_state
 
         model, names, shapes, sizes = self.model, self.names, self.shapes, self.sizes
@@ -182,6 +183,7 @@ class CompiledFPTTUpdate:
             g = g + (alpha * weights - anchor)  # + dR/dW
         if self.clipped:
             norm = blocked_norm(g)
+            record(grad_stats, norm, self.clip)
             g = g * torch.clamp(self.clip / (norm + 1e-6), max=1.0)
         exp_avg.lerp_(g, 1.0 - self.beta1)
         exp_inf.copy_(torch.maximum(exp_inf * self.beta2, g.abs() + self.eps))
@@ -200,7 +202,7 @@ class CompiledFPTTUpdate:
         not halfway through it (FPTT-K's shorter last chunk compiles a graph of its own)."""
         anchor, lam = self.trainer.traces.anchor_and_lam()
         copies = self._ready((self.weights.clone(), torch.zeros_like(self.weights), torch.zeros_like(self.weights), anchor.clone(),
-                              lam.clone(), torch.zeros_like(self.step_size)))
+                              lam.clone(), torch.zeros_like(self.step_size), torch.zeros_like(self.trainer.grad_stats)))
         try:
             self._fn(*copies, x, y, w, pick, *extra, *(t.clone() for t in state.tensors()))
         except Exception as exc:  # noqa: BLE001 - compiler failures vary (no compiler, unsupported op, ...)
@@ -225,7 +227,8 @@ class CompiledFPTTUpdate:
         self.step_size.fill_(-(float(group["lr"]) / (1.0 - self.beta1 ** t)))
         traces = self.trainer.traces
         anchor, lam = traces.anchor_and_lam()
-        args = (*self._ready((self.weights, st["exp_avg"], st["exp_inf"], anchor, lam, self.step_size)), x, y, w, pick, *extra,
+        args = (*self._ready((self.weights, st["exp_avg"], st["exp_inf"], anchor, lam, self.step_size, self.trainer.grad_stats)), x, y, w,
+                pick, *extra,
                 *state.tensors())
         shape = (tuple(x.shape), pick is None)
         first = not self._calls_by_shape  # the very first call: a compiler failure there has changed nothing yet

@@ -36,6 +36,7 @@ from ..io import OutputPathError, output_target, write_json_atomic
 from ..model import LTCNetwork
 from ..reporting import plot_curves
 from ..seeding import derived_seed
+from . import gradstats
 from .averaging import WeightAverage
 from .distributed import DistContext
 from .init import init_time_constants
@@ -209,7 +210,7 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
 
     def save_resume(epoch, batch, sums, draws, elapsed):
         prog = {"epoch": epoch, "batch": batch, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": int(sums[2]),
-                "generator": draws.get_state(), "elapsed": elapsed}
+                "generator": draws.get_state(), "elapsed": elapsed, "grad_stats": trainer.grad_stats.tolist() if batch else [0.0] * 4}
         save_checkpoint(resume_path, {"kind": "resume", **meta, "training_config": cfg.to_dict(), "state_dict": _own_tensors(model),
                                       "trainer": trainer.state_dict(), "progress": prog, "history": history, "data": data,
                                       **({"selected_state": best_state} if best_state is not None else {}),
@@ -230,8 +231,11 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
         data_epoch = train if views is None or epoch == 0 else _epoch_views(views, epoch, train)
         sums = torch.zeros(3, dtype=torch.float64)
         elapsed, first = 0.0, 0
+        trainer.grad_stats.zero_()
         if saved_progress is not None and epoch == start_epoch and start_batch > 0:
             draws.set_state(saved_progress["generator"])
+            if "grad_stats" in saved_progress:  # checked by _saved_progress (older checkpoints have none: this part of the epoch only)
+                trainer.grad_stats.copy_(gradstats.from_saved(saved_progress["grad_stats"], trainer.grad_stats.device))
             sums = torch.tensor([saved_progress["loss_sum"], saved_progress["correct"], saved_progress["seen"]], dtype=torch.float64)
             elapsed, first = float(saved_progress["elapsed"]), start_batch
         t_start, t_saved = time.perf_counter() - elapsed, time.perf_counter()
@@ -264,7 +268,8 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
         trainer.before_eval()
         traces = trainer.traces.wbar + trainer.traces.lam if cfg.method == "fptt" else []
         divergence = ctx.divergence(list(model.parameters()) + traces)
-        record = {"epoch": epoch + 1, "lr": lr, "online_loss": float(sums[0] / sums[2]), "online_accuracy": float(sums[1] / sums[2])}
+        record = {"epoch": epoch + 1, "lr": lr, "online_loss": float(sums[0] / sums[2]), "online_accuracy": float(sums[1] / sums[2]),
+                  "grad_norm": gradstats.summary(trainer.grad_stats)}
         with average.swapped_in(trainer.params) if average is not None else contextlib.nullcontext():
             for name, ds in (("train", scored), ("val", val), ("test", test)):
                 if ds is not None:
@@ -283,7 +288,7 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
                 shown = f" | val acc {record['val_accuracy']:.4f}" if val is not None else ""
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: online loss {record['online_loss']:.4f} acc {record['online_accuracy']:.4f} | "
                            f"train acc {record['train_accuracy']:.4f}{shown} | test acc {record['test_accuracy']:.4f} | lr {lr:.2e} | "
-                           f"{train_time:.1f}s")
+                           f"{_clip_note(record['grad_norm'])}{train_time:.1f}s")
         ctx.barrier()
     if ran == 0 and history and ctx.is_main:  # resumed with nothing left to train (killed after the last save): finish the results
         write_results()
@@ -452,14 +457,32 @@ def _saved_progress(payload: dict, path, has_val: bool) -> tuple[dict, list]:
     gen = progress.get("generator")
     if not (isinstance(gen, torch.Tensor) and gen.dtype == torch.uint8 and gen.shape == torch.Generator().get_state().shape):
         bad.append("generator")
+    if "grad_stats" in progress and gradstats.from_saved(progress["grad_stats"]) is None:
+        bad.append("grad_stats")
     if bad:
         raise TrainingError(f"{path}: invalid progress fields {bad}")
     keys = HISTORY_KEYS + (VAL_KEYS if has_val else ())
     if not all(isinstance(r, dict) and all(_number(r.get(k)) for k in keys) for r in history):
         raise TrainingError(f"{path}: history entries must hold finite {', '.join(keys)}")
+    if not all(_grad_norm_ok(r.get("grad_norm", {})) for r in history):
+        raise TrainingError(f"{path}: a history entry's grad_norm must map updates, clipped, geo_mean and max to numbers")
     if progress["epoch"] != len(history):
         raise TrainingError(f"{path}: progress is at epoch {progress['epoch']}, but the history holds {len(history)} epochs")
     return progress, list(history)
+
+
+def _clip_note(g: dict) -> str:
+    """``clipped 12% (max 3.4e+01) | `` for the epoch line."""
+    largest = "overflow" if g["max"] is None else f"{g['max']:.1e}"
+    return f"clipped {g['clipped']:.0%} (max {largest}) | " if g["updates"] else ""
+
+
+def _grad_norm_ok(entry) -> bool:
+    """An epoch's ``grad_norm`` summary as :func:`gradstats.summary` writes it (``{}``: a run from before it)."""
+    if not isinstance(entry, dict) or not entry:
+        return isinstance(entry, dict)
+    return (set(entry) == {"updates", "clipped", "geo_mean", "max"} and _number(entry["updates"], integer=True) and _number(entry["clipped"])
+            and all(v is None or _number(v) for v in (entry["geo_mean"], entry["max"])))
 
 
 OPTIMISER_FLAGS = ("foreach", "maximize", "differentiable", "capturable", "fused")

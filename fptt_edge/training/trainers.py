@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from ..model import LTCNetwork, detach_state
 from .flat import FlatParameters
 from .fptt import FPTTTraces
+from .gradstats import new_stats, record
 
 if TYPE_CHECKING:
     from .compiled import CompiledFPTTUpdate
@@ -149,6 +150,7 @@ class FPTTTrainer:
         self.optimizer = torch.optim.Adamax(self.params, lr=cfg.lr, foreach=True)
         self.traces = FPTTTraces(self.params, cfg.alpha, cfg.beta)
         self.oracle = OracleTargets(model.config.num_classes) if cfg.oracle else None
+        self.grad_stats = new_stats(self.flat.flat.device)  # the epoch's pre-clip gradient norms (training/gradstats.py)
         self.compile = cfg.compile == "on" if compile is None else compile
         self.compiled: CompiledFPTTUpdate | None = None
         self.compile_note: str | None = None  # why the update is not compiled, when asked for and refused
@@ -260,7 +262,7 @@ class FPTTTrainer:
         self.flat.flat.grad.zero_()
         loss.backward()
         self.traces.add_regularizer_grad()
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip, foreach=True)
+        record(self.grad_stats, torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip, foreach=True), self.cfg.clip)
         self.optimizer.step()
         self.traces.update()
 
@@ -313,6 +315,7 @@ class BPTTTrainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adamax(self.params, lr=cfg.lr, foreach=True)
         self.oracle = OracleTargets(model.config.num_classes) if cfg.oracle else None  # the same term as FPTT's, per step
+        self.grad_stats = new_stats(self.params[0].device if self.params else "cpu")  # the epoch's pre-clip gradient norms
 
     def train_batch(self, x, y, lengths=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.train()
@@ -342,7 +345,7 @@ class BPTTTrainer:
                 self.oracle.observe_sequence(logits.detach(), y, alive)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip, foreach=True)
+        record(self.grad_stats, torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip, foreach=True), self.cfg.clip)
         self.optimizer.step()
         return F.cross_entropy(last.detach(), y, reduction="sum"), (last.detach().argmax(1) == y).sum()
 

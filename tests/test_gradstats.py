@@ -88,3 +88,18 @@ def test_fptt_records_every_update_with_the_regulariser_in_its_norm():
     assert got["updates"] == len(seen) == T and got["clipped"] == 0.0
     assert got["max"] == pytest.approx(max(seen), rel=1e-5)
     assert got["geo_mean"] == pytest.approx(math.exp(np.mean(np.log(seen))), rel=1e-5)
+
+
+def test_curves_plot_the_norms_where_epochs_have_them(tmp_path):
+    """An older run's epochs (no figures), an overflowed largest norm (None) and an epoch without gradient (0) all plot."""
+    import matplotlib.image
+
+    from fptt_edge.reporting import plot_curves
+
+    base = {"train_loss": 2.0, "test_loss": 2.1, "train_accuracy": 0.3, "test_accuracy": 0.25}
+    history = [{"epoch": 1, **base}, {"epoch": 2, **base, "grad_norm": {"updates": 5, "clipped": 0.2, "geo_mean": 0.5, "max": None}},
+               {"epoch": 3, **base, "grad_norm": {"updates": 5, "clipped": 0.0, "geo_mean": 0.0, "max": 0.0}}]
+    plot_curves(history, tmp_path / "with.png", clip=1.0)
+    plot_curves(history[:1], tmp_path / "without.png")
+    wide, narrow = (matplotlib.image.imread(tmp_path / f) for f in ("with.png", "without.png"))
+    assert wide.shape[1] > 1.4 * narrow.shape[1]  # a third panel

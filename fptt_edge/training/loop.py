@@ -221,7 +221,7 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
         metrics = _metrics_summary(history, cfg, model, train, test, val, ctx, pick, trainer)
         save_checkpoint(out / MODEL_FILE, {"kind": "model", **meta, "state_dict": best_state, "metrics": metrics})
         write_json_atomic(out / METRICS_FILE, metrics)
-        plot_curves(history, out / PLOT_FILE, title=f"{train.input_spec.get('task', '')} - {cfg.method.upper()}")
+        plot_curves(history, out / PLOT_FILE, title=f"{train.input_spec.get('task', '')} - {cfg.method.upper()}", clip=cfg.clip)
 
     for epoch in range(start_epoch, cfg.epochs):
         if _stop_early(history, cfg.patience, pick):

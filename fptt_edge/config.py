@@ -5,6 +5,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+FLOAT32_MAX = 3.4028234663852886e38  # the weights' and states' type: b_j0 fills a float32 state
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -41,6 +43,9 @@ class ModelConfig:
             raise ValueError("num_classes must be >= 2")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise ValueError("conv_kernel must be a positive odd number")
+        if not all(abs(v) <= FLOAT32_MAX for v in (self.b_j0, self.beta_adapt)):
+            raise ValueError(f"b_j0 and beta_adapt must lie within float32's range (|x| <= {FLOAT32_MAX:.4g}), got {self.b_j0:.4g} "
+                             f"and {self.beta_adapt:.4g}")
         if self.initial_u not in ("zero", "uniform"):
             raise ValueError("initial_u must be 'zero' or 'uniform'")
         if self.conv_channels:

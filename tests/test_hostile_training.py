@@ -295,3 +295,10 @@ def test_options_that_contradict_each_other_are_refused(tmp_path, extra, expect)
 def test_unbounded_float_options_describe_their_range_in_help():
     out = CliRunner().invoke(main, ["train", "--help"]).output
     assert "None" not in out and "--b-j0" in out
+
+
+@pytest.mark.parametrize("extra", [["--lr", "1e39"], ["--lr", "3e38"], ["--alpha", "1e39"], ["--alpha", "1e-300"],
+                                   ["--method", "bptt", "--lr", "1e300"]])
+def test_settings_that_take_an_update_beyond_float32_are_one_line(tmp_path, extra):
+    text = refused_cli(["train", *TINY, "--epochs", "1", "--out", tmp_path / "run", *extra], tmp_path)
+    assert "beyond float32's range" in text

@@ -90,6 +90,11 @@ def fit(model_config: ModelConfig, cfg: TrainConfig, train: SequenceDataset, tes
     try:
         with _run_lock(out, ctx.is_main):
             return _fit(model_config, cfg, train, test, val, out, resume, ctx, progress, views)
+    except RuntimeError as exc:  # torch turning a scalar of the update (lr / (1 - beta1), beta / alpha, ...) into float32
+        if "without overflow" not in str(exc):
+            raise
+        raise TrainingError(f"the settings take an update beyond float32's range ({str(exc).splitlines()[0][:80]}); "
+                            "use a --lr and --alpha nearer the defaults") from None
     finally:
         ctx.close()
 

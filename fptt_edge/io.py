@@ -45,7 +45,8 @@ def atomic_path(path: str | os.PathLike):
     ``path`` may be a link to a regular file (that file is replaced, the link kept); anything else
     but a regular file is refused (:func:`output_target`). The temporary file is locked while it is
     written; leftovers of a killed writer of the same ``path`` (unlocked) are removed first, and no
-    other file is touched. A full disk raises ``OSError(ENOSPC)`` naming ``path``."""
+    other file is touched. A full disk raises ``OSError(ENOSPC)`` naming ``path``; so is any other refusal of the write
+    that names no file (a file size limit, ``EFBIG``; a quota, ``EDQUOT``)."""
     path = output_target(Path(path))
     tmp: str | None = None
     held: int | None = None
@@ -61,8 +62,8 @@ def atomic_path(path: str | os.PathLike):
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        if isinstance(exc, OSError) and exc.errno is not None and (exc.errno == errno.ENOSPC or exc.filename is None):
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None  # named: a file size limit, a quota
         raise
     finally:
         if held is not None:

@@ -749,6 +749,10 @@ def _enospc(*_a, **_k):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+def _efbig(*_a, **_k):
+    raise OSError(errno.EFBIG, "File too large")
+
+
 def _enospc_after(calls: int):
     """``os.fsync`` that syncs ``calls`` times, then finds the disk full."""
     real, seen = os.fsync, []
@@ -796,6 +800,7 @@ OPTION_CASES = {
     "export-disk-full": lambda a, t, mp: ((t / "o.onnx").write_bytes(b"earlier artefact"), mp.setattr("os.fsync", _enospc),
                                           ["export", a.pt, "-o", t / "o.onnx", "--no-check"], False)[2:],
     "train-disk-full": lambda a, t, mp: (mp.setattr("os.fsync", _enospc), ["train", *TINY, "--epochs", "1", "--out", t / "full"], False)[1:],
+    "train-file-size-limit": lambda a, t, mp: (mp.setattr("os.fsync", _efbig), ["train", *TINY, "--epochs", "1", "--out", t / "big"], False)[1:],
     # the disk fills on the second artefact: the earlier export's model, variant and report stay as they were, together
     "export-disk-full-later-artefact": lambda a, t, mp: (mp.setattr("os.fsync", _enospc_after(1)),
                                                          ["export", a.pt, "-o", _earlier_export(a, t), "--no-check", "--fp16-variant",
@@ -831,6 +836,8 @@ def test_hostile_options_and_writers(art, tmp_path, monkeypatch, name):
         assert "no space left on device writing" in out
     if "locked" in name:
         assert "another training is using" in out
+    if name == "train-file-size-limit":  # the file the limit refused is named
+        assert "checkpoint.pt: File too large" in out
     if "another-writes" in name:
         assert "another fptt-edge export is writing into" in out
     if name == "export-bad-data-into-a-new-folder":

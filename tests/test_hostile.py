@@ -371,6 +371,9 @@ RESUME_CASES = {
     "traces-beta-text": lambda p: _trainer(p, lambda t: t["traces"].update(beta="x")),
     "optimizer-state-wrong-shape": lambda p: _trainer(p, lambda t: _opt_state(t, lambda s: s[0].update(exp_avg=s[0]["exp_avg"][:-1]))),
     "optimizer-state-nan": lambda p: _trainer(p, lambda t: _opt_state(t, lambda s: s[0].update(exp_inf=s[0]["exp_inf"] * float("nan")))),
+    "optimizer-step-negative": lambda p: _trainer(p, lambda t: _opt_state(t, lambda s: s[0].update(step=torch.tensor(-1.0)))),
+    "optimizer-step-per-weight": lambda p: _trainer(p, lambda t: _opt_state(t, lambda s: s[0].update(step=torch.ones_like(s[0]["exp_avg"])))),
+    "optimizer-step-fraction": lambda p: _trainer(p, lambda t: _opt_state(t, lambda s: s[0].update(step=torch.tensor(2.5)))),
     "optimizer-groups-empty": lambda p: _trainer(p, lambda t: t.update(optimizer={**t["optimizer"], "param_groups": []})),
     "optimizer-lr-text": lambda p: _trainer(p, lambda t: t.update(optimizer={**t["optimizer"], "param_groups": [
         {**g, "lr": "fast"} for g in t["optimizer"]["param_groups"]]})),

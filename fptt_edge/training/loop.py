@@ -517,11 +517,22 @@ def _load_trainer(trainer, state: dict, path) -> None:
         if flags:
             raise TrainingError(f"{path}: optimiser options {', '.join(flags)} differ from what this training creates")
         for p in group["params"]:
+            if not _whole_number(trainer.optimizer.state.get(p, {}).get("step", 0)):  # Adamax divides by 1 - beta1 ** (step + 1)
+                raise TrainingError(f"{path}: optimiser state 'step' must be a whole number >= 0 (one value)")
             for key, value in trainer.optimizer.state.get(p, {}).items():
                 if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
                     raise TrainingError(f"{path}: optimiser state '{key}' has shape {list(value.shape)}, its weights {list(p.shape)}")
                 if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
                     raise TrainingError(f"{path}: optimiser state '{key}' holds NaN or Inf")
+
+
+def _whole_number(v) -> bool:
+    """A finite whole number >= 0, or a one-value real tensor holding one."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1 or v.is_complex() or v.dtype == torch.bool:
+            return False
+        v = v.item()
+    return _number(v) and float(v) == int(v)
 
 
 def _load_average(average: WeightAverage, state, trainer, path) -> None:

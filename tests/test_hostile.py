@@ -341,6 +341,7 @@ RESUME_CASES = {
     "progress-batch-float": lambda p: _progress(p, batch=0.5),
     "progress-generator-text": lambda p: _progress(p, batch=1, generator="x"),
     "progress-generator-short": lambda p: _progress(p, batch=1, generator=torch.zeros(3, dtype=torch.uint8)),
+    "progress-generator-invalid": lambda p: _progress(p, batch=1, generator=torch.zeros_like(p["progress"]["generator"])),
     "progress-loss-nan": lambda p: _progress(p, batch=1, loss_sum=float("nan")),
     "progress-seen-negative": lambda p: _progress(p, batch=1, seen=-5),
     "progress-elapsed-inf": lambda p: _progress(p, batch=1, elapsed=float("inf")),

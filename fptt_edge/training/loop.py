@@ -460,7 +460,8 @@ def _saved_progress(payload: dict, path, has_val: bool) -> tuple[dict, list]:
     bad = [k for k in ("epoch", "batch", "correct", "seen") if not _number(progress.get(k), integer=True)]
     bad += [k for k in ("loss_sum", "elapsed") if not _number(progress.get(k))]
     gen = progress.get("generator")
-    if not (isinstance(gen, torch.Tensor) and gen.dtype == torch.uint8 and gen.shape == torch.Generator().get_state().shape):
+    if not (isinstance(gen, torch.Tensor) and gen.dtype == torch.uint8 and gen.shape == torch.Generator().get_state().shape
+            and _generator_state(gen)):
         bad.append("generator")
     if "grad_stats" in progress and gradstats.from_saved(progress["grad_stats"]) is None:
         bad.append("grad_stats")
@@ -488,6 +489,15 @@ def _grad_norm_ok(entry) -> bool:
         return isinstance(entry, dict)
     return (set(entry) == {"updates", "clipped", "geo_mean", "max"} and _number(entry["updates"], integer=True) and _number(entry["clipped"])
             and all(v is None or _number(v) for v in (entry["geo_mean"], entry["max"])))
+
+
+def _generator_state(state: torch.Tensor) -> bool:
+    """Whether a generator takes ``state`` (torch refuses an invalid Mersenne Twister state of the right size)."""
+    try:
+        torch.Generator().set_state(state)
+    except RuntimeError:
+        return False
+    return True
 
 
 OPTIMISER_FLAGS = ("foreach", "maximize", "differentiable", "capturable", "fused")

@@ -328,6 +328,8 @@ def _opt_state(t, fn):
 RESUME_CASES = {
     "no-training-config": lambda p: {k: v for k, v in p.items() if k != "training_config"},
     "training-config-list": lambda p: {**p, "training_config": [1]},
+    "training-config-milestone-inf": lambda p: {**p, "training_config": {**p["training_config"], "milestones": [float("inf")]}},
+    "traces-beta-huge-int": lambda p: _trainer(p, lambda t: t["traces"].update(beta=10 ** 400)),
     "training-config-unknown-key": lambda p: {**p, "training_config": {**p["training_config"], "evil": 1}},
     "training-config-bad-value": lambda p: {**p, "training_config": {**p["training_config"], "method": "magic"}},
     "no-progress": lambda p: {k: v for k, v in p.items() if k != "progress"},

@@ -246,6 +246,19 @@ def test_resume_refuses_a_crafted_table_for_other_sequences(tmp_path):
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
 
 
+@pytest.mark.parametrize("classes", [float("inf"), float("nan"), "ten"])
+def test_resume_refuses_a_crafted_class_count_in_one_line(tmp_path, classes):
+    cfg1 = TrainConfig(method="fptt", epochs=1, batch_size=8, oracle=True, val_fraction=0.0)
+    config = ModelConfig(input_shape=(C,), num_classes=K, hidden=(6,))
+    train, test = _data(24, 0), _data(8, 1)
+    loop.fit(config, cfg1, train, test, tmp_path, progress=False)
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    payload["trainer"]["oracle"]["classes"] = classes
+    torch.save(payload, tmp_path / "checkpoint.pt")
+    with pytest.raises(loop.TrainingError, match="oracle table state does not fit this model"):
+        loop.fit(config, cfg1, train, test, tmp_path, resume=True, progress=False)
+
+
 # ---------------------------------------------------------------- BPTT with the same term
 
 

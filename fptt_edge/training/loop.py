@@ -358,7 +358,7 @@ def _saved_config(payload: dict, path) -> TrainConfig:
             raise TrainingError(f"{path}: '{key}' is missing or not a {kind.__name__}; not a resume checkpoint fptt-edge wrote")
     try:
         return TrainConfig(**payload["training_config"])
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise TrainingError(f"{path}: invalid training_config ({str(exc)[:200]})") from None
 
 
@@ -508,7 +508,7 @@ def _load_trainer(trainer, state: dict, path) -> None:
     made = [{k: g.get(k) for k in OPTIMISER_FLAGS} for g in trainer.optimizer.param_groups]  # what this trainer creates
     try:
         trainer.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError, OverflowError) as exc:
         raise TrainingError(f"{path}: the optimiser, FPTT trace or oracle table state does not fit this model ({type(exc).__name__}: "
                             f"{str(exc)[:160]})") from None
     traces = getattr(trainer, "traces", None)

@@ -325,6 +325,12 @@ def _opt_state(t, fn):
     t["optimizer"] = {**t["optimizer"], "state": state}
 
 
+def _group_setting(key: str, value):
+    """A case that sets ``key`` of every saved optimiser param group to ``value``."""
+    return lambda p: _trainer(p, lambda t: t.update(optimizer={**t["optimizer"], "param_groups": [
+        {**g, key: value} for g in t["optimizer"]["param_groups"]]}))
+
+
 RESUME_CASES = {
     "no-training-config": lambda p: {k: v for k, v in p.items() if k != "training_config"},
     "training-config-list": lambda p: {**p, "training_config": [1]},
@@ -380,6 +386,8 @@ RESUME_CASES = {
     "optimizer-groups-empty": lambda p: _trainer(p, lambda t: t.update(optimizer={**t["optimizer"], "param_groups": []})),
     "optimizer-lr-text": lambda p: _trainer(p, lambda t: t.update(optimizer={**t["optimizer"], "param_groups": [
         {**g, "lr": "fast"} for g in t["optimizer"]["param_groups"]]})),
+    **{f"optimizer-{k}-{v}-crafted": _group_setting(k, v)
+       for k, v in (("weight_decay", 0.5), ("weight_decay", 1e300), ("eps", 0.0), ("betas", (0.0, 0.0)), ("params", [99]))},
     "kind-model": lambda p: {**p, "kind": "model"},
 }
 
@@ -394,6 +402,8 @@ def test_hostile_resume_checkpoint(art, tmp_path, name):
     assert "these differ" not in said, f"refused for the settings, not for the crafted field: {said}"
     if "grad" in name:
         assert "grad_" in said or "plain values" in said, said  # refused for that field (a tensor: by the plain-values check)
+    if name.endswith("-crafted"):
+        assert "optimiser" in said, said  # not blamed on settings the user gave
 
 
 # ---------------------------------------------------------------- ONNX files

@@ -302,3 +302,16 @@ def test_unbounded_float_options_describe_their_range_in_help():
 def test_settings_that_take_an_update_beyond_float32_are_one_line(tmp_path, extra):
     text = refused_cli(["train", *TINY, "--epochs", "1", "--out", tmp_path / "run", *extra], tmp_path)
     assert "beyond float32's range" in text
+
+
+def test_a_fresh_run_refused_before_training_leaves_no_folder_behind(tmp_path):
+    """The lock's folder (and the parents the run made) go when the run ends before writing anything; a folder that was
+    there stays, with what it held."""
+    bad = ["--patience", "1", "--val-fraction", "0"]  # refused after the lock is taken (no validation data to stop on)
+    refused_cli(["train", *RESUMABLE, "--epochs", "2", *bad, "--out", tmp_path / "new" / "deep"], tmp_path, tmp_path)
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    refused_cli(["train", *RESUMABLE, "--epochs", "2", *bad, "--out", kept / "run"], tmp_path, tmp_path)
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]

@@ -61,8 +61,8 @@ class WeightAverage:
     def load_state_dict(self, state: dict, like: Sequence[torch.Tensor]) -> None:
         """Restore a saved average; ``like`` are the weights it averages (shapes, dtype and device to match)."""
         decay, updates, average = state["decay"], state["updates"], state["average"]
-        if decay != self.decay:
-            raise ValueError(f"saved with decay {decay}, this run has {self.decay}")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay != self.decay:
+            raise ValueError(f"saved with decay {decay!r}, this run has {self.decay!r}")
         if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
             raise ValueError("the update count must be a non-negative integer")
         if not isinstance(average, (list, tuple)) or len(average) != (len(like) if updates else 0):

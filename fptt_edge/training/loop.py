@@ -11,6 +11,7 @@ one exactly.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import math
 import os
@@ -106,6 +107,7 @@ def _run_lock(out: Path, take: bool):
     if not take or fcntl is None:
         yield
         return
+    made = [p for p in (out, *out.parents) if not os.path.lexists(p)]  # the folders this run creates, deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -125,7 +127,22 @@ def _run_lock(out: Path, take: bool):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise TrainingError(f"another training is using {out}; wait for it to end or choose another --out") from None
-        yield
+        try:
+            yield
+        except BaseException:
+            _remove_unused(made, lock)
+            raise
+
+
+def _remove_unused(made: list[Path], lock: Path) -> None:
+    """A run that ended before writing anything leaves no trace: the lock and the folders it made, while they hold
+    nothing else (a run that saved a checkpoint keeps all)."""
+    if not made or any(p.name != LOCK_FILE for p in made[0].iterdir()):
+        return
+    with contextlib.suppress(OSError):
+        lock.unlink()
+        for folder in made:
+            folder.rmdir()  # stops at the first that holds something
 
 
 def _epoch_views(views, epoch: int, train: SequenceDataset) -> SequenceDataset:
@@ -501,16 +518,26 @@ def _generator_state(state: torch.Tensor) -> bool:
 
 
 OPTIMISER_FLAGS = ("foreach", "maximize", "differentiable", "capturable", "fused")
+OPTIMISER_FIXED = ("eps", "weight_decay", "betas")
+
+
+def _setting(v):
+    """An optimiser setting as compared on resume (betas saved as a tuple or a list are the same)."""
+    return list(v) if isinstance(v, (tuple, list)) else v
 
 
 def _load_trainer(trainer, state: dict, path) -> None:
     """Optimiser and FPTT trace state, refused unless it fits the model and is finite."""
-    made = [{k: g.get(k) for k in OPTIMISER_FLAGS} for g in trainer.optimizer.param_groups]  # what this trainer creates
+    # what this trainer creates: the flags, and the settings a run never changes (the rate follows the schedule)
+    made = [{k: copy.deepcopy(g.get(k)) for k in OPTIMISER_FLAGS + OPTIMISER_FIXED} for g in trainer.optimizer.param_groups]
     try:
         trainer.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError, OverflowError) as exc:
         raise TrainingError(f"{path}: the optimiser, FPTT trace or oracle table state does not fit this model ({type(exc).__name__}: "
                             f"{str(exc)[:160]})") from None
+    live = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    if any(id(k) not in live for k in trainer.optimizer.state):  # state saved under other ids: torch keeps it apart, unused
+        raise TrainingError(f"{path}: the optimiser state belongs to parameters this model does not have (its 'params' ids do not match)")
     traces = getattr(trainer, "traces", None)
     if traces is not None:
         if (traces.alpha, traces.beta) != (trainer.cfg.alpha, trainer.cfg.beta):
@@ -523,7 +550,7 @@ def _load_trainer(trainer, state: dict, path) -> None:
         betas = group.get("betas")
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_number(b) and b < 1 for b in betas)):
             raise TrainingError(f"{path}: optimiser betas must be two numbers in [0, 1)")
-        flags = [k for k in OPTIMISER_FLAGS if group.get(k) != want[k]]
+        flags = [k for k in OPTIMISER_FLAGS + OPTIMISER_FIXED if _setting(group.get(k)) != _setting(want[k])]
         if flags:
             raise TrainingError(f"{path}: optimiser options {', '.join(flags)} differ from what this training creates")
         for p in group["params"]:

@@ -315,3 +315,8 @@ def test_a_fresh_run_refused_before_training_leaves_no_folder_behind(tmp_path):
     (kept / "notes.txt").write_text("mine")
     refused_cli(["train", *RESUMABLE, "--epochs", "2", *bad, "--out", kept / "run"], tmp_path, tmp_path)
     assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+
+
+def test_resume_without_a_checkpoint_says_that_a_new_run_starts(tmp_path):
+    res = CliRunner().invoke(main, ["train", *RESUMABLE, "--epochs", "1", "--out", str(tmp_path / "typo"), "--resume"])
+    assert res.exit_code == 0 and "no checkpoint.pt in" in res.output and "a new run starts" in res.output, res.output

@@ -202,6 +202,8 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
             raise TrainingError(f"{resume_path}: the run has trained {start_epoch} epochs{' and part of the next' if start_batch else ''}; "
                                 f"--epochs {cfg.epochs} would drop them (--epochs may only grow)")
     else:
+        if resume and ctx.is_main:  # killed before its first save, or a mistyped --out: say which (--quiet too)
+            tqdm.write(f"--resume: no {RESUME_FILE} in {out}, so a new run starts there")
         model = LTCNetwork(model_config)
         init_time_constants(model, train.steps, cfg.tau_init, cfg.seed)
     model.to(ctx.device)

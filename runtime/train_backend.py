@@ -57,11 +57,15 @@ class TrainStepBackend:
         want = {X: list(self.x.shape), Y: list(self.y.shape), W: list(self.w.shape), MASK: list(self.mask.shape), STEP: [1], LR: [1],
                 **{name: [self.contract.batch, *shape] for name, shape in self.contract.states},
                 **{t.name: list(t.shape) for t in self.contract.tensors}, **{FLAT_IO[k]: list(self.mask.shape) for k in FLAT_IO}}
-        if names != want:
+        # the graph concatenates the weights into fptt.weights_out in its input order: the metadata's offsets must follow it
+        # (metadata is outside the checksum; two tensors of one shape swapped there would train each with the other's values)
+        order = [name for name in names if name in {t.name for t in self.contract.tensors}]
+        if names != want or order != [t.name for t in self.contract.tensors]:
             from ..contract import ContractError
 
             raise ContractError(f"the train graph's inputs disagree with its metadata: graph {sorted(names.items())[:6]}..., "
-                                f"metadata {sorted(want.items())[:6]}...")
+                                f"metadata {sorted(want.items())[:6]}...; trainable tensors in graph order {order[:4]}..., "
+                                f"in the metadata {[t.name for t in self.contract.tensors][:4]}...")
 
     def _bind(self, i: int):
         b = self.session.io_binding()

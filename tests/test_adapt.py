@@ -392,6 +392,14 @@ def _tampered_train_graphs(folder):
                 if p.key == key:
                     p.value = value
             yield f"{key}={value}", m.SerializeToString()
+    m = onnx.load_from_string(data)  # two tensors of one shape with their names swapped: offsets, names and shapes all valid
+    for p in m.metadata_props:
+        if p.key == "fptt_edge.train.tensors":
+            tensors = json.loads(p.value)
+            assert tensors[0][1] == tensors[1][1]
+            tensors[0][0], tensors[1][0] = tensors[1][0], tensors[0][0]
+            p.value = json.dumps(tensors)
+    yield "tensors in another order than the graph concatenates them", m.SerializeToString()
     for added in ({"chunk": "3"}, {"chunk": "3", "contract_version": "2"}, {"chunk": "0", "contract_version": "2"},
                   {"chunk": "1e9", "contract_version": "2"}):  # a chunked contract on a one-step graph, or absurd chunks
         m = onnx.load_from_string(data)
@@ -418,4 +426,4 @@ def test_broken_or_lying_train_graphs_are_refused_with_one_line(exported, tmp_pa
         assert not (case / "model.adapted").exists(), name
         assert (case / "model.train.onnx").read_bytes() == blob  # nothing rewritten
         cases += 1
-    assert cases >= 24
+    assert cases >= 25

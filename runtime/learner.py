@@ -33,7 +33,7 @@ from ..npzfile import float32_x
 from ..train_contract import TrainContract, chunk_loss_weights, read_train_contract
 from .adapted import AdaptedStore, Generation, store_dir
 from .errors import AdaptationError, RuntimeInputError
-from .session import StreamSession, check_count, validate_frames
+from .session import MAX_STREAMS, MAX_THREADS, StreamSession, check_count, validate_frames
 from .train_backend import FLAT, TrainStepBackend
 
 SAVED = (*FLAT, "step")
@@ -115,7 +115,7 @@ def factory_weights(model_path: Path, contract: TrainContract) -> np.ndarray:
 class Learner:
     """FPTT fine-tuning beside a live session; see the module docstring."""
 
-    def __init__(self, model, train_model=None, *, streams: int = 1, ring: int = 512, threads: int = 1, lr: float | None = None,
+    def __init__(self, model, train_model=None, *, streams: int | None = None, ring: int = 512, threads: int = 1, lr: float | None = None,
                  trainable: str | None = None, guard=None, check_every: int = 500, max_drop: float = 0.02, rate_band: float = 4.0,
                  max_failures: int = 3, store: bool = True, resume: bool = True, backend: str = "ort", session=None, warn=None):
 
@@ -137,7 +137,12 @@ class Learner:
                                   f"({self.train_contract.inference_sha256[:12]}..., this one is {base_sha[:12]}...); export both together")
         self._warn = warn or (lambda m: None)
         self.push_seconds: list[float] = []
-        self.streams = check_count(streams, "streams")
+        fixed = self.contract.batch if isinstance(self.contract.batch, int) else None
+        self.streams = check_count((fixed or 1) if streams is None else streams, "streams", MAX_STREAMS)  # as open_session
+        threads = check_count(threads, "threads", MAX_THREADS)
+        if session is None and fixed is not None and self.streams != fixed:
+            raise AdaptationError(f"{self.model_path} was exported for batch {fixed}: the live session runs {fixed} stream(s), "
+                                  f"not streams={self.streams}; re-export with --batch {self.streams} or --batch dynamic")
         self.ring_capacity = check_count(ring, "ring")
         self.check_every, self.max_drop, self.rate_band = check_count(check_every, "check_every"), _max_drop(max_drop), _rate_band(rate_band)
         self.max_failures = check_count(max_failures, "max_failures")
@@ -167,7 +172,8 @@ class Learner:
         self._good = {k: v.copy() for k, v in self._factory.items()}
         self.backend.load(self._factory)
         self.guard = None if guard is None else self._guard_arrays(*_pair(guard))  # checked before the store is taken
-        if session is not None and (not hasattr(session.backend, "set_initializers") or session.streams != self.streams):
+        if session is not None and (not hasattr(getattr(session, "backend", None), "set_initializers")
+                                    or getattr(session, "streams", None) != self.streams):
             raise AdaptationError("the live session must be a StreamSession over ONNX Runtime or TensorRT with the learner's streams")
         self.store = AdaptedStore(store_dir(self.model_path), base_sha, file_sha256(self.train_path), tc) if store else None
         self._held = None

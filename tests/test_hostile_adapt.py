@@ -190,6 +190,17 @@ def test_hostile_learner_options(model, option):
         pass  # the edges are taken
 
 
+@pytest.mark.parametrize("kwargs", [{"threads": "2"}, {"threads": 1.5}, {"threads": 0}, {"threads": 10 ** 10}, {"streams": 10 ** 7},
+                                    {"streams": 2}, {"session": object()}, {"session": "model.onnx"}])
+def test_hostile_learner_session_options_are_refused_as_open_session_refuses_them(model, kwargs):
+    """threads and streams are checked as :func:`open_session` checks them (streams must be the batch a fixed-batch model
+    was exported with: the live session could not run a step), and ``session`` must be a StreamSession."""
+    from fptt_edge.runtime.learner import open_learner
+
+    exc = refused_api(open_learner, model, store=False, **kwargs)
+    assert next(iter(kwargs)) in str(exc) or "session" in str(exc), str(exc)
+
+
 def test_hostile_learner_train_seed_and_evaluate_weights(model):
     from fptt_edge.runtime.errors import AdaptationError
     from fptt_edge.runtime.learner import open_learner

@@ -71,6 +71,12 @@ class Hyper:
             raise ContractError("hyper-parameters need alpha > 0, 0 < beta <= 1, clip > 0, lr > 0, eps > 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ContractError("Adamax betas must be in [0, 1)")
+        with np.errstate(over="ignore", under="ignore"):  # the train graph holds them (and its default lr) as float32
+            for k in ("lr", "alpha", "clip", "eps"):
+                v32 = np.float32(getattr(self, k))
+                if not (np.isfinite(v32) and v32 >= np.finfo(np.float32).tiny):
+                    raise ContractError(f"hyper-parameter {k} {getattr(self, k):g} is outside float32's range (1.2e-38 .. 3.4e38), "
+                                        "which the train-step graph computes in")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from fptt_edge.checkpoint import save_checkpoint
 from fptt_edge.cli import main
 from fptt_edge.config import ModelConfig
+from fptt_edge.contract import ContractError
 from fptt_edge.data.digits import load_smnist
 from fptt_edge.devices import load_profile
 from fptt_edge.export.adapt_export import eps_survives
@@ -183,6 +184,23 @@ def test_adamax_eps_survives_export():
     for init in holders:  # the check can fail: without eps a zero gradient divides 0 by 0
         init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
     assert not eps_survives(model, ort_session(model.SerializeToString()), contract)
+
+
+@pytest.mark.parametrize("training", [{"lr": 1e300}, {"lr": 1e-300}, {"alpha": 1e300}, {"clip": 1e39}])
+def test_export_adapt_refuses_hyper_parameters_a_float32_graph_cannot_hold(tmp_path, training):
+    """The checkpoint's hyper-parameters become float32 constants and the default lr of the train graph: one beyond float32's
+    range (inf) or below it (0) is one line, exit 2, nothing written (lr 1e300 was a RuntimeError traceback, lr 1e-300 a
+    graph whose learner refused its own default lr)."""
+    ckpt = tiny_checkpoint(tmp_path)
+    payload = torch.load(ckpt, weights_only=True)
+    payload["training"].update(training)
+    save_checkpoint(ckpt, payload)
+    result = CliRunner().invoke(main, ["export", str(ckpt), "--adapt", "--no-check"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "Traceback" not in result.output and "float32" in result.output.strip().splitlines()[-1], result.output
+    assert not list(tmp_path.glob("model.*onnx"))
+    with pytest.raises(ContractError, match="float32"):
+        Hyper(**training)
 
 
 def test_trainable_sets():

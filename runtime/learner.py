@@ -180,13 +180,13 @@ class Learner:
         if self.store is not None:
             self.store.check_folder()
             self._held = self.store.hold_for_learning()  # one learner per model: another would build on a stale generation
-        try:
+        self.events = LearnerEvents()
+        try:  # a failure (or Ctrl-C) from here on lets the store go: a half-built learner would hold it for the process's life
             self._open_sessions(session, resume, threads)
+            self.baseline = self._score(self._factory["wbar"]) if self.guard is not None else None
         except BaseException:
             self._release_store()
             raise
-        self.events = LearnerEvents()
-        self.baseline = self._score(self._factory["wbar"]) if self.guard is not None else None
 
     def _open_sessions(self, session, resume: bool, threads: int) -> None:
         """Resume from the latest good generation (unless ``resume`` is off); open the live and the evaluation sessions."""

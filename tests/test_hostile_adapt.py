@@ -319,6 +319,23 @@ def test_a_second_learner_on_the_same_model_is_refused_until_the_first_closes(mo
     open_learner(model).close()  # free again
 
 
+def test_a_learner_interrupted_while_it_scores_the_guard_set_lets_the_store_go(model, monkeypatch):
+    """Ctrl-C (or any failure) while a new learner scores the shipped weights on the guard set must release the store: the
+    lock was kept by the half-built learner and every later learner in the process was refused as 'another adaptation'."""
+    from fptt_edge.runtime.learner import Learner, open_learner
+
+    gx, gy = digits(6, offset=260)
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Learner, "_score", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            open_learner(model, guard=(gx, gy))
+    open_learner(model, guard=(gx, gy)).close()
+
+
 def _generation_weights(model: Path) -> np.ndarray:
     from safetensors.numpy import load_file
 

@@ -73,6 +73,10 @@ def trainable_names(contract: TrainContract, model_config: dict, choice: str) ->
             "input": lambda n: n.startswith(("layers.0.fc_x.", "layers.0.conv."))}
     if choice not in pick:
         raise AdaptationError(f"unknown trainable set {choice!r}; choose from {sorted(pick)}")
+    found = _found(names, layers)
+    if not _regions(contract.trainable, layers) <= found:  # metadata (outside the checksum); the tensors are checked against the graph
+        raise AdaptationError(f"the train graph's metadata says it was exported with --trainable {contract.trainable}, but it updates "
+                              f"only tensors of {sorted(found)}: edited metadata; export it again with `fptt-edge export MODEL.pt --adapt`")
     if not _covers(contract.trainable, choice, layers):
         raise AdaptationError(f"--trainable {choice}: this train graph was exported with --trainable {contract.trainable} and updates "
                               f"only those tensors; use --trainable {contract.trainable}, or re-export with "
@@ -84,13 +88,25 @@ def trainable_names(contract: TrainContract, model_config: dict, choice: str) ->
     return chosen
 
 
+def _regions(choice: str, layers: int) -> set[str]:
+    """The parts of the network a ``--trainable`` choice updates: the layers' and the readout's parameters; ``input`` is part
+    of layer 0."""
+    return {"all": {f"layers.{i}" for i in range(layers)} | {"readout"}, "readout": {"readout"},
+            "last": {f"layers.{layers - 1}", "readout"}, "input": {"layers.0.input"}}[choice]
+
+
 def _covers(exported: str, choice: str, layers: int) -> bool:
-    """Whether a graph exported with ``--trainable exported`` holds every tensor that ``choice`` updates in the whole network
-    (its parameters: the layers' and the readout's; ``input`` is part of layer 0)."""
-    regions = {"all": {f"layers.{i}" for i in range(layers)} | {"readout"}, "readout": {"readout"},
-               "last": {f"layers.{layers - 1}", "readout"}, "input": {"layers.0.input"}}
-    held = regions[exported] | ({"layers.0.input"} if "layers.0" in regions[exported] else set())
-    return regions[choice] <= held
+    """Whether a graph exported with ``--trainable exported`` holds every tensor that ``choice`` updates in the whole network."""
+    held = _regions(exported, layers)
+    held |= {"layers.0.input"} if "layers.0" in held else set()
+    return _regions(choice, layers) <= held
+
+
+def _found(names: list[str], layers: int) -> set[str]:
+    """The parts of the network of which the train graph holds tensors."""
+    found = {f"layers.{i}" for i in range(layers) if any(n.startswith(f"layers.{i}.") for n in names)}
+    found |= {"readout"} if any(n.startswith("readout.") for n in names) else set()
+    return found | ({"layers.0.input"} if any(n.startswith(("layers.0.fc_x.", "layers.0.conv.")) for n in names) else set())
 
 
 def factory_weights(model_path: Path, contract: TrainContract) -> np.ndarray:

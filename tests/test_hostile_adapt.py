@@ -250,6 +250,21 @@ def test_a_trainable_set_the_train_graph_only_partly_holds_is_refused():
     assert trainable_names(last1, one, "input") == ["layers.0.fc_x.weight"]
 
 
+def test_a_train_graph_whose_metadata_claims_more_than_its_tensors_is_refused():
+    """``trainable`` is metadata (outside the checksum); the tensors are checked against the graph's inputs. A readout graph
+    relabelled ``all`` trained the readout alone for ``--trainable all``, and said 'all'."""
+    from fptt_edge.runtime.errors import AdaptationError
+    from fptt_edge.runtime.learner import trainable_names
+
+    two = {"hidden": [16, 16]}
+    lies = [_contract("all", ["readout.fc.weight"]), _contract("all", ["layers.1.fc_x.weight", "readout.fc.weight"]),
+            _contract("last", ["layers.0.fc_x.weight"]), _contract("input", ["readout.fc.weight"])]
+    for contract in lies:
+        for choice in ("all", "readout", "last", "input"):
+            exc = refused_api(trainable_names, contract, two, choice)
+            assert isinstance(exc, AdaptationError) and "metadata" in str(exc), str(exc)
+
+
 @pytest.fixture(scope="module")
 def readout_model(exported, tmp_path_factory):  # noqa: F811 - the imported fixture
     """The same small model exported with --adapt --trainable readout."""
@@ -275,6 +290,20 @@ def test_adapt_refuses_a_trainable_set_the_train_graph_cannot_update(readout_mod
 
     with open_learner(model, store=False) as learner:  # by default, what the graph was exported to update
         assert learner.trainable == "readout"
+
+
+def test_adapt_refuses_a_readout_graph_relabelled_all(readout_model, data, tmp_path):
+    model = tmp_path / "m" / "model.onnx"
+    model.parent.mkdir()
+    for name in ("model.onnx", "model.train.onnx", "model.guard.npz"):
+        shutil.copy(readout_model.with_name(name), model.with_name(name))
+
+    def relabel(m):
+        next(p for p in m.metadata_props if p.key == "fptt_edge.train.trainable").value = "all"
+    _edit_train_graph(model, relabel, restamp=False)
+    for extra in ([], ["--trainable", "all"]):
+        assert "metadata" in refused_cli(["adapt", model, "--data", data, "--holdout", "0", *extra], model.parent, tmp_path)
+    assert not model.with_name("model.adapted").exists()
 
 
 def _edit_train_graph(model: Path, edit, restamp: bool) -> None:

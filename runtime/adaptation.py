@@ -9,6 +9,7 @@ and where the weights went. Numpy + ONNX Runtime only.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -91,7 +92,11 @@ def adapt(model, *, data=None, events=None, labels=None, guard=None, trainable: 
     x, y, lengths = pack(recs)
     train_idx, test_idx = split(len(recs), holdout, seed)
     scored = {str(p): pack(load_labelled(contract, data=p)) for p in score}  # scored at each recording's own last step
-    guard_source = guard if guard is not None else (guard_path_for(model) if guard_path_for(model).is_file() else None)
+    default_guard = guard_path_for(model)
+    if guard is None and os.path.lexists(default_guard) and not default_guard.is_file():  # else it would adapt without its guard
+        raise AdaptationError(f"{default_guard}: the guard set's name, but not a regular file; restore it (fptt-edge export MODEL.pt "
+                              "--adapt), remove it to adapt without a guard, or pass --guard FILE")
+    guard_source = guard if guard is not None else (default_guard if default_guard.is_file() else None)
     guard_data = read_guard(guard_source) if guard_source is not None else None
     learner = open_learner(model, trainable=trainable, lr=lr, guard=guard_data, resume=not factory, max_drop=max_drop,
                            check_every=check_every, ring=max(int(lengths.max()), 1), backend=backend, warn=warn)

@@ -73,6 +73,10 @@ GUARD_CASES = {  # (what to do to the guard set (a copy of it for --guard), wher
     "x-datetime": (lambda m, p: _guard_like(m, p, x=np.zeros((2, 3, 8), "datetime64[s]")), "option"),
     "x-beyond-float32": (lambda m, p: _guard_like(m, p, x=np.load(m.with_name("model.guard.npz"))["x"].astype(np.float64) * 1e39), "option"),
     "no-y": (lambda m, p: np.savez(p, x=np.zeros((2, 3, 8), np.float32)), "option"),
+    # MODEL.guard.npz that is there but is no file: adaptation ran without its guard, saying only 'guard (none)'
+    "default-is-a-folder": (lambda m, p: (p.unlink(), p.mkdir()), "default"),
+    "default-is-a-fifo": (lambda m, p: (p.unlink(), os.mkfifo(p)), "default"),
+    "default-is-a-dangling-link": (lambda m, p: (p.unlink(), p.symlink_to(p.with_name("gone.npz"))), "default"),
 }
 
 

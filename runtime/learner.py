@@ -197,6 +197,7 @@ class Learner:
             self.store.check_folder()
             self._held = self.store.hold_for_learning()  # one learner per model: another would build on a stale generation
         self.events = LearnerEvents()
+        self._closed = False
         try:  # a failure (or Ctrl-C) from here on lets the store go: a half-built learner would hold it for the process's life
             self._open_sessions(session, resume, threads)
             self.baseline = self._score(self._factory["wbar"]) if self.guard is not None else None
@@ -249,6 +250,7 @@ class Learner:
 
     def observe(self, x: np.ndarray) -> None:
         """Keep one frame per stream (``[streams, *frame]``) in the ring buffer without stepping the live session."""
+        self._require_open()
         x = validate_frames(x, self.streams, self.frame_shape)
         for i in range(self.streams):
             np.copyto(self._ring[i, self._seen[i] % self.ring_capacity], x[i])
@@ -259,6 +261,7 @@ class Learner:
 
         The segment is copied into a replay slot; when all ``batch`` slots are full they are trained
         on. Returns the number of updates run (0 while slots are still free)."""
+        self._require_open()
         stream = _index(stream, self.streams, "stream")
         y = _index(y, self.classes, "label")
         start, end = _int(start, "start"), _int(end, "end")
@@ -273,6 +276,7 @@ class Learner:
 
     def learn(self, frames: np.ndarray, y: int) -> int:
         """Train on one labelled recording ``[T, *frame]`` directly (no ring buffer); see :meth:`label`."""
+        self._require_open()
         y = _index(y, self.classes, "label")
         frames = np.asarray(frames)
         if frames.ndim != len(self.frame_shape) + 1 or frames.shape[1:] != self.frame_shape or len(frames) == 0:
@@ -285,6 +289,7 @@ class Learner:
 
     def flush(self) -> int:
         """Train on the segments waiting in the slots now (the free slots get loss weight 0)."""
+        self._require_open()
         return self._train_slots() if self._pending else 0
 
     # --- training ------------------------------------------------------------------------------
@@ -352,6 +357,7 @@ class Learner:
 
     def train(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None, epochs: int = 1, seed: int = 0, progress=None) -> int:
         """Adapt on labelled recordings ``x`` ``[N, T, *frame]`` (``y`` ``[N]``), ``epochs`` passes in a seeded order."""
+        self._require_open()
         if _int(seed, "seed") < 0:
             raise AdaptationError(f"seed must be a non-negative integer, got {seed}")
         x, y = np.asarray(x), np.asarray(y)
@@ -400,6 +406,7 @@ class Learner:
                  lengths: np.ndarray | None = None) -> GuardResult:
         """Accuracy (at each recording's last step: ``lengths - 1`` where given) and spike rates (over the recordings'
         own steps) of ``wbar`` (default: the current ``Wbar``)."""
+        self._require_open()
         data = self._guard_arrays(x, np.zeros(len(x), np.int64) if y is None else y, lengths)
         return self._score(self.backend.buffers()["wbar"] if wbar is None else self._flat_weights(wbar), data)
 
@@ -451,6 +458,7 @@ class Learner:
 
     def check(self) -> GuardResult:
         """Score the current ``Wbar`` on the guard set; roll back if it fails; else it is the last good."""
+        self._require_open()
         self.events.checks += 1
         t0 = time.perf_counter()
         buffers = self.backend.buffers()
@@ -505,6 +513,7 @@ class Learner:
 
     def reset_to_factory(self) -> None:
         """The shipped weights, fresh traces and moments (the live session too)."""
+        self._require_open()
         self.backend.load(self._factory)
         self._snapshot_good()
         self.push()
@@ -515,6 +524,7 @@ class Learner:
 
         Returns the saved generation, or ``None`` if the check rolled back or nothing was learned since the weights were
         loaded (after a return to the factory weights: the generation the learner started from stays the latest)."""
+        self._require_open()
         self.flush()
         if not self.check().ok:
             self.push()
@@ -532,6 +542,7 @@ class Learner:
 
     def push(self) -> float:
         """``Wbar`` into the live session (in place on the CPU); returns the seconds it took."""
+        self._require_open()
         t0 = time.perf_counter()
         self.session.backend.set_initializers(self.backend.views(self.backend.buffers()["wbar"]))
         seconds = time.perf_counter() - t0
@@ -551,10 +562,15 @@ class Learner:
 
     def close(self) -> None:
         """Free the live session, the guard evaluator and the train step; let another learner take the store."""
+        self._closed = True
         self.session.close()
         self._eval.close()
         self.backend.close()
         self._release_store()
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise AdaptationError("the learner is closed (its sessions are freed and the store let go); open a new one")
 
     def __enter__(self) -> Learner:
         return self

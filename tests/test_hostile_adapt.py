@@ -352,6 +352,28 @@ def test_a_second_learner_on_the_same_model_is_refused_until_the_first_closes(mo
     open_learner(model).close()  # free again
 
 
+def test_a_closed_learner_refuses_every_call_with_one_line(model):
+    """After close() (the store is let go, the sessions freed) each call is one AdaptationError line, nothing saved: commit
+    was an IndexError or AttributeError, learn queued frames and label replayed them."""
+    from fptt_edge.runtime.errors import AdaptationError
+    from fptt_edge.runtime.learner import open_learner
+
+    x, y = digits(4, offset=280)
+    learner = open_learner(model)
+    for i in range(4):
+        learner.learn(x[i], int(y[i]))
+    learner.observe(x[0, 0][None])
+    learner.close()
+    learner.close()  # twice is fine
+    calls = [lambda: learner.learn(x[0], 0), lambda: learner.label(0, 0, 0, 1), lambda: learner.observe(x[0, 0][None]), learner.flush,
+             lambda: learner.train(x, y), lambda: learner.evaluate(x, y), learner.check, learner.commit, learner.push,
+             learner.reset_to_factory]
+    for call in calls:
+        exc = refused_api(call)
+        assert isinstance(exc, AdaptationError) and "closed" in str(exc), str(exc)
+    assert not list(model.parent.rglob("gen-*"))
+
+
 def test_a_learner_interrupted_while_it_scores_the_guard_set_lets_the_store_go(model, monkeypatch):
     """Ctrl-C (or any failure) while a new learner scores the shipped weights on the guard set must release the store: the
     lock was kept by the half-built learner and every later learner in the process was refused as 'another adaptation'."""

@@ -138,6 +138,10 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
         if adapt and ds is not None and len(ds) < adapt_batch:
             raise ExportError(f"--adapt-batch {adapt_batch} needs at least {adapt_batch} labelled check sequences; the check data "
                               f"has {len(ds)} (pass --data with more, or a smaller --adapt-batch)")
+        longest = None if ds is None else int(ds.x.shape[1] if ds.lengths is None else ds.lengths.max())
+        if adapt and longest is not None and adapt_chunk > longest:
+            raise ExportError(f"--adapt-chunk {adapt_chunk} is longer than the check data's sequences ({longest} steps): every chunk "
+                              f"would be padded and the check would compare no spikes; use a chunk of at most {longest} steps")
         return _export(net, payload, checkpoint, out, report_path, profile, device, opset, batch, ds, streams, steps, precision_samples,
                        fp16, strict_parity, adapt, trainable, adapt_batch, adapt_updates, guard_samples, adapt_chunk, log)
 

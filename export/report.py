@@ -121,7 +121,8 @@ def summary(report: ExportReport) -> str:
             rel = ", ".join(f"{k} {v:.1e} (float64 {tpar['control_rel'][k]:.1e}; 90 % of elements {tpar['bulk_rel'][k]:.1e})"
                             for k, v in tpar["max_rel"].items())
             lines.append(f"    vs PyTorch's FPTT trainer, {tpar['updates']} updates: {'PASS' if tpar['passed'] else 'FAIL'}; spike mismatches "
-                         f"{sum(tpar['spike_mismatches'].values())}, ties {len(tpar['ties'])}; max relative difference {rel}")
+                         f"{sum(tpar['spike_mismatches'].values())} in {tpar.get('spike_checks', '?')} updates compared, ties {len(tpar['ties'])}; "
+                         f"max relative difference {rel}")
             if "tensor_rel" in tpar:  # reports written before the per-tensor bound have none
                 share = tpar["tensor_share"]
                 worst = max(share, key=share.get)

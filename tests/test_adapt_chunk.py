@@ -58,7 +58,7 @@ def test_export_writes_a_checked_chunked_train_graph(chunked):
     assert f"an update every {CHUNK} steps" in result.output
     report = json.loads((folder / "model.report.json").read_text())["train_step"]
     assert report["passed"] and report["chunk"] == CHUNK and report["parity"]["updates"] >= 12
-    assert sum(report["parity"]["spike_mismatches"].values()) == 0
+    assert sum(report["parity"]["spike_mismatches"].values()) == 0 and report["parity"]["spike_checks"] > 0
     contract = read_train_contract(folder / "model.train.onnx")
     assert contract.chunk == CHUNK and contract.contract_version == 2
     assert contract.x_shape == (4, CHUNK, 8) and contract.w_shape == (4, CHUNK) and contract.logits_shape == (4, CHUNK, 10)
@@ -115,3 +115,13 @@ def test_a_chunk_needs_contract_version_two_and_a_sane_length(chunked, meta, ok)
 
         with pytest.raises(ContractError):
             TrainContract.from_metadata(props)
+
+
+def test_a_chunk_longer_than_the_check_sequences_is_refused_before_anything_is_written(tmp_path):
+    """Every chunk would be padded past the sequences' end, where the check compares no spikes: it would pass blind."""
+    from test_hostile import refused_cli
+
+    ckpt = tiny_checkpoint(tmp_path)
+    steps = 8  # the tiny checkpoint's digits: 8 rows of 8 pixels
+    said = refused_cli(["export", ckpt, "--adapt", "--adapt-chunk", str(steps + 1), "--adapt-updates", "4"], tmp_path)
+    assert f"longer than the check data's sequences ({steps} steps)" in said

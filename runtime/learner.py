@@ -165,6 +165,7 @@ class Learner:
         self._failures = 0
         tc = self.train_contract
         self.batch, self.frame_shape, self.classes = tc.batch, tuple(tc.frame_shape), tc.num_classes
+        _refuse_beyond_memory((self.streams + self.batch) * self.ring_capacity * int(np.prod(self.frame_shape)) * 4, ring)
         self.backend = TrainStepBackend(self.train_path, tc, threads, backend)
         self.base_lr = _real(lr, "lr") if lr is not None else tc.hyper.lr
         with np.errstate(over="ignore", under="ignore"):
@@ -615,6 +616,16 @@ def _rate_band(value) -> float:
     if not (np.isfinite(band) and band >= 1.0):
         raise AdaptationError(f"rate_band must be a finite factor >= 1 (spike rates within [shipped / band, shipped * band]), got {band}")
     return band
+
+
+def _refuse_beyond_memory(needed: int, ring: int) -> None:
+    """The ring buffer and replay slots are preallocated: refuse sizes beyond the memory available in one line."""
+    from .recognition import available_memory
+
+    free = available_memory()
+    if needed > free:
+        raise AdaptationError(f"ring={ring} frames per stream and replay slot needs {needed / 2**30:.1f} GiB, more than the "
+                              f"{free / 2**30:.1f} GiB available; open the learner with a smaller ring or fewer streams")
 
 
 def _pair(guard) -> tuple:

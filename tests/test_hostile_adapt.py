@@ -205,6 +205,18 @@ def test_hostile_learner_session_options_are_refused_as_open_session_refuses_the
     assert next(iter(kwargs)) in str(exc) or "session" in str(exc), str(exc)
 
 
+@pytest.mark.parametrize("store", [False, True])
+def test_a_ring_beyond_memory_is_refused_before_anything_is_allocated(model, store):
+    """The ring buffer and replay slots are preallocated: 10^9 frames per stream is one line, not a MemoryError, and a
+    learner refused so leaves the store free for the next."""
+    from fptt_edge.runtime.learner import open_learner
+
+    exc = refused_api(open_learner, model, store=store, ring=10 ** 9)
+    assert "ring=1000000000" in str(exc) and "GiB" in str(exc), str(exc)
+    with open_learner(model, store=store):
+        pass
+
+
 def test_hostile_learner_train_seed_and_evaluate_weights(model):
     from fptt_edge.runtime.errors import AdaptationError
     from fptt_edge.runtime.learner import open_learner

@@ -165,8 +165,8 @@ class Learner:
         self._failures = 0
         tc = self.train_contract
         self.batch, self.frame_shape, self.classes = tc.batch, tuple(tc.frame_shape), tc.num_classes
+        self.backend = TrainStepBackend(self.train_path, tc, threads, backend)  # checks the metadata's sizes against the graph
         _refuse_beyond_memory((self.streams + self.batch) * self.ring_capacity * int(np.prod(self.frame_shape)) * 4, ring)
-        self.backend = TrainStepBackend(self.train_path, tc, threads, backend)
         self.base_lr = _real(lr, "lr") if lr is not None else tc.hyper.lr
         with np.errstate(over="ignore", under="ignore"):
             lr32 = np.float32(self.base_lr)  # what the train graph computes with

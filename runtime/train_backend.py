@@ -39,6 +39,7 @@ class TrainStepBackend:
         session_providers(self.session, backend)  # refuse a silent fall-back to the CPU
         self.contract, self.path = contract, path
         b, n = contract.batch, contract.size
+        self._check_io()  # before anything is allocated: metadata sizes the graph does not have are refused as such
         self.x = np.zeros(contract.x_shape, np.float32)  # [B, *frame], or [B, L, *frame] for chunks of L steps
         self.y = np.zeros((b, contract.num_classes), np.float32)
         self.w = np.zeros(contract.w_shape, np.float32)
@@ -48,15 +49,15 @@ class TrainStepBackend:
         self._state = [{name: np.zeros((b, *shape), np.float32) for name, shape in contract.states} for _ in range(2)]
         self._flat = [{k: np.zeros((1, n), np.float32) for k in FLAT} for _ in range(2)]
         self._step = [np.zeros(1, np.float32) for _ in range(2)]
-        self._check_io()
         self._bindings = [self._bind(i) for i in range(2)]
         self._current = 0
 
     def _check_io(self) -> None:
         names = {i.name: [d if isinstance(d, int) else None for d in i.shape] for i in self.session.get_inputs()}
-        want = {X: list(self.x.shape), Y: list(self.y.shape), W: list(self.w.shape), MASK: list(self.mask.shape), STEP: [1], LR: [1],
-                **{name: [self.contract.batch, *shape] for name, shape in self.contract.states},
-                **{t.name: list(t.shape) for t in self.contract.tensors}, **{FLAT_IO[k]: list(self.mask.shape) for k in FLAT_IO}}
+        c, flat = self.contract, [1, self.contract.size]
+        want = {X: list(c.x_shape), Y: [c.batch, c.num_classes], W: list(c.w_shape), MASK: flat, STEP: [1], LR: [1],
+                **{name: [c.batch, *shape] for name, shape in c.states},
+                **{t.name: list(t.shape) for t in c.tensors}, **{FLAT_IO[k]: flat for k in FLAT_IO}}
         # the graph concatenates the weights into fptt.weights_out in its input order: the metadata's offsets must follow it
         # (metadata is outside the checksum; two tensors of one shape swapped there would train each with the other's values)
         order = [name for name in names if name in {t.name for t in self.contract.tensors}]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import StepContract, read_contract
+from ..contract import ContractError, StepContract, read_contract
 from ..npzfile import float32_x, read_npz
 from .errors import AdaptationError
 from .inputs import Recording, from_contract_source, from_events, from_npz
@@ -140,7 +140,13 @@ def adapted_weights(model, warn=None) -> tuple[dict[str, np.ndarray] | None, str
         if warn:
             warn(f"{folder} holds adapted weights but {train.name} is missing: using the factory weights")
         return None, "factory"
-    contract = read_train_contract(train)
+    try:
+        contract = read_train_contract(train)
+    except ContractError as exc:  # damaged like missing: the generations' layout is unknown, the shipped weights still run
+        if warn:
+            warn(f"{folder} holds adapted weights but {train.name} cannot be read ({str(exc).removeprefix(str(train) + ': ')}): "
+                 "using the factory weights")
+        return None, "factory"
     store = AdaptedStore(folder, file_sha256(model), file_sha256(train), contract)
     gen = store.latest_good(warn=warn)
     if gen is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -252,6 +253,13 @@ print(json.dumps({{k: r[k] for k in ('committed', 'weights', 'updates')}}))
     factory = json.loads(CliRunner().invoke(main, ["run", str(folder / "model.onnx"), "--npz", str(tmp_path / "frames.npz"), "--json",
                                                    "--factory"]).output)
     assert adapted["weights"].endswith(".safetensors") and factory["weights"] == "factory"
+    # a damaged train graph, as a missing one: a warning, and the shipped weights run (the generations' layout is unknown)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    (damaged / "model.train.onnx").write_bytes((folder / "model.train.onnx").read_bytes()[:5000])
+    res = CliRunner().invoke(main, ["run", str(damaged / "model.onnx"), "--npz", str(tmp_path / "frames.npz"), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["weights"] == "factory", res.output
+    assert "model.train.onnx cannot be read" in res.stderr and "using the factory weights" in res.stderr
 
 
 def test_zero_padded_recordings_are_scored_at_their_own_last_step(exported, tmp_path):

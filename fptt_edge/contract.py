@@ -352,6 +352,7 @@ def _same_dim(graph_dim, meta_dim) -> bool:
 # Checksum of graph and weights: SHA-256 over the serialised ModelProto without its metadata_props.
 
 CHECKSUM_KEY = "fptt_edge.graph_sha256"
+METADATA_CHECKSUM_KEY = "fptt_edge.metadata_sha256"  # the other entries (contract, class names, hyper-parameters); newer exports
 _METADATA_FIELD = 14  # ModelProto.metadata_props
 
 
@@ -399,12 +400,19 @@ def graph_sha256(data: bytes) -> str:
     return h.hexdigest()
 
 
+def metadata_sha256(entries) -> str:
+    """SHA-256 of metadata ``(key, value)`` entries but the two checksums, in key order, as JSON."""
+    kept = sorted((k, v) for k, v in entries if k not in (CHECKSUM_KEY, METADATA_CHECKSUM_KEY))
+    return hashlib.sha256(json.dumps(kept, ensure_ascii=False).encode()).hexdigest()
+
+
 def stamp_checksum(model) -> str:
-    """Write ``fptt_edge.graph_sha256`` into an onnx ``ModelProto`` (replacing an earlier one); returns it."""
+    """Write ``fptt_edge.graph_sha256`` (graph and weights) and ``fptt_edge.metadata_sha256`` (the other metadata
+    entries) into an onnx ``ModelProto``, replacing earlier ones; returns the graph's."""
     digest = graph_sha256(model.SerializeToString(deterministic=True))
-    keep = [(p.key, p.value) for p in model.metadata_props if p.key != CHECKSUM_KEY]
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in (CHECKSUM_KEY, METADATA_CHECKSUM_KEY)]
     del model.metadata_props[:]
-    for key, value in [*keep, (CHECKSUM_KEY, digest)]:
+    for key, value in [*keep, (CHECKSUM_KEY, digest), (METADATA_CHECKSUM_KEY, metadata_sha256(keep))]:
         model.metadata_props.add(key=key, value=value)
     return digest
 
@@ -430,6 +438,10 @@ def verify_checksum(path) -> None:
     if values[-1] != digest:
         raise ContractError(f"{path}: checksum mismatch: the graph or weights changed since export (a corrupt copy or an edited "
                             "file); re-export it, or pass --no-verify (verify=False) if you edited it on purpose")
+    meta = [v for k, v in recorded if k == METADATA_CHECKSUM_KEY]  # exports before it have none: their graph is checked
+    if meta and meta[-1] != metadata_sha256(recorded):
+        raise ContractError(f"{path}: checksum mismatch: the metadata (contract, class names, hyper-parameters) changed since "
+                            "export (an edited file); re-export it, or pass --no-verify (verify=False) if you edited it on purpose")
 
 
 def _entry(buf) -> tuple[str, str]:

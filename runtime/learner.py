@@ -143,9 +143,10 @@ class Learner:
         self.train_contract: TrainContract = read_train_contract(self.train_path)
         try:  # graph and weights as exported: a tampered graph that still loads would train wrongly
             verify_checksum(self.train_path)
-        except ContractError:
-            raise AdaptationError(f"{self.train_path}: its graph or weights do not match (or it lacks) its checksum "
-                                  "fptt_edge.graph_sha256: a corrupt copy, an edited file or an older export; "
+        except ContractError as exc:
+            what = "its metadata does not match its checksum fptt_edge.metadata_sha256" if "metadata" in str(exc) else (
+                "its graph or weights do not match (or it lacks) its checksum fptt_edge.graph_sha256")
+            raise AdaptationError(f"{self.train_path}: {what}: a corrupt copy, an edited file or an older export; "
                                   "export it again with `fptt-edge export MODEL.pt --adapt`") from None
         base_sha = file_sha256(self.model_path)
         if self.train_contract.inference_sha256 != base_sha:

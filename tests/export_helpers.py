@@ -75,3 +75,14 @@ def make_checkpoint(path: Path, config: ModelConfig, spec: dict, seed: int = 0, 
     save_checkpoint(path, {"kind": "model", "model_config": config.to_dict(), "state_dict": net.state_dict(),
                            "class_names": [f"class-{i}" for i in range(config.num_classes)], "input_spec": spec, "training": {"method": "none"}})
     return net.eval()
+
+
+def restamp_metadata(model) -> None:
+    """Re-stamp an edited model's ``fptt_edge.metadata_sha256`` (where it has one): a file crafted with a consistent
+    metadata checksum, so that what the loaders check beyond the checksum is what refuses it."""
+    from fptt_edge.contract import METADATA_CHECKSUM_KEY, metadata_sha256
+
+    entries = [(p.key, p.value) for p in model.metadata_props]
+    for p in model.metadata_props:
+        if p.key == METADATA_CHECKSUM_KEY:
+            p.value = metadata_sha256(entries)

@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from export_helpers import restamp_metadata
 from onnx import numpy_helper
 
 from fptt_edge.checkpoint import save_checkpoint
@@ -417,7 +418,12 @@ def _tampered_train_graphs(folder):
             for p in m.metadata_props:
                 if p.key == key:
                     p.value = value
+            restamp_metadata(m)  # crafted consistently: the contract's own checks refuse it
             yield f"{key}={value}", m.SerializeToString()
+    m = onnx.load_from_string(data)  # a hand edit of a valid value (the default rate): the metadata checksum refuses it
+    hyper = next(p for p in m.metadata_props if p.key == "fptt_edge.train.hyper")
+    hyper.value = json.dumps({**json.loads(hyper.value), "lr": 3.0})
+    yield "hand-edited default lr", m.SerializeToString()
     m = onnx.load_from_string(data)  # two tensors of one shape with their names swapped: offsets, names and shapes all valid
     for p in m.metadata_props:
         if p.key == "fptt_edge.train.tensors":
@@ -425,6 +431,7 @@ def _tampered_train_graphs(folder):
             assert tensors[0][1] == tensors[1][1]
             tensors[0][0], tensors[1][0] = tensors[1][0], tensors[0][0]
             p.value = json.dumps(tensors)
+    restamp_metadata(m)
     yield "tensors in another order than the graph concatenates them", m.SerializeToString()
     for added in ({"chunk": "3"}, {"chunk": "3", "contract_version": "2"}, {"chunk": "0", "contract_version": "2"},
                   {"chunk": "1e9", "contract_version": "2"}):  # a chunked contract on a one-step graph, or absurd chunks
@@ -433,6 +440,7 @@ def _tampered_train_graphs(folder):
             if p.key == "fptt_edge.train.contract_version" and "contract_version" in added:
                 p.value = added["contract_version"]
         m.metadata_props.add(key="fptt_edge.train.chunk", value=added["chunk"])
+        restamp_metadata(m)
         yield f"added {added}", m.SerializeToString()
 
 
@@ -451,6 +459,8 @@ def test_broken_or_lying_train_graphs_are_refused_with_one_line(exported, tmp_pa
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output, (name, result.output)
         if name.endswith(("=1000000000000", "100000]")):  # absurd sizes: refused as metadata the graph does not have, before anything is allocated
             assert "disagree with its metadata" in result.output, (name, result.output)
+        if name.startswith("hand-edited"):
+            assert "metadata_sha256" in result.output, (name, result.output)
         assert not (case / "model.adapted").exists(), name
         assert (case / "model.train.onnx").read_bytes() == blob  # nothing rewritten
         cases += 1

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from export_helpers import make_checkpoint, real_spec
+from export_helpers import make_checkpoint, real_spec, restamp_metadata
 
 from fptt_edge.cli import main
 from fptt_edge.config import ModelConfig
@@ -409,8 +409,9 @@ def test_hostile_resume_checkpoint(art, tmp_path, name):
 # ---------------------------------------------------------------- ONNX files
 
 
-def _onnx_meta(**changes):
-    """Rewrite metadata entries (value None removes the entry); the graph and its checksum stay."""
+def _onnx_meta(restamp: bool = True, **changes):
+    """Rewrite metadata entries (value None removes the entry); the graph and its checksum stay, the metadata's checksum
+    is re-stamped (a file crafted consistently) unless ``restamp`` is False (a hand edit)."""
 
     def make(art, path):
         import onnx
@@ -427,6 +428,8 @@ def _onnx_meta(**changes):
         del model.metadata_props[:]
         for k, v in props.items():
             model.metadata_props.add(key=k, value=v)
+        if restamp:
+            restamp_metadata(model)
         onnx.save(model, str(path))
 
     return make
@@ -520,6 +523,7 @@ ONNX_CASES = {
     "bitflip-weight-end": _flip_weight(1.0),
     "bitflip-small-initializer": _flip_weight(0.5, -2),
     "checksum-removed": _onnx_meta(graph_sha256=None),
+    "metadata-hand-edited": _onnx_meta(restamp=False, class_names=lambda v: json.dumps([f"x{c}" for c in json.loads(v)])),
     "checksum-tampered": _onnx_meta(graph_sha256="0" * 64),
     "model-type-other": _onnx_meta(model_type="something/else"),
     "contract-version-text": _onnx_meta(contract_version="one"),
@@ -567,7 +571,7 @@ ONNX_CASES = {
 ONNX_COMMANDS = {"info": lambda m, a: ["info", m], "run": lambda m, a: ["run", m, "--npz", a.frames],
                  "bench": lambda m, a: ["bench", m, "--steps", "10", "--backends", "ort", "--streams", "1"]}
 INSPECT_ONLY = {"bitflip-weight-start", "bitflip-weight-middle", "bitflip-weight-end", "bitflip-small-initializer", "checksum-removed",
-                "checksum-tampered", "logits-dim-edited"}  # info shows what a file claims; run and bench verify or run it
+                "checksum-tampered", "logits-dim-edited", "metadata-hand-edited"}  # info shows what a file claims; run and bench verify or run it
 ONNX_RUNS = [(n, c) for n in ONNX_CASES for c in ONNX_COMMANDS if not (c == "info" and n in INSPECT_ONLY)]
 
 
@@ -579,6 +583,8 @@ def test_hostile_onnx(art, tmp_path, name, cmd):
     ONNX_CASES[name](art, bad)
     out = refused_cli(ONNX_COMMANDS[cmd](bad, art), tmp_path, art.root)
     assert "TOPSECRET" not in out
+    if name == "metadata-hand-edited":
+        assert "metadata" in out and "changed since export" in out, out
 
 
 def _source_edit(**kw):

@@ -320,3 +320,11 @@ def test_a_fresh_run_refused_before_training_leaves_no_folder_behind(tmp_path):
 def test_resume_without_a_checkpoint_says_that_a_new_run_starts(tmp_path):
     res = CliRunner().invoke(main, ["train", *RESUMABLE, "--epochs", "1", "--out", str(tmp_path / "typo"), "--resume"])
     assert res.exit_code == 0 and "no checkpoint.pt in" in res.output and "a new run starts" in res.output, res.output
+
+
+def test_a_refused_run_keeps_a_folder_it_reached_through_dotdot(tmp_path):
+    """--out missing/../there names the folder 'there' that was already there (empty): a refused run leaves it."""
+    bad = ["--patience", "1", "--val-fraction", "0"]
+    (tmp_path / "there").mkdir()
+    refused_cli(["train", *RESUMABLE, "--epochs", "2", *bad, "--out", tmp_path / "missing" / ".." / "there"], tmp_path, tmp_path)
+    assert (tmp_path / "there").is_dir()

@@ -107,7 +107,8 @@ def _run_lock(out: Path, take: bool):
     if not take or fcntl is None:
         yield
         return
-    made = [p for p in (out, *out.parents) if not os.path.lexists(p)]  # the folders this run creates, deepest first
+    # the folders this run creates, deepest first; none through '..' ('x/../y' is a 'y' that may have been there)
+    made = [] if ".." in out.parts else [p for p in (out, *out.parents) if not os.path.lexists(p)]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

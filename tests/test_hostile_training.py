@@ -328,3 +328,15 @@ def test_a_refused_run_keeps_a_folder_it_reached_through_dotdot(tmp_path):
     (tmp_path / "there").mkdir()
     refused_cli(["train", *RESUMABLE, "--epochs", "2", *bad, "--out", tmp_path / "missing" / ".." / "there"], tmp_path, tmp_path)
     assert (tmp_path / "there").is_dir()
+
+
+def test_a_run_whose_folder_went_ends_with_its_own_error(tmp_path):
+    """The run folder removed while the run ran: the error that ended the run is raised, not the clean-up's FileNotFoundError."""
+    import shutil
+
+    from fptt_edge.training.loop import TrainingError, _run_lock
+
+    out = tmp_path / "new" / "run"
+    with pytest.raises(TrainingError, match="refused"), _run_lock(out, True):
+        shutil.rmtree(out)
+        raise TrainingError("refused")

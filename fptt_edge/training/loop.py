@@ -138,9 +138,9 @@ def _run_lock(out: Path, take: bool):
 def _remove_unused(made: list[Path], lock: Path) -> None:
     """A run that ended before writing anything leaves no trace: the lock and the folders it made, while they hold
     nothing else (a run that saved a checkpoint keeps all)."""
-    if not made or any(p.name != LOCK_FILE for p in made[0].iterdir()):
-        return
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # never in place of the error that ended the run (the folder may be gone)
+        if not made or any(p.name != LOCK_FILE for p in made[0].iterdir()):
+            return
         lock.unlink()
         for folder in made:
             folder.rmdir()  # stops at the first that holds something

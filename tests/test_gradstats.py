@@ -49,7 +49,7 @@ def test_an_overflowed_gradient_is_reported_as_none_not_as_inf():
 
 
 @pytest.mark.parametrize("values,ok", [([3, 1, -2.5, 4.0], True), ([3, 1, float("nan"), float("inf")], True), ([3, 4, 0, 1], False),
-                                       ([3.5, 1, 0, 1], False), ([3, 1, 0], False), ([3, True, 0, 1], False), ("3,1,0,1", False)])
+                                       ([3.5, 1, 0, 1], False), ([3, 1, 0], False), ([3, True, 0, 1], False), ("3,1,0,1", False), ([1e300, 0, 0, 1], False)])
 def test_saved_figures_are_checked(values, ok):
     assert (gradstats.from_saved(values) is not None) == ok
 

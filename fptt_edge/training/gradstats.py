@@ -15,6 +15,7 @@ import math
 import torch
 
 SIZE = 4
+MAX_COUNT = 2**24  # the float32 counts are exact up to here (a saved 1e300 became Inf: an OverflowError at the epoch's end)
 
 
 def new_stats(device: torch.device | str = "cpu") -> torch.Tensor:
@@ -44,6 +45,6 @@ def from_saved(values, device: torch.device | str = "cpu") -> torch.Tensor | Non
                                                                              for v in values)):
         return None
     n, clipped = values[0], values[1]
-    if not (math.isfinite(n) and math.isfinite(clipped) and n == int(n) and clipped == int(clipped) and 0 <= clipped <= n):
+    if not (math.isfinite(n) and math.isfinite(clipped) and n == int(n) and clipped == int(clipped) and 0 <= clipped <= n <= MAX_COUNT):
         return None
     return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device)

@@ -106,9 +106,9 @@ def test_train_check_catches_a_fault_in_the_graphs_own_update(monkeypatch, fault
 @pytest.mark.parametrize("fault", ["gradient x2", "gradient negated", "rate x1.5"])
 @pytest.mark.parametrize("target", ["readout.fc.bias", "layers.0.gate_a.bias"])
 def test_train_check_catches_a_fault_confined_to_one_tensor(monkeypatch, fault, target):
-    """A fault in one small tensor (a bias of 16 or 10 of the 1,300 weights) leaves the whole buffer's bulk and its largest
-    deviation within their float32 bounds (a rate 1.5x too high for one bias did, before the per-tensor bound); the
-    median of that tensor's elements moves far beyond rounding noise."""
+    """A fault in one small tensor (a bias of 16 or 10 of the 1,300 weights): a rate 1.5x too high for one bias leaves the
+    whole buffer's bulk and its largest deviation within their float32 bounds (it passed before the per-tensor bound; a
+    doubled or negated gradient fails those too); the median of that tensor's elements moves far beyond rounding noise."""
     from fptt_edge.export import train_graph
 
     orig = train_graph.fptt_adamax_update

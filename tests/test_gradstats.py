@@ -103,3 +103,12 @@ def test_curves_plot_the_norms_where_epochs_have_them(tmp_path):
     plot_curves(history[:1], tmp_path / "without.png")
     wide, narrow = (matplotlib.image.imread(tmp_path / f) for f in ("with.png", "without.png"))
     assert wide.shape[1] > 1.4 * narrow.shape[1]  # a third panel
+
+
+def test_counts_stay_exact_past_float32s_integers():
+    """An epoch of per-step FPTT on full PS-MNIST at batch 2 makes ~23.5M updates: beyond 2**24, where float32 stops counting."""
+    stats = gradstats.new_stats()
+    stats[0] = 2.0 ** 24
+    for _ in range(3):
+        gradstats.record(stats, torch.tensor(0.5), clip=1.0)
+    assert gradstats.summary(stats)["updates"] == 2 ** 24 + 3

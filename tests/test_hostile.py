@@ -359,7 +359,7 @@ RESUME_CASES = {
     "progress-grad-stats-clipped-beyond-updates": lambda p: _progress(p, batch=1, grad_stats=[2.0, 3.0, 0.0, 1.0]),
     "progress-grad-stats-fractional-count": lambda p: _progress(p, batch=1, grad_stats=[2.5, 0.0, 0.0, 1.0]),
     "progress-grad-stats-nan-count": lambda p: _progress(p, batch=1, grad_stats=[float("nan"), 0.0, 0.0, 1.0]),
-    "progress-grad-stats-count-beyond-float32": lambda p: _progress(p, batch=1, grad_stats=[1e300, 0.0, 0.0, 1.0]),
+    "progress-grad-stats-count-huge": lambda p: _progress(p, batch=1, grad_stats=[1e300, 0.0, 0.0, 1.0]),
     "history-grad-norm-tensor": lambda p: {**p, "history": [{**r, "grad_norm": torch.zeros(4)} for r in p["history"]]},
     "history-grad-norm-extra-key": lambda p: {**p, "history": [{**r, "grad_norm": {**r["grad_norm"], "x": 1}} for r in p["history"]]},
     "history-grad-norm-negative": lambda p: {**p, "history": [{**r, "grad_norm": {**r["grad_norm"], "clipped": -1.0}} for r in p["history"]]},

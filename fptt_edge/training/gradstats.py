@@ -15,11 +15,11 @@ import math
 import torch
 
 SIZE = 4
-MAX_COUNT = 2**24  # the float32 counts are exact up to here (a saved 1e300 became Inf: an OverflowError at the epoch's end)
+MAX_COUNT = 2**53  # the float64 counts are exact up to here (a saved 1e300 overflowed: an OverflowError at the epoch's end)
 
 
 def new_stats(device: torch.device | str = "cpu") -> torch.Tensor:
-    return torch.zeros(SIZE, dtype=torch.float32, device=device)
+    return torch.zeros(SIZE, dtype=torch.float64, device=device)  # float64: counts exact to 2**53, the log sum without drift
 
 
 def record(stats: torch.Tensor, norm: torch.Tensor, clip: float) -> None:
@@ -47,4 +47,4 @@ def from_saved(values, device: torch.device | str = "cpu") -> torch.Tensor | Non
     n, clipped = values[0], values[1]
     if not (math.isfinite(n) and math.isfinite(clipped) and n == int(n) and clipped == int(clipped) and 0 <= clipped <= n <= MAX_COUNT):
         return None
-    return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device)
+    return torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)

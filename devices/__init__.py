@@ -8,6 +8,7 @@ for the model card's latency estimate). ``load_profile("orin-nano-8gb")`` or a p
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from dataclasses import MISSING, dataclass, fields
@@ -90,7 +91,9 @@ def load_profile(name_or_path: str) -> DeviceProfile:
                                  "e.g. python = \"3.10\"; counts are whole numbers; unconfirmed is a list of field names)")
     try:
         profile = DeviceProfile(**{**data, "unconfirmed": tuple(data.get("unconfirmed", ()))})
-        profile.tensorrt_major, profile.python_tuple  # noqa: B018 - validate the version strings
+        for name in ("tensorrt", "python"):  # parsed by lint (DLA, Python checks): ASCII digits and dots only
+            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", getattr(profile, name)):
+                raise ValueError(f"{name} must be a version of digits and dots, e.g. \"10.3\", got {getattr(profile, name)[:20]!r}")
         if not (1 <= profile.min_opset <= profile.max_opset):
             raise ValueError("need 1 <= min_opset <= max_opset")
         for name in ("memory_bandwidth_gbs", "peak_fp32_gflops", "peak_fp16_gflops"):

@@ -21,6 +21,9 @@ PROFILE_EDITS = {  # natural TOML mistakes in a user's own profile
     "dla-cores-text": ("dla_cores = ", 'dla_cores = "two"'),
     "min-opset-float": ("min_opset = ", "min_opset = 1.5"),
     "memory-text": ("memory_gb = ", 'memory_gb = "8"'),
+    "tensorrt-not-a-version": ("tensorrt = ", 'tensorrt = "10.x"'),  # lint's DLA check parsed it: a ValueError traceback
+    "tensorrt-negative": ("tensorrt = ", 'tensorrt = "-5"'),
+    "python-not-a-version": ("python = ", 'python = "3.x"'),
 }
 
 

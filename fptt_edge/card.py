@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -316,6 +317,17 @@ def _export_figures(report: dict | None) -> dict | None:
 
 # --- Markdown ----------------------------------------------------------------------------------
 
+_MD_ACTIVE = re.compile(r"[\\`<|]|\](?=\()")  # code spans, HTML, table cells, the "](" of an inline link
+
+
+def _text(v) -> str:
+    """A value read from a file (class names, input spec, metrics, export report) as inline Markdown text: the characters
+    that start markup backslash-escaped and those that do not print (newlines, terminal escapes) written as escapes, so
+    that it can neither start a line, forge a table row or a section, nor run as HTML, a link or in a terminal."""
+    s = _MD_ACTIVE.sub(lambda m: "\\" + m.group(0), str(v))
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in s)
+
+
 def _fmt(v, digits=4) -> str:
     if v is None:
         return "-"
@@ -333,13 +345,14 @@ def render_markdown(card: dict) -> str:
     lines = [f"# Model card: {Path(card['model']).name}", "",
              f"File `{card['model']}` ({card['kind']}); checkpoint SHA-256 `{card['checkpoint_sha256'][:16]}...`.", "",
              "## Task and data", "",
-             f"- task: **{t['task'] or 'unknown'}**, {len(t['classes'])} classes: {', '.join(map(str, t['classes']))}",
-             f"- input per step: {t['input_shape']}; " + ", ".join(f"{k} {json.dumps(v)}" for k, v in t["data"].items() if k != "task"), "",
+             f"- task: **{_text(t['task'] or 'unknown')}**, {len(t['classes'])} classes: {', '.join(map(_text, t['classes']))}",
+             f"- input per step: {t['input_shape']}; " + ", ".join(f"{_text(k)} {_text(json.dumps(v))}" for k, v in t["data"].items() if k != "task"),
+             "",
              "## Accuracy", ""]
     acc = card["accuracy"]
     if acc["runs"]:
         lines += ["| method | test accuracy | train accuracy | epochs | from | same model and task |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['method']} | {_fmt(r['test_accuracy'])} | {_fmt(r['train_accuracy'])} | {r['epochs']} | `{r['from']}` | "
+        lines += [f"| {_text(r['method'])} | {_fmt(r['test_accuracy'])} | {_fmt(r['train_accuracy'])} | {r['epochs']} | `{r['from']}` | "
                   f"{'yes' if r['same_model_and_task'] else 'no'} |" for r in acc["runs"]]
     else:
         lines.append("No training metrics found beside the model (pass --compare RUN for other runs).")
@@ -364,19 +377,19 @@ def render_markdown(card: dict) -> str:
         lines.append("No export report beside the model (`fptt-edge export` writes MODEL.report.json).")
     else:
         par, fp16 = ex["parity"], ex["fp16"]
-        lines.append(f"- report `{ex['report']}`: opset {ex['opset']}, batch {ex['batch']}, lint {ex['lint']['verdict']} "
-                     f"({ex['lint']['device']}, TensorRT {ex['lint']['tensorrt']})")
+        lines.append(f"- report `{ex['report']}`: opset {_text(ex['opset'])}, batch {_text(ex['batch'])}, lint {_text(ex['lint']['verdict'])} "
+                     f"({_text(ex['lint']['device'])}, TensorRT {_text(ex['lint']['tensorrt'])})")
         if par:
             lines.append(f"- parity vs PyTorch ({par['streams']} streams x {par['steps']} steps): {'PASS' if par['passed'] else 'FAIL'}, "
-                         f"exact {par['exact']}, max |d logits| {_fmt(par['max_abs_logits'], 3)}, spike agreement {par['spike_agreement']}, "
+                         f"exact {_text(par['exact'])}, max |d logits| {_fmt(par['max_abs_logits'], 3)}, spike agreement {_text(par['spike_agreement'])}, "
                          f"{par['ties']} rounding ties")
         else:
             lines.append("- parity: not run (--no-check)")
         if fp16:
-            lines.append(f"- FP16 emulation ({fp16['sequences']} sequences): accuracy {fp16['accuracy']}; flip rates {fp16['flip_rate']}; "
-                         f"{fp16['recommendation']}")
+            lines.append(f"- FP16 emulation ({_text(fp16['sequences'])} sequences): accuracy {_text(fp16['accuracy'])}; flip rates "
+                         f"{_text(fp16['flip_rate'])}; {_text(fp16['recommendation'])}")
         if ex["train_step"]:
-            lines.append(f"- train step for adaptation: {ex['train_step']}")
+            lines.append(f"- train step for adaptation: {_text(ex['train_step'])}")
     lines += ["", "## Per-step latency on device profiles (estimate)", "", card["notes"][0], "",
               "| profile | peak FP32 GFLOPS | peak FP16 GFLOPS | bandwidth GB/s | FP32 est. µs | FP16 est. µs | bound |", "|---|---|---|---|---|---|---|"]
     for d in card["devices"]:

@@ -105,3 +105,25 @@ def test_profiles_carry_peak_figures_with_a_source():
     for p in all_profiles():
         assert p.peak_fp32_gflops > 0 and p.peak_fp16_gflops >= p.peak_fp32_gflops and p.memory_bandwidth_gbs > 0 and p.peak_source
     assert load_profile("orin-nano-8gb").memory_bandwidth_gbs == 102.0
+
+
+def test_card_markdown_shows_what_files_say_as_text(carded, tmp_path):
+    """Class names (model metadata) and a compared run's method (metrics.json) are text in the card: they cannot start a
+    section, forge a table row, run as HTML or a link, or send escapes to the terminal."""
+    import onnx
+
+    tmp, run, _, _ = carded
+    model = onnx.load(str(run / "model.onnx"))
+    names = ["a\n\n## Accuracy\n\n| fptt | 0.999 | 0.999 | 9 | `x` | yes |", "<script>alert(1)</script>", "\x1b[2J", "[c](http://e)", "e"]
+    for p in model.metadata_props:
+        if p.key == "fptt_edge.class_names":
+            p.value = json.dumps(names)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "metrics.json").write_text(json.dumps({"method": "bptt |\n## Export checks\n", "test_accuracy": 0.5}))
+    md = render_markdown(build_card(tmp_path / "m.onnx", compare=[tmp_path / "other"]))
+    lines = md.splitlines()
+    assert lines.count("## Accuracy") == 1 and lines.count("## Export checks") == 1, md
+    assert not [line for line in lines if line.startswith("| fptt |")], md
+    assert "<" not in md.replace("\\<", "") and "\x1b" not in md and "[c](" not in md, md
+    assert "classes: a\\n\\n## Accuracy" in md and "\\<script>" in md and "| bptt \\|\\n## Export checks\\n | 0.5 |" in md

@@ -404,12 +404,20 @@ def render_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_card(card: dict, out_base) -> tuple[Path, Path]:
-    """``OUT.card.md`` and ``OUT.card.json``."""
+def write_card(card: dict, out_base, inputs=()) -> tuple[Path, Path]:
+    """``OUT.card.md`` and ``OUT.card.json``; refused (nothing written) where either is a file the card was built from:
+    the model, its checkpoint, metrics and export report, a compared run, or one of ``inputs`` (``--data``, ...)."""
     from .io import atomic_path
 
     base = Path(out_base)
     md, js = base.with_name(base.name + ".card.md"), base.with_name(base.name + ".card.json")
+    checkpoint = card.get("checkpoint")
+    read = [card["model"], checkpoint, checkpoint and Path(checkpoint).parent / "metrics.json", Path(card["model"]).parent / "metrics.json",
+            (card.get("export") or {}).get("report"), *(r["from"] for r in card["accuracy"]["runs"]), *inputs]
+    for out in (md, js):
+        for src in (Path(p) for p in read if p):
+            if src.exists() and (out.resolve() == src.resolve() or (out.exists() and out.samefile(src))):
+                raise CardError(f"{out} is an input of the card ({src}); choose another -o")
     with atomic_path(md) as tmp_md, atomic_path(js) as tmp_js:  # both written before either replaces its file
         tmp_md.write_bytes(render_markdown(card).encode())
         tmp_js.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")

@@ -763,7 +763,7 @@ def card(model_path, compare, data_path, devices, output, as_json):
 
     result = build_card(model_path, compare=compare, data=data_path, devices=devices or None)
     base = Path(output) if output else Path(model_path).with_suffix("")
-    md, js = write_card(result, base)
+    md, js = write_card(result, base, inputs=(data_path, *devices))
     click.echo(json.dumps(result, indent=2) if as_json else render_markdown(result) + f"\nwrote {md} and {js}")
 
 

@@ -842,6 +842,11 @@ OPTION_CASES = {
     "export-empty-output": lambda a, t, mp: ((t / "c.onnx").write_bytes(b"earlier artefact"), ["export", _copy(a, t, "c.pt"), "-o", "", "--no-check"],
                                              False)[1:],
     "export-output-under-a-file": lambda a, t, mp: (["export", _copy(a, t, "c.pt"), "-o", t / "c.pt" / "x.onnx", "--no-check"], False),
+    "card-onto-its-data": lambda a, t, mp: (["card", a.onnx, "--data", _copy(a, t, "f.card.md", a.frames), "-o", t / "f"], False),
+    "card-onto-a-compared-run": lambda a, t, mp: (["card", a.pt, "--compare", _copy(a, t, "r.card.json", a.run / "metrics.json"), "-o", t / "r"],
+                                                  False),
+    "card-symlink-onto-its-model": lambda a, t, mp: ((t / "x.card.md").symlink_to(_copy(a, t, "c.onnx", a.onnx)),
+                                                     ["card", t / "c.onnx", "-o", t / "x"], False)[1:],
     "run-npz-with-labels": lambda a, t, mp: ((t / "l.csv").write_text("1,0,5000\n"), ["run", a.onnx, "--npz", a.frames, "--labels", t / "l.csv"],
                                              False)[1:],
     "run-window-without-continuous": lambda a, t, mp: (["run", a.onnx, "--npz", a.frames, "--window-ms", "10"], False),
@@ -871,6 +876,8 @@ def test_hostile_options_and_writers(art, tmp_path, monkeypatch, name):
         assert not [p for p in tmp_path.rglob("o.*")]
     if name == "export-output-under-a-file":
         assert "is not a folder" in out
+    if name.startswith("card-"):
+        assert "is an input of the card" in out and not [p for p in ("f.card.json", "r.card.md", "x.card.json") if (tmp_path / p).exists()]
 
 
 def test_bench_takes_only_the_checkpoint_the_model_was_exported_from(art, tmp_path):

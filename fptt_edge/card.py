@@ -136,7 +136,7 @@ def _read_json(path: Path, what: str) -> dict | None:
         return None
     try:
         value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested beyond reason
         raise CardError(f"{path}: unreadable {what} ({type(exc).__name__})") from None
     if not isinstance(value, dict):
         raise CardError(f"{path}: {what} is not a JSON object")

@@ -28,6 +28,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import FpttEdgeError
+from .io import not_a_file
 
 FLOAT_BYTES = 4
 ESTIMATE_NOTE = ("Estimate, not a measurement: max(2 x dense MACs / peak compute, bytes moved / memory bandwidth) from the profile's "
@@ -259,7 +260,7 @@ def _build_card(path: Path, compare, data, devices) -> dict:
     from .devices import all_profiles, load_profile
 
     if not path.is_file():
-        raise CardError(f"{path}: no such file")
+        raise CardError(f"{path}: {not_a_file(path)}")
     src = _source(path)
     try:
         config = ModelConfig.from_dict(src["config"])

@@ -19,6 +19,7 @@ from typing import NoReturn
 import numpy as np
 
 from .errors import FpttEdgeError
+from .io import not_a_file
 
 MODEL_TYPE = "fptt-edge/ltc-snn-step"
 CONTRACT_VERSION = 1
@@ -247,7 +248,7 @@ def read_metadata(path) -> dict[str, str]:
     """The ``metadata_props`` of an ``.onnx`` file (onnx if installed, else onnxruntime)."""
     path = Path(path)
     if not path.is_file():
-        raise ContractError(f"{path}: no such file")
+        raise ContractError(f"{path}: {not_a_file(path)}")
     try:
         import onnx
     except ImportError:  # a device with onnxruntime only

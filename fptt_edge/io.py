@@ -152,6 +152,15 @@ def write_files_atomic(files: list[tuple[Path, bytes]]) -> None:
                 os.fsync(f.fileno())
 
 
+def not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as a file: ``no such file``, or what it is instead (a FIFO is never opened)."""
+    if not os.path.lexists(path):
+        return "no such file"
+    if os.path.islink(path) and not path.exists():
+        return "a dangling link"
+    return "a folder, not a file" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+
+
 def file_sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -882,6 +882,16 @@ def test_hostile_options_and_writers(art, tmp_path, monkeypatch, name):
         assert "is an input of the card" in out and not [p for p in ("f.card.json", "r.card.md", "x.card.json") if (tmp_path / p).exists()]
 
 
+@pytest.mark.parametrize("cmd", [lambda f, t: ["info", f], lambda f, t: ["card", f, "-o", t / "c"],
+                                 lambda f, t: ["shift", "--task", "npz", "--data", f, "--shift", "none", "-o", t / "o.npz"]],
+                         ids=["info", "card", "shift"])
+def test_a_fifo_given_as_input_is_named_for_what_it_is(tmp_path, cmd):
+    """Not 'no such file': it is there, and never opened (opening it would block)."""
+    fifo = tmp_path / "in.onnx"
+    os.mkfifo(fifo)
+    refused_cli(cmd(fifo, tmp_path), tmp_path, expect="not a regular file")
+
+
 def test_bench_takes_only_the_checkpoint_the_model_was_exported_from(art, tmp_path):
     args = ["bench", art.onnx, "--steps", "10", "--backends", "ort", "--streams", "1"]
     refused_cli([*args, "--checkpoint", art.npz_pt], tmp_path, art.root, expect="not the checkpoint")

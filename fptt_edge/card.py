@@ -240,9 +240,11 @@ def input_rate(data, frame_shape) -> float | None:
     if "x" not in arrays:
         raise CardError(f"{data}: not an .npz with frames 'x' (have {sorted(arrays)[:10]})")
     x = arrays["x"]
-    if tuple(x.shape[2:]) != tuple(frame_shape):
+    if x.ndim < 2 or tuple(x.shape[2:]) != tuple(frame_shape):
         raise CardError(f"{data}: frames have shape {tuple(x.shape[2:])}; the model takes {tuple(frame_shape)}")
-    return float(np.count_nonzero(x) / max(x.size, 1))
+    if x.size == 0:  # a rate of 0 would understate the MACs at rates
+        raise CardError(f"{data}: holds no frames (x has shape {list(x.shape)}); an input rate needs some")
+    return float(np.count_nonzero(x) / x.size)
 
 
 def build_card(path, *, compare=(), data=None, devices=None) -> dict:

@@ -849,6 +849,8 @@ OPTION_CASES = {
                                                      ["card", t / "c.onnx", "-o", t / "x"], False)[1:],
     "card-compare-nested-beyond-reason": lambda a, t, mp: ((t / "m.json").write_text("[" * 100_000 + "]" * 100_000),
                                                            ["card", a.onnx, "--compare", t / "m.json", "-o", t / "o"], False)[1:],
+    "data-without-frames-for-card": lambda a, t, mp: (np.savez(t / "x0.npz", x=np.zeros((0, 4, *_frame_of(a))), y=np.zeros(0)),
+                                                  ["card", a.onnx, "--data", t / "x0.npz", "-o", t / "o"], False)[1:],
     "run-npz-with-labels": lambda a, t, mp: ((t / "l.csv").write_text("1,0,5000\n"), ["run", a.onnx, "--npz", a.frames, "--labels", t / "l.csv"],
                                              False)[1:],
     "run-window-without-continuous": lambda a, t, mp: (["run", a.onnx, "--npz", a.frames, "--window-ms", "10"], False),
@@ -880,6 +882,11 @@ def test_hostile_options_and_writers(art, tmp_path, monkeypatch, name):
         assert "is not a folder" in out
     if name.startswith("card-") and "nested" not in name:
         assert "is an input of the card" in out and not [p for p in ("f.card.json", "r.card.md", "x.card.json") if (tmp_path / p).exists()]
+
+
+def _frame_of(art) -> tuple[int, ...]:
+    with np.load(art.frames) as f:
+        return tuple(f["x"].shape[2:])
 
 
 @pytest.mark.parametrize("cmd", [lambda f, t: ["info", f], lambda f, t: ["card", f, "-o", t / "c"],

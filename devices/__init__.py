@@ -92,10 +92,15 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     try:
         profile = DeviceProfile(**{**data, "unconfirmed": tuple(data.get("unconfirmed", ()))})
         for name in ("tensorrt", "python"):  # parsed by lint (DLA, Python checks): ASCII digits and dots only
-            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", getattr(profile, name)):
+            if not re.fullmatch(r"[0-9]{1,4}(\.[0-9]{1,4}){0,3}", getattr(profile, name)):
                 raise ValueError(f"{name} must be a version of digits and dots, e.g. \"10.3\", got {getattr(profile, name)[:20]!r}")
         if not (1 <= profile.min_opset <= profile.max_opset):
             raise ValueError("need 1 <= min_opset <= max_opset")
+        printable = [k for k in _TEXT if isinstance(getattr(profile, k), str) and not getattr(profile, k).isprintable()]
+        if printable:  # shown on one line by lint, export and devices: no newlines or terminal escapes
+            raise ValueError(f"{', '.join(sorted(printable))} must be printable text on one line")
+        if not 0 < profile.memory_gb < 1e6:
+            raise ValueError(f"memory_gb must be a positive number of gigabytes, got {str(profile.memory_gb)[:20]!r}")
         for name in ("memory_bandwidth_gbs", "peak_fp32_gflops", "peak_fp16_gflops"):
             value = getattr(profile, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9):

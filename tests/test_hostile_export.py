@@ -24,6 +24,11 @@ PROFILE_EDITS = {  # natural TOML mistakes in a user's own profile
     "tensorrt-not-a-version": ("tensorrt = ", 'tensorrt = "10.x"'),  # lint's DLA check parsed it: a ValueError traceback
     "tensorrt-negative": ("tensorrt = ", 'tensorrt = "-5"'),
     "python-not-a-version": ("python = ", 'python = "3.x"'),
+    "tensorrt-absurd-version": ("tensorrt = ", 'tensorrt = "' + "1" * 400 + '"'),
+    "name-two-lines": ("name = ", 'name = "x\n## forged"'),
+    "name-terminal-escape": ("name = ", 'name = "x\u001b[2J"'),
+    "memory-nan": ("memory_gb = ", "memory_gb = nan"),
+    "memory-negative-inf": ("memory_gb = ", "memory_gb = -inf"),
 }
 
 

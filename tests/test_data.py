@@ -48,6 +48,7 @@ def test_npz_round_trip_and_errors(tmp_path):
     assert load_npz(tmp_path / "frames.npz").input_shape == (2, 5, 5)
     cases = {
         "missing_y": (dict(x=good["x"]), "missing field 'y'"),
+        "missing_x_among_many": ({f"a{i}": np.zeros(1) for i in range(100)}, r"missing field 'x' \(have a0, a1, .* and 92 more\)"),
         "x_2d": (dict(x=good["x"][:, :, 0], y=good["y"]), "field 'x' must be"),
         "x_complex": (dict(x=good["x"].astype(np.complex64), y=good["y"]), "field 'x' must hold real numbers"),
         "x_str": (dict(x=good["x"].astype(str), y=good["y"]), "field 'x' must hold real numbers"),

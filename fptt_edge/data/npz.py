@@ -21,7 +21,9 @@ def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
     arrays = read_npz(path, DataError)
     for key in ("x", "y"):
         if key not in arrays:
-            raise DataError(f"{path}: missing field '{key}' (have {sorted(arrays)})")
+            have = sorted(arrays)
+            shown = ", ".join(have[:8]) + (f" and {len(have) - 8} more" if len(have) > 8 else "")
+            raise DataError(f"{path}: missing field '{key}' (have {shown or 'none'}); an .npz of frames needs 'x' and 'y'")
     x, y = arrays["x"], arrays["y"]
     if x.ndim < 3 or min(x.shape[1:]) < 1:
         raise DataError(f"{path}: field 'x' must be [N, T, C] or [N, T, ...] with T >= 1 steps and non-empty frames, got shape {x.shape}")

@@ -234,6 +234,7 @@ class Learner:
     # --- configuration -------------------------------------------------------------------------
     def set_trainable(self, choice: str) -> None:
         """Which tensors learn (the update mask); the others keep every bit."""
+        self._require_open()
         names = set(trainable_names(self.train_contract, self.contract.model_config, choice))
         for t in self.train_contract.tensors:
             self.backend.mask[0, t.offset:t.offset + t.size] = 1.0 if t.name in names else 0.0
@@ -246,6 +247,7 @@ class Learner:
     # --- streaming -----------------------------------------------------------------------------
     def step(self, x: np.ndarray) -> np.ndarray:
         """One live step for every stream (predicting with the pushed ``Wbar``); the frames are kept for labels."""
+        self._require_open()
         logits = self.session.step(x)
         self.observe(x)
         return logits
@@ -571,7 +573,7 @@ class Learner:
         self._release_store()
 
     def _require_open(self) -> None:
-        if self._closed:
+        if getattr(self, "_closed", False):  # set_trainable runs in __init__ before the flag exists
             raise AdaptationError("the learner is closed (its sessions are freed and the store let go); open a new one")
 
     def __enter__(self) -> Learner:

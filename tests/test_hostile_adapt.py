@@ -379,7 +379,7 @@ def test_a_closed_learner_refuses_every_call_with_one_line(model):
     learner.close()  # twice is fine
     calls = [lambda: learner.learn(x[0], 0), lambda: learner.label(0, 0, 0, 1), lambda: learner.observe(x[0, 0][None]), learner.flush,
              lambda: learner.train(x, y), lambda: learner.evaluate(x, y), learner.check, learner.commit, learner.push,
-             learner.reset_to_factory]
+             learner.reset_to_factory, lambda: learner.step(x[0, 0][None]), lambda: learner.set_trainable("readout")]
     for call in calls:
         exc = refused_api(call)
         assert isinstance(exc, AdaptationError) and "closed" in str(exc), str(exc)

@@ -331,6 +331,17 @@ def _text(v) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in s)
 
 
+def _code(v, cell: bool = False) -> str:
+    """A path as an inline code span that its own characters cannot end: a fence one backtick longer than any run inside,
+    non-printing characters written as escapes, and (in a table ``cell``) '|' escaped so that it cannot split the row."""
+    s = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(v))
+    if cell:
+        s = s.replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall("`+", s)), default=0) + 1)
+    pad = " " if "`" in s else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
 def _fmt(v, digits=4) -> str:
     if v is None:
         return "-"
@@ -345,8 +356,8 @@ def _mib(n) -> str:
 
 def render_markdown(card: dict) -> str:
     t, m = card["task"], card["macs_per_step"]
-    lines = [f"# Model card: {Path(card['model']).name}", "",
-             f"File `{card['model']}` ({card['kind']}); checkpoint SHA-256 `{card['checkpoint_sha256'][:16]}...`.", "",
+    lines = [f"# Model card: {_text(Path(card['model']).name)}", "",
+             f"File {_code(card['model'])} ({card['kind']}); checkpoint SHA-256 `{card['checkpoint_sha256'][:16]}...`.", "",
              "## Task and data", "",
              f"- task: **{_text(t['task'] or 'unknown')}**, {len(t['classes'])} classes: {', '.join(map(_text, t['classes']))}",
              f"- input per step: {t['input_shape']}; " + ", ".join(f"{_text(k)} {_text(json.dumps(v))}" for k, v in t["data"].items() if k != "task"),
@@ -355,7 +366,7 @@ def render_markdown(card: dict) -> str:
     acc = card["accuracy"]
     if acc["runs"]:
         lines += ["| method | test accuracy | train accuracy | epochs | from | same model and task |", "|---|---|---|---|---|---|"]
-        lines += [f"| {_text(r['method'])} | {_fmt(r['test_accuracy'])} | {_fmt(r['train_accuracy'])} | {r['epochs']} | `{r['from']}` | "
+        lines += [f"| {_text(r['method'])} | {_fmt(r['test_accuracy'])} | {_fmt(r['train_accuracy'])} | {r['epochs']} | {_code(r['from'], cell=True)} | "
                   f"{'yes' if r['same_model_and_task'] else 'no'} |" for r in acc["runs"]]
     else:
         lines.append("No training metrics found beside the model (pass --compare RUN for other runs).")
@@ -380,7 +391,7 @@ def render_markdown(card: dict) -> str:
         lines.append("No export report beside the model (`fptt-edge export` writes MODEL.report.json).")
     else:
         par, fp16 = ex["parity"], ex["fp16"]
-        lines.append(f"- report `{ex['report']}`: opset {_text(ex['opset'])}, batch {_text(ex['batch'])}, lint {_text(ex['lint']['verdict'])} "
+        lines.append(f"- report {_code(ex['report'])}: opset {_text(ex['opset'])}, batch {_text(ex['batch'])}, lint {_text(ex['lint']['verdict'])} "
                      f"({_text(ex['lint']['device'])}, TensorRT {_text(ex['lint']['tensorrt'])})")
         if par:
             lines.append(f"- parity vs PyTorch ({par['streams']} streams x {par['steps']} steps): {'PASS' if par['passed'] else 'FAIL'}, "

@@ -127,3 +127,22 @@ def test_card_markdown_shows_what_files_say_as_text(carded, tmp_path):
     assert not [line for line in lines if line.startswith("| fptt |")], md
     assert "<" not in md.replace("\\<", "") and "\x1b" not in md and "[c](" not in md, md
     assert "classes: a\\n\\n## Accuracy" in md and "\\<script>" in md and "| bptt \\|\\n## Export checks\\n | 0.5 |" in md
+
+
+def test_card_markdown_shows_file_names_as_code_they_cannot_end(carded, tmp_path):
+    """A file name is the user's, but it may hold a backtick, a newline or '|': its code span cannot be closed early, start
+    a line, or split the table row of a compared run."""
+    import shutil
+
+    tmp, run, _, _ = carded
+    model = tmp_path / "x`\n## Forged.onnx"
+    shutil.copy(run / "model.onnx", model)
+    other = tmp_path / "a|b`c"
+    other.mkdir()
+    (other / "metrics.json").write_text(json.dumps({"method": "bptt", "test_accuracy": 0.5}))
+    md = render_markdown(build_card(model, compare=[other]))
+    lines = md.splitlines()
+    assert "## Forged.onnx" not in [line.strip("` ") for line in lines] and not [line for line in lines if line.startswith("## Forged")], md
+    assert "x`\\n## Forged.onnx" in md and "`` " in md
+    row = next(line for line in lines if line.startswith("| bptt |"))
+    assert row.count(" | ") == 5 and "a\\|b`c" in row, row  # six cells, the name's '|' escaped

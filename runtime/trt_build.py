@@ -33,7 +33,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..contract import StepContract, read_contract
+from ..contract import StepContract, metadata_sha256, read_contract
 from ..errors import FpttEdgeError
 from ..io import file_sha256, write_bytes_atomic, write_json_atomic
 from ..precision_rules import constrained_layers
@@ -248,7 +248,9 @@ def engine_contract(contract: StepContract, plan: BuildPlan, profile, trt_versio
         build["engine_sha256"] = engine_sha256
     if plan.notes:
         build["notes"] = list(plan.notes)
-    return {"metadata": contract.to_metadata(), "build": build}
+    metadata = contract.to_metadata()
+    build["metadata_sha256"] = metadata_sha256(metadata.items())  # the contract as built: an edited one is refused on load
+    return {"metadata": metadata, "build": build}
 
 
 def contract_path(engine_path) -> Path:
@@ -277,10 +279,15 @@ def load_engine_contract(engine_path) -> StepContract:
         raise BackendUnavailable(f"{path}: not a readable engine contract; rebuild with `fptt-edge build`") from None
     if not isinstance(metadata, dict):
         raise BackendUnavailable(f"{path}: not a readable engine contract (its metadata is not an object); rebuild with `fptt-edge build`")
-    want = (data.get("build") or {}).get("engine_sha256") if isinstance(data.get("build"), dict) else None
+    build = data.get("build") if isinstance(data.get("build"), dict) else {}
+    want = build.get("engine_sha256")
     if want and Path(engine_path).is_file() and file_sha256(engine_path) != want:
         raise BackendUnavailable(f"{engine_path} and {path.name} are not a pair (the engine was rebuilt or replaced without its "
                                  "contract); rebuild with `fptt-edge build`")
+    meta_sum = build.get("metadata_sha256")  # contracts written before it have none
+    if meta_sum is not None and meta_sum != metadata_sha256(metadata.items()):
+        raise BackendUnavailable(f"{path}: its metadata changed since the build (an edited contract: class names, input, state); "
+                                 "rebuild with `fptt-edge build`")
     return StepContract.from_metadata(metadata, str(path))
 
 

@@ -177,6 +177,12 @@ def test_stale_or_corrupt_timing_cache_is_replaced_and_engine_contract_pair_is_c
     data = json.loads(Path(str(plan.engine) + ".json").read_text())
     assert len(data["build"]["engine_sha256"]) == 64 and data["build"]["portable"] is False
     load_engine_contract(plan.engine)
+    assert len(data["build"]["metadata_sha256"]) == 64
+    edited = {**data, "metadata": {**data["metadata"], "fptt_edge.class_names": json.dumps([f"x{i}" for i in range(10)])}}
+    Path(str(plan.engine) + ".json").write_text(json.dumps(edited))  # a hand edit of the contract's metadata
+    with pytest.raises(BackendUnavailable, match="metadata changed since the build"):
+        load_engine_contract(plan.engine)
+    Path(str(plan.engine) + ".json").write_text(json.dumps(data))
     plan.engine.write_bytes(plan.engine.read_bytes() + b" ")  # an engine replaced without its contract
     with pytest.raises(BackendUnavailable, match="not a pair"):
         load_engine_contract(plan.engine)

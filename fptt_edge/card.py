@@ -327,14 +327,18 @@ def _text(v) -> str:
     """A value read from a file (class names, input spec, metrics, export report) as inline Markdown text: the characters
     that start markup backslash-escaped and those that do not print (newlines, terminal escapes) written as escapes, so
     that it can neither start a line, forge a table row or a section, nor run as HTML, a link or in a terminal."""
-    s = _MD_ACTIVE.sub(lambda m: "\\" + m.group(0), str(v))
+    return _printable(_MD_ACTIVE.sub(lambda m: "\\" + m.group(0), str(v)))
+
+
+def _printable(s: str) -> str:
+    """``s`` with the characters that do not print (newlines, terminal escapes) written as escapes."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in s)
 
 
 def _code(v, cell: bool = False) -> str:
     """A path as an inline code span that its own characters cannot end: a fence one backtick longer than any run inside,
     non-printing characters written as escapes, and (in a table ``cell``) '|' escaped so that it cannot split the row."""
-    s = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(v))
+    s = _printable(str(v))
     if cell:
         s = s.replace("|", "\\|")
     fence = "`" * (max((len(run) for run in re.findall("`+", s)), default=0) + 1)

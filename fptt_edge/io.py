@@ -33,8 +33,7 @@ def output_target(path: Path) -> Path:
         return path
     target = Path(os.path.realpath(path))
     if not target.is_file():
-        what = "a folder" if target.is_dir() else "a broken link" if not target.exists() else "not a regular file (a FIFO, device or socket)"
-        raise OutputPathError(f"{path}: {what}; name a file to write")
+        raise OutputPathError(f"{path}: {not_a_file(Path(path))}; name a file to write")
     return target
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from .errors import FpttEdgeError
+from .io import not_a_file
 
 # what numpy and zipfile raise on corrupt archives and headers
 _CORRUPT = (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, zlib.error, TypeError, SyntaxError,
@@ -30,7 +31,7 @@ def read_npz(path, error: type[Exception] = NpzError) -> dict[str, np.ndarray]:
     """Every array of the ``.npz`` archive ``path`` by name; ``error`` (one line, never quoting the file's bytes) otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise error(f"{path}: not found or not a regular file")
+        raise error(f"{path}: {not_a_file(path)}")
     try:
         _check_declared_sizes(path)
         with np.load(path, allow_pickle=False) as f:

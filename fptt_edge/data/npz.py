@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import not_a_file
 from ..npzfile import checked_lengths, float32_x, read_npz
 from .dataset import DataError, SequenceDataset
 
@@ -16,9 +15,7 @@ MAX_CLASSES = 100_000  # without a model to say how many, labels beyond this are
 
 def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: {not_a_file(path)}")
-    arrays = read_npz(path, DataError)
+    arrays = read_npz(path, DataError)  # refuses a missing file, a folder or a FIFO, naming which
     for key in ("x", "y"):
         if key not in arrays:
             have = sorted(arrays)

@@ -98,7 +98,7 @@ def export_train_step(net: LTCNetwork, payload: dict, checkpoint: Path, model_pa
         raise ExportError("the train-step graph lost Adamax's eps (a zero gradient gives NaN weights); not written")
     if check_data is not None:
         x, y, lengths = check_data
-        log(f"train-step check: {updates} updates at batch {batch}{f' (chunks of {chunk} steps)' if chunk > 1 else ''} through "
+        log(f"train-step check: at least {updates} updates (whole sequences) at batch {batch}{f' (chunks of {chunk} steps)' if chunk > 1 else ''} through "
             "PyTorch's FPTT trainer and ONNX Runtime ...")
         parity = check_train_parity(folded, tensors, hyper, session, x, y, lengths, batch, min_updates=updates, strict=strict, chunk=chunk)
         report["parity"] = parity.to_dict()

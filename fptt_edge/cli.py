@@ -830,6 +830,10 @@ def adapt(model_path, data_path, events_path, labels_path, guard_path, trainable
         click.echo(f"  rollbacks {report['rollbacks']}, factory resets {report['factory_resets']}")
         kept = "not committed (the guard check failed, or nothing was learned after a return to the factory weights; the previous weights stay)"
         click.echo(f"  weights: {report['weights'] or kept}")
+        if not report["committed"] and report["rollbacks"] and report["forgetting_rollbacks"] == report["rollbacks"]:
+            click.echo(f"  every rollback was the guard set forgotten ({report['rollbacks']} of {report['guard_checks']} checks): this data "
+                       "pulls the model away from the original domain. If that domain no longer matters, --max-drop 1 lets the "
+                       "model leave it (the shipped weights stay in the model, and `run --factory` uses them)")
         for line in report["events"]:
             click.echo(f"  {line}")
     else:

@@ -48,12 +48,16 @@ class GuardResult:
     reason: str = ""
 
 
+FORGOT = "guard accuracy"  # how a check that found the original domain forgotten begins its reason
+
+
 @dataclass
 class LearnerEvents:
     updates: int = 0
     segments: int = 0
     checks: int = 0
     rollbacks: int = 0
+    forgetting: int = 0  # rollbacks because the guard set's accuracy dropped (not non-finite values or spike rates)
     factory_resets: int = 0
     update_seconds: float = 0.0  # in the train-step graph
     check_seconds: float = 0.0  # scoring the guard set
@@ -474,6 +478,8 @@ class Learner:
             result = self._score(buffers["wbar"])
             result.reason = self._judge(result)
             result.ok = not result.reason
+            if result.reason.startswith(FORGOT):
+                self.events.forgetting += 1
         if result.ok:
             self._snapshot_good()
         else:
@@ -488,7 +494,7 @@ class Learner:
         if not r.finite:
             return "non-finite logits on the guard set"
         if base.accuracy is not None and r.accuracy is not None and r.accuracy < base.accuracy - self.max_drop:
-            return f"guard accuracy {r.accuracy:.3f} < shipped {base.accuracy:.3f} - {self.max_drop:.3f}"
+            return f"{FORGOT} {r.accuracy:.3f} < shipped {base.accuracy:.3f} - {self.max_drop:.3f}"
         for layer, rate in r.spike_rate.items():
             ref = base.spike_rate.get(layer, 0.0)
             lo, hi = ref / self.rate_band, min(1.0, max(ref * self.rate_band, 1e-3))

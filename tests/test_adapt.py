@@ -366,11 +366,13 @@ def test_rollback_on_nan_and_on_guard_drop_then_factory(exported):
         learner.check()
         assert learner.events.factory_resets >= 1
         assert np.array_equal(learner.backend.buffers()["weights"], factory)
-    with open_learner(folder / "model.onnx", store=False) as learner:
+        assert learner.events.forgetting == learner.events.rollbacks == 2  # both were the guard set's accuracy
+    with open_learner(folder / "model.onnx", store=False, guard=(gx, gy)) as learner:
         good = learner.backend.buffers()["weights"].copy()
         learner.backend.buffers()["m"][0, 0] = np.nan  # injected NaN
         r = learner.check()
         assert not r.ok and not r.finite
+        assert learner.events.rollbacks == 1 and learner.events.forgetting == 0  # not a forgetting
         assert all(np.isfinite(v).all() for v in learner.backend.buffers().values())
         assert np.array_equal(learner.backend.buffers()["weights"], good)
 
@@ -465,3 +467,38 @@ def test_broken_or_lying_train_graphs_are_refused_with_one_line(exported, tmp_pa
         assert (case / "model.train.onnx").read_bytes() == blob  # nothing rewritten
         cases += 1
     assert cases >= 25
+
+
+def test_adapt_says_when_every_rollback_was_forgetting(exported, tmp_path):
+    """A guard set the shipped model scores perfectly (its own predictions as labels), --max-drop 0 and random labels at a
+    high rate: every check finds it forgotten, nothing is committed, and the CLI says why and what would let it go; with
+    --max-drop 1 the same run commits and says nothing of the kind."""
+    from fptt_edge.runtime import open_session
+
+    folder, _ = exported
+    model = tmp_path / "model.onnx"
+    for name in ("model.onnx", "model.train.onnx"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    gx, _ = digits(40, offset=300)
+    own = np.zeros(len(gx), np.int64)  # the shipped model's own last-step predictions
+    with open_session(model) as session:
+        for i, seq in enumerate(gx):
+            session.reset()
+            for frame in seq:
+                logits = session.step(frame[None])
+            own[i] = int(logits.argmax())
+    np.savez(tmp_path / "guard.npz", x=gx, y=own)
+    x, _ = digits(24, offset=340)
+    np.savez(tmp_path / "new.npz", x=x, y=np.random.default_rng(0).integers(0, 10, len(x)))
+    args = ["adapt", str(model), "--data", str(tmp_path / "new.npz"), "--guard", str(tmp_path / "guard.npz"), "--holdout", "0",
+            "--lr", "0.05", "--check-every", "20", "--epochs", "2"]
+    res = CliRunner().invoke(main, [*args, "--max-drop", "0"])
+    assert res.exit_code == 0, res.output
+    assert "guard (" in res.output and "-> 1.000" in res.output  # back on the shipped weights
+    assert "weights: not committed" in res.output and "every rollback was the guard set forgotten" in res.output, res.output
+    assert "--max-drop 1" in res.output
+    assert not list(tmp_path.glob("model.adapted/gen-*"))
+    report = json.loads(CliRunner().invoke(main, [*args, "--max-drop", "0", "--json"]).output)
+    assert report["forgetting_rollbacks"] == report["rollbacks"] >= 1 and not report["committed"]
+    res = CliRunner().invoke(main, [*args, "--max-drop", "1"])
+    assert res.exit_code == 0 and "gen-000001" in res.output and "forgotten" not in res.output, res.output

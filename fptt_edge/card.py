@@ -414,9 +414,13 @@ def render_markdown(card: dict) -> str:
         flag = " (unconfirmed)" if d["unconfirmed"] else ""
         lines.append(f"| {d['profile']}{flag} | {_fmt(d['peak_fp32_gflops'])} | {_fmt(d['peak_fp16_gflops'])} | {_fmt(d['memory_bandwidth_gbs'])} | "
                      f"{_fmt(d.get('estimate_fp32_us'))} | {_fmt(d.get('estimate_fp16_us'))} | {d.get('bound_fp32', '-')} |")
-    sources = sorted({d["source"] for d in card["devices"] if d["source"]})
-    if sources:
-        lines += ["", "Peak figures: " + "; ".join(sources) + "."]
+    by_source: dict[str, list[str]] = {}
+    for d in card["devices"]:
+        if d["source"]:
+            by_source.setdefault(d["source"], []).append(d["profile"])
+    if by_source:
+        lines += ["", "Where the peak figures come from:", ""]
+        lines += [f"- {', '.join(_text(n) for n in names)}: {_text(source)}" for source, names in sorted(by_source.items())]
     for note in card["notes"][1:]:
         lines += ["", note]
     return "\n".join(lines) + "\n"

@@ -77,6 +77,11 @@ def test_card_figures(carded):
     assert nano["estimate_fp32_us"] > orin["estimate_fp32_us"] and nano["estimate_fp16_us"] <= nano["estimate_fp32_us"]
     md = render_markdown(card)
     assert "Estimate, not a measurement" in md and "| bptt | 0.5 |" in md and "## Export checks" in md
+    # each source of peak figures once, with the profiles that use it: every profile named exactly once
+    sources = md.split("Where the peak figures come from:\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert len(sources) == len({p.peak_source for p in all_profiles()})
+    named = [n for line in sources for n in line[2:].split(": ", 1)[0].split(", ")]
+    assert sorted(named) == sorted(d["profile"] for d in card["devices"])
     assert card["memory"]["inference_bytes"]["total"] < card["memory"]["adaptation_bytes"]["total"]
     ckpt = build_card(run / "model.pt")  # the checkpoint finds the same report (same checkpoint hash) and its metrics
     assert ckpt["export"]["parity"] == card["export"]["parity"] and ckpt["accuracy"]["by_method"] == {"fptt": 0.75}

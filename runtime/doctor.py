@@ -191,7 +191,7 @@ def format_report(r: dict) -> str:
     gpu = c["gpu"]
     lines.append(f"gpu: {gpu['name']} (compute capability {gpu['compute_capability']}, {gpu['memory_gb']} GB)" if gpu else "gpu: none found")
     lines.append(f"cuda: driver {c['driver_cuda'] or 'none'}, cuda-python {c['cuda_python'] or 'not installed'}"
-                 + (f"  ({c['error']})" if c["error"] else ""))
+                 + (f"  ({c['error']})" if c["error"] and c["cuda_python"] else ""))  # not installed: the error says only that
     t = r["tensorrt"]
     lines.append(f"tensorrt: {t['version'] or 'not installed'}" + (f", DLA cores {t['dla_cores']}" if t["builder"] else "")
                  + (f"  ({t['error']})" if t["error"] and t["version"] else ""))

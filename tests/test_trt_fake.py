@@ -547,6 +547,20 @@ def test_doctor_reports_what_each_backend_needs(monkeypatch, tmp_path):
     assert "cuda-python>=12.6,<13" in r["backends"]["tensorrt"]["needs"]
 
 
+def test_doctor_cuda_line_says_not_installed_once(monkeypatch, tmp_path):
+    """Without cuda-python the line says so once (the import error repeated it, with a pointer to doctor itself); an
+    installed cuda-python's error is shown."""
+    from fptt_edge.runtime import doctor
+
+    missing = {"cuda_python": None, "driver_cuda": None, "gpu": None, "error": "cuda-python is not installed (pip install ...)"}
+    monkeypatch.setattr(doctor, "_cuda", lambda: dict(missing))
+    line = next(ln for ln in doctor.format_report(doctor.diagnose(root=tmp_path, probe=False)).splitlines() if ln.startswith("cuda:"))
+    assert line == "cuda: driver none, cuda-python not installed"
+    monkeypatch.setattr(doctor, "_cuda", lambda: {**missing, "cuda_python": "12.6.0", "error": "no NVIDIA driver"})
+    line = next(ln for ln in doctor.format_report(doctor.diagnose(root=tmp_path, probe=False)).splitlines() if ln.startswith("cuda:"))
+    assert line == "cuda: driver none, cuda-python 12.6.0  (no NVIDIA driver)"
+
+
 def test_doctor_probes_providers_and_flags_both_onnxruntime_packages(monkeypatch):
     import importlib.metadata as md
 

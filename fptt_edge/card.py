@@ -412,7 +412,7 @@ def render_markdown(card: dict) -> str:
               "| profile | peak FP32 GFLOPS | peak FP16 GFLOPS | bandwidth GB/s | FP32 est. µs | FP16 est. µs | bound |", "|---|---|---|---|---|---|---|"]
     for d in card["devices"]:
         flag = " (unconfirmed)" if d["unconfirmed"] else ""
-        lines.append(f"| {d['profile']}{flag} | {_fmt(d['peak_fp32_gflops'])} | {_fmt(d['peak_fp16_gflops'])} | {_fmt(d['memory_bandwidth_gbs'])} | "
+        lines.append(f"| {_text(d['profile'])}{flag} | {_fmt(d['peak_fp32_gflops'])} | {_fmt(d['peak_fp16_gflops'])} | {_fmt(d['memory_bandwidth_gbs'])} | "
                      f"{_fmt(d.get('estimate_fp32_us'))} | {_fmt(d.get('estimate_fp16_us'))} | {d.get('bound_fp32', '-')} |")
     by_source: dict[str, list[str]] = {}
     for d in card["devices"]:

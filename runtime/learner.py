@@ -57,7 +57,7 @@ class LearnerEvents:
     segments: int = 0
     checks: int = 0
     rollbacks: int = 0
-    forgetting: int = 0  # rollbacks because the guard set's accuracy dropped (not non-finite values or spike rates)
+    forgetting: int = 0  # rollbacks for the guard set's accuracy alone (not non-finite values, nor with a spike rate out of band)
     factory_resets: int = 0
     update_seconds: float = 0.0  # in the train-step graph
     check_seconds: float = 0.0  # scoring the guard set
@@ -476,9 +476,9 @@ class Learner:
             result = GuardResult(None, {}, True, True)
         else:
             result = self._score(buffers["wbar"])
-            result.reason = self._judge(result)
-            result.ok = not result.reason
-            if result.reason.startswith(FORGOT):
+            reasons = self._judge(result)
+            result.reason, result.ok = "; ".join(reasons), not reasons
+            if len(reasons) == 1 and reasons[0].startswith(FORGOT):  # the guard accuracy alone (more --max-drop would pass it)
                 self.events.forgetting += 1
         if result.ok:
             self._snapshot_good()
@@ -487,20 +487,24 @@ class Learner:
         self.events.check_seconds += time.perf_counter() - t0
         return result
 
-    def _judge(self, r: GuardResult) -> str:
+    def _judge(self, r: GuardResult) -> list[str]:
+        """Why the check fails (empty: it passes): non-finite logits, or the guard accuracy and the first spike rate out of
+        its band, each that applies."""
         base = self.baseline
         if base is None:
-            return ""
+            return []
         if not r.finite:
-            return "non-finite logits on the guard set"
+            return ["non-finite logits on the guard set"]
+        reasons = []
         if base.accuracy is not None and r.accuracy is not None and r.accuracy < base.accuracy - self.max_drop:
-            return f"{FORGOT} {r.accuracy:.3f} < shipped {base.accuracy:.3f} - {self.max_drop:.3f}"
+            reasons.append(f"{FORGOT} {r.accuracy:.3f} < shipped {base.accuracy:.3f} - {self.max_drop:.3f}")
         for layer, rate in r.spike_rate.items():
             ref = base.spike_rate.get(layer, 0.0)
             lo, hi = ref / self.rate_band, min(1.0, max(ref * self.rate_band, 1e-3))
             if not lo <= rate <= hi:
-                return f"spike rate of {layer} {rate:.4f} outside [{lo:.4f}, {hi:.4f}] (shipped {ref:.4f})"
-        return ""
+                reasons.append(f"spike rate of {layer} {rate:.4f} outside [{lo:.4f}, {hi:.4f}] (shipped {ref:.4f})")
+                break
+        return reasons
 
     def _snapshot_good(self) -> None:
         for k, v in self.backend.buffers().items():

@@ -469,6 +469,28 @@ def test_broken_or_lying_train_graphs_are_refused_with_one_line(exported, tmp_pa
     assert cases >= 25
 
 
+
+def test_forgetting_counts_the_guard_accuracy_alone(exported):
+    """A check failed by the guard accuracy alone counts as forgetting (more --max-drop would pass it); one failed by the
+    accuracy and a spike rate out of band, or by a spike rate alone, does not; the reason names each failure."""
+    from fptt_edge.runtime.learner import GuardResult
+
+    folder, _ = exported
+    gx, gy = digits(20, offset=260)
+    with open_learner(folder / "model.onnx", store=False, guard=(gx, gy), max_drop=0.0, max_failures=100) as learner:
+        base = learner.baseline
+        layer, ref = next(iter(base.spike_rate.items()))
+        wild = min(1.0, max(ref * learner.rate_band, 1e-3)) * 2 + 0.01  # above the band's top
+        cases = [(base.accuracy - 0.5, ref, 1, ["guard accuracy"]),
+                 (base.accuracy - 0.5, wild, 0, ["guard accuracy", "spike rate of"]),
+                 (base.accuracy, wild, 0, ["spike rate of"])]
+        for accuracy, rate, counted, said in cases:
+            forgot = learner.events.forgetting
+            learner._score = lambda w, a=accuracy, r=rate: GuardResult(a, {**base.spike_rate, layer: r}, True, True)
+            result = learner.check()
+            assert not result.ok and [p for p in ("guard accuracy", "spike rate of") if p in result.reason] == said, result.reason
+            assert learner.events.forgetting - forgot == counted, (accuracy, rate, result.reason)
+
 def test_adapt_says_when_every_rollback_was_forgetting(exported, tmp_path):
     """A guard set the shipped model scores perfectly (its own predictions as labels), --max-drop 0 and random labels at a
     high rate: every check finds it forgotten, nothing is committed, and the CLI says why and what would let it go; with

@@ -132,6 +132,11 @@ def test_card_markdown_shows_what_files_say_as_text(carded, tmp_path):
     assert not [line for line in lines if line.startswith("| fptt |")], md
     assert "<" not in md.replace("\\<", "") and "\x1b" not in md and "[c](" not in md, md
     assert "classes: a\\n\\n## Accuracy" in md and "\\<script>" in md and "| bptt \\|\\n## Export checks\\n | 0.5 |" in md
+    card = build_card(tmp_path / "m.onnx")  # a device profile's name and source (a user's --device FILE.toml) are text too
+    card["devices"][0].update(profile="mine|9|9|9|9|9|9 |\n## x", source="`x`|<b>")
+    md = render_markdown(card)
+    assert "| mine\\|9\\|9\\|9\\|9\\|9\\|9 \\|\\n## x" in md and "- mine\\|9" in md and "\\`x\\`\\|\\<b>" in md, md
+    assert "## x" not in md.splitlines()
 
 
 def test_card_markdown_shows_file_names_as_code_they_cannot_end(carded, tmp_path):

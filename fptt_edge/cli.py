@@ -230,7 +230,7 @@ def main():
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out (same data, model and settings, else refused saying what differs; --epochs may grow).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no per-epoch lines (the final JSON only).")
 @_friendly
 def train(task, train_path, test_path, root, mode, source, steps, binning, downsample, normalisation, method, parts, hidden, layers, conv,
           epochs, batch_size, lr, alpha, beta, clip, b_j0, initial_u, eval_weights, bptt_loss, seed, max_train_samples,

@@ -127,3 +127,11 @@ def test_npz_and_nmnist_tasks(tmp_path, nmnist_fixture):
     assert result.exit_code == 0, result.output
     assert json.loads(run("info", out / "model.pt").output)["model_config"]["conv_channels"] == [4]
     assert json.loads(run("eval", out / "model.pt", "--data", nmnist_fixture / "test.txt").output)["samples"] == 6
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    """Training output that goes to a log (not a terminal) gets the epoch lines, not a progress bar redrawn per batch."""
+    args = [a for a in TINY if a != "--quiet"]
+    result = run("train", *args, "--epochs", "1", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1: online loss" in result.output and "it/s" not in result.output and "\r" not in result.output, result.output

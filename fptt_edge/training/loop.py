@@ -265,7 +265,8 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
             elapsed, first = float(saved_progress["elapsed"]), start_batch
         t_start, t_saved = time.perf_counter() - elapsed, time.perf_counter()
         bar = tqdm(range(first, n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs} [{cfg.method}]", initial=first, total=n_batches,
-                   disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True)
+                   disable=None if progress and ctx.is_main else True,  # None: drawn on a terminal only (a log gets the epoch lines)
+                   leave=False, dynamic_ncols=True)
         lr = cfg.lr
         for b in bar:
             lr = cfg.lr_at(epoch, b, n_batches)

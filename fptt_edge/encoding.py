@@ -159,32 +159,60 @@ def _crossings(xt: np.ndarray, ref: np.ndarray, thr: np.ndarray) -> tuple[np.nda
 
 
 class EncodingStream:
-    """Causal step-by-step encoding of one stream: ``step(x_t)`` with ``x_t`` ``[..., C]``."""
+    """Causal step-by-step encoding: ``step(x_t)`` with ``x_t`` ``[..., C]`` (one row per stream).
+
+    The delta encoding's reference levels are state: a stream's first step sets its levels and emits no
+    crossings. ``reset(row)`` makes one stream start over (a new recording on it); ``reset()`` all."""
 
     def __init__(self, encoding: Encoding):
         self.encoding = encoding
-        self.ref: np.ndarray | None = None
+        self.ref: np.ndarray | None = None  # [..., C] reference levels (delta), set by the first step
+        self.fresh: np.ndarray | None = None  # [...] rows whose next step starts a sequence
 
-    def reset(self) -> None:
-        self.ref = None
+    def reset(self, row: int | None = None) -> None:
+        if row is None or self.fresh is None:
+            self.ref = self.fresh = None
+        else:
+            self.fresh[row] = True
+
+    def snapshot(self) -> tuple:
+        """The state, for :meth:`restore` (a step that the caller then refuses must not move the levels)."""
+        return (None if self.ref is None else self.ref.copy(), None if self.fresh is None else self.fresh.copy())
+
+    def restore(self, state: tuple) -> None:
+        self.ref, self.fresh = state
 
     def step(self, xt: np.ndarray) -> np.ndarray:
         enc = self.encoding
         xt = np.asarray(xt, dtype=np.float32)
         if enc.kind == "none":
             return xt
+        if xt.ndim < 1 or xt.shape[-1] != enc.channels or (self.ref is not None and xt.shape != self.ref.shape):
+            want = f"{list(self.ref.shape)}" if self.ref is not None else f"[..., {enc.channels}]"
+            raise EncodingError(f"the {enc.kind} encoding takes steps of shape {want}, got {list(xt.shape)}")
         parts = []
-        if "standardize" in enc.kind:
-            parts.append((xt - np.asarray(enc.mean, np.float32)) / np.asarray(enc.std, np.float32))
-        if "delta" in enc.kind:
-            if self.ref is None:
-                self.ref = xt.copy()
-                parts.extend((np.zeros_like(xt), np.zeros_like(xt)))
-            else:
-                thr = (np.asarray(enc.std, np.float32) * np.float32(enc.threshold)).astype(np.float32)
-                on, off, self.ref = _crossings(xt, self.ref, thr)
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below, in one line
+            if "standardize" in enc.kind:
+                parts.append((xt - np.asarray(enc.mean, np.float32)) / np.asarray(enc.std, np.float32))
+            if "delta" in enc.kind:
+                if self.ref is None or self.fresh is None:
+                    ref, fresh = xt.copy(), np.zeros(xt.shape[:-1], bool)
+                    on, off = np.zeros_like(xt), np.zeros_like(xt)
+                else:
+                    thr = (np.asarray(enc.std, np.float32) * np.float32(enc.threshold)).astype(np.float32)
+                    on, off, ref = _crossings(xt, self.ref, thr)
+                    fresh = self.fresh
+                    if fresh.any():  # a stream that starts over: its first step, as above
+                        on[fresh], off[fresh], ref[fresh] = 0, 0, xt[fresh]
+                        fresh = np.zeros_like(fresh)
                 parts.extend((on, off))
-        return np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
+        out = np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
+        if not np.isfinite(out).all():
+            raise EncodingError(f"the {enc.kind} encoding gives non-finite values on this step (non-finite raw values, or values so "
+                                "far from the training data's mean that they overflow float32)")
+        if "delta" in enc.kind:
+            self.ref, self.fresh = ref, fresh
+        return out
 
 
 def encoding_of(spec) -> Encoding:

@@ -256,6 +256,17 @@ class Learner:
         self.observe(x)
         return logits
 
+    def step_raw(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`step` on raw samples of a model trained with an input encoding (``StreamSession.step_raw``): the encoded
+        frames are what the ring buffer keeps and labels train on."""
+        self._require_open()
+        encoded = self.session.encode(x)
+        try:
+            return self.step(encoded)
+        except RuntimeInputError:
+            self.session._undo_encode()
+            raise
+
     def observe(self, x: np.ndarray) -> None:
         """Keep one frame per stream (``[streams, *frame]``) in the ring buffer without stepping the live session."""
         self._require_open()

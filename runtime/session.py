@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import ContractError, StepContract, read_contract, verify_checksum
+from ..encoding import Encoding, EncodingError
 from .backend import StepBackend
 from .errors import BackendUnavailable, RuntimeInputError
 
@@ -85,6 +86,10 @@ class StreamSession:
         self.backend, self.contract = backend, contract
         self.streams = backend.streams
         self.frame_shape = contract.input.frame_shape
+        self.encoding = Encoding.from_dict(contract.input.encoding)  # validated with the contract
+        self.raw_shape = self.frame_shape if self.encoding.kind == "none" else (self.encoding.channels,)
+        self._encoder = self.encoding.stream()  # per-stream state of step_raw (the delta encoding's levels)
+        self._encoder_before = self._encoder.snapshot()
         self._initial = {s.name: s.initial(1)[0] for s in contract.states}
         self._lock, self._closed = threading.Lock(), False
         self.steps = 0
@@ -109,6 +114,40 @@ class StreamSession:
         try:
             np.copyto(self.backend.x, x)
             return self._step_checked()
+        finally:
+            self._lock.release()
+
+    def step_raw(self, x: np.ndarray) -> np.ndarray:
+        """One time step of raw samples ``[streams, *raw_shape]`` for a model trained with an input encoding (``--encoding``:
+        an IMU's or any analog sensor's channels), encoded here with the code training used, per stream (the delta
+        encoding's reference levels are state: a stream's first step, and its first after :meth:`reset`, sets them);
+        returns logits as :meth:`step`. A model without an encoding takes its frames as given."""
+        encoded = self.encode(x)
+        try:
+            return self.step(encoded)
+        except RuntimeInputError:
+            self._undo_encode()
+            raise
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """Raw samples ``[streams, *raw_shape]`` -> the frames the graph takes, moving each stream's encoder on by one step
+        (what :meth:`step_raw` steps with; refused input leaves the encoder as it was)."""
+        x = validate_frames(x, self.streams, self.raw_shape)
+        self._enter()
+        try:
+            self._encoder_before = self._encoder.snapshot()
+            try:
+                return self._encoder.step(x)
+            except EncodingError as exc:
+                raise RuntimeInputError(str(exc)) from None
+        finally:
+            self._lock.release()
+
+    def _undo_encode(self) -> None:
+        """The encoder back to before the last :meth:`encode` (its step was refused)."""
+        self._enter()
+        try:
+            self._encoder.restore(self._encoder_before)
         finally:
             self._lock.release()
 
@@ -143,6 +182,7 @@ class StreamSession:
             for name, init in self._initial.items():
                 value = np.broadcast_to(init, (self.streams, *init.shape)) if stream is None else init
                 self.backend.write_state(name, value, stream)
+            self._encoder.reset(stream)  # step_raw: the stream's next sample starts a recording
         finally:
             self._lock.release()
 

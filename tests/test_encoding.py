@@ -176,3 +176,89 @@ def test_an_encoding_that_overflows_float32_is_refused_in_one_line_on_both_sides
                                        "--hidden", "4", "--epochs", "1", "--encoding", "standardize", "--out", str(tmp_path / "run"), "--quiet"])
     assert result.exit_code == 2 and "non-finite" in result.output and "Traceback" not in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1 and not (tmp_path / "run").exists()
+
+
+def test_encoder_streams_start_over_one_at_a_time():
+    """reset(row) makes one stream's next step its first: from there its frames are those of the new recording encoded
+    whole; the other streams go on as before."""
+    x = synthetic_gestures(3, steps=30, classes=3, seed=4).x.numpy()  # [3, 30, 1]
+    enc = Encoding.fit("standardize+delta", x, threshold=0.1)
+    stream = enc.stream()
+    out = [stream.step(x[:, t]) for t in range(12)]
+    stream.reset(1)
+    out += [stream.step(x[:, t]) for t in range(12, 30)]
+    got = np.stack(out, axis=1)
+    whole = enc.encode(x)
+    np.testing.assert_array_equal(got[[0, 2]], whole[[0, 2]])
+    np.testing.assert_array_equal(got[1, 12:], enc.encode(x[1:2, 12:])[0])
+    assert not np.array_equal(got[1, 12:], whole[1, 12:])  # not vacuous: starting over changed that stream's frames
+    before = stream.snapshot()
+    with pytest.raises(EncodingError):
+        stream.step(np.full((3, 1), np.nan, np.float32))
+    assert all(np.array_equal(a, b) for a, b in zip(stream.snapshot(), before))  # a refused step moves nothing
+    with pytest.raises(EncodingError, match="shape"):
+        stream.step(x[:2, 0])
+
+
+@pytest.fixture(scope="module")
+def encoded_model(tmp_path_factory):
+    """A small model trained with --encoding standardize+delta and exported with its train-step graph (unchecked)."""
+    folder = tmp_path_factory.mktemp("encoded")
+    write_npz(folder / "tr.npz", synthetic_gestures(48, steps=24, classes=3, seed=5))
+    write_npz(folder / "te.npz", synthetic_gestures(6, steps=24, classes=3, seed=5, split="test"))
+    run = CliRunner().invoke(main, ["train", "--task", "npz", "--train", str(folder / "tr.npz"), "--test", str(folder / "te.npz"),
+                                    "--hidden", "8", "--epochs", "1", "--batch-size", "16", "--encoding", "standardize+delta",
+                                    "--out", str(folder / "run"), "--quiet"], catch_exceptions=False)
+    assert run.exit_code == 0, run.output
+    export = CliRunner().invoke(main, ["export", str(folder / "run" / "model.pt"), "--adapt", "--no-check", "--batch", "dynamic"],
+                                catch_exceptions=False)
+    assert export.exit_code == 0, export.output
+    return folder
+
+
+def test_live_session_encodes_raw_samples_per_stream(encoded_model):
+    """step_raw on raw samples gives bitwise the logits of step on the frames Encoding.encode makes of the whole recording,
+    per stream: stream 1 starts a new recording after reset(1) while stream 0 goes on; a refused sample (NaN) changes
+    neither the state nor the encoder."""
+    from fptt_edge.runtime import RuntimeInputError, open_session
+
+    model = encoded_model / "run" / "model.onnx"
+    data = np.load(encoded_model / "te.npz")
+    x = data["x"][:3, :20]  # [3, 20, 1] raw
+    with open_session(model, streams=2) as raw, open_session(model, streams=2) as framed:
+        enc = raw.encoding
+        assert enc.kind == "standardize+delta" and raw.raw_shape == (1,) and raw.frame_shape == (3,)
+        first = enc.encode(x[:2])  # streams 0 and 1, recordings 0 and 1
+        for t in range(10):
+            np.testing.assert_array_equal(raw.step_raw(x[:2, t]), framed.step(first[:, t]).copy())
+        with pytest.raises(RuntimeInputError):
+            raw.step_raw(np.full((2, 1), np.nan, np.float32))
+        with pytest.raises(RuntimeInputError):
+            raw.step_raw(x[:2, 0, :1].reshape(2, 1, 1))  # wrong shape
+        before = raw._encoder.snapshot()
+
+        def refused():
+            raise RuntimeInputError("refused")
+        raw._step_checked = refused  # the sample encodes, then the step is refused (as one driving the state to NaN)
+        with pytest.raises(RuntimeInputError, match="refused"):
+            raw.step_raw(x[:2, 10])
+        del raw._step_checked
+        assert all(np.array_equal(a, b) for a, b in zip(raw._encoder.snapshot(), before))  # the encoder stepped back
+        raw.reset(1)
+        framed.reset(1)
+        second = enc.encode(x[2:3, 10:])[0]  # stream 1: recording 2 from its step 10 on, a new recording
+        for t in range(10, 20):
+            frames = np.stack([first[0, t], second[t - 10]])
+            np.testing.assert_array_equal(raw.step_raw(np.stack([x[0, t], x[2, t]])), framed.step(frames).copy())
+
+
+def test_learner_keeps_the_encoded_frames_of_raw_samples(encoded_model):
+    from fptt_edge.runtime.learner import open_learner
+
+    data = np.load(encoded_model / "te.npz")
+    x = data["x"][:1, :16]
+    with open_learner(encoded_model / "run" / "model.onnx", store=False) as learner:
+        frames = learner.session.encoding.encode(x)[0]
+        for t in range(16):
+            learner.step_raw(x[:, t])
+        np.testing.assert_array_equal(learner._ring[0, :16], frames)

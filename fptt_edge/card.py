@@ -230,21 +230,38 @@ def _accuracy(src: dict, compare: list) -> dict:
     return {"runs": rows, "by_method": by_method}
 
 
-def input_rate(data, frame_shape) -> float | None:
-    """The fraction of non-zero inputs per step in an ``.npz`` (``x`` ``[N, T, *frame]``)."""
+def input_rate(data, frame_shape, encoding: dict | None = None) -> float | None:
+    """The fraction of non-zero inputs per step in an ``.npz`` (``x`` ``[N, T, *frame]``, optional ``lengths``: the
+    padding after a recording's end is not counted). For a model trained with an input ``encoding``, ``x`` may hold the
+    raw samples, encoded here as the runtime does (``run --npz``)."""
     if data is None:
         return None
-    from .npzfile import read_npz
+    from .encoding import Encoding, EncodingError
+    from .npzfile import checked_lengths, float32_x, read_npz
 
     arrays = read_npz(data, CardError)
     if "x" not in arrays:
         raise CardError(f"{data}: not an .npz with frames 'x' (have {sorted(arrays)[:10]})")
     x = arrays["x"]
+    try:
+        enc = Encoding.from_dict(encoding)
+    except EncodingError as exc:
+        raise CardError(f"the model's input encoding: {exc}") from None
+    if enc.kind != "none" and x.ndim == 3 and x.shape[2:] == (enc.channels,) and x.size:
+        try:
+            x = enc.encode(float32_x(x, f"{data}: field 'x'", CardError))
+        except EncodingError as exc:
+            raise CardError(f"{data}: field 'x': {exc}") from None
     if x.ndim < 2 or tuple(x.shape[2:]) != tuple(frame_shape):
-        raise CardError(f"{data}: frames have shape {tuple(x.shape[2:])}; the model takes {tuple(frame_shape)}")
+        raw = f" or raw samples ({enc.channels},) for its {enc.kind} encoding" if enc.kind != "none" else ""
+        raise CardError(f"{data}: frames have shape {tuple(x.shape[2:])}; the model takes {tuple(frame_shape)}{raw}")
     if x.size == 0:  # a rate of 0 would understate the MACs at rates
         raise CardError(f"{data}: holds no frames (x has shape {list(x.shape)}); an input rate needs some")
-    return float(np.count_nonzero(x) / x.size)
+    if "lengths" not in arrays:
+        return float(np.count_nonzero(x) / x.size)
+    lengths = checked_lengths(arrays["lengths"], len(x), x.shape[1], data, CardError)
+    valid = np.arange(x.shape[1])[None, :] < np.asarray(lengths)[:, None]  # [N, T]
+    return float(np.count_nonzero(x[valid]) / x[valid].size)
 
 
 def build_card(path, *, compare=(), data=None, devices=None) -> dict:
@@ -271,7 +288,7 @@ def _build_card(path: Path, compare, data, devices) -> dict:
     report = _report(path, src["checkpoint_sha256"])
     layers = layer_table(config)
     parity = (report or {}).get("parity") or {}
-    rate_in = input_rate(data, config.input_shape)
+    rate_in = input_rate(data, config.input_shape, src["input_spec"].get("encoding"))
     spike_rates: dict[str, float | None] = {str(k): float(v) for k, v in (parity.get("spike_rate") or {}).items() if isinstance(v, (int, float))}
     train_step = (report or {}).get("train_step") or {}
     steps = int((src["input_spec"].get("binning") or {}).get("steps") or src["input_spec"].get("steps") or 1)

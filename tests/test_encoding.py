@@ -262,3 +262,19 @@ def test_learner_keeps_the_encoded_frames_of_raw_samples(encoded_model):
         for t in range(16):
             learner.step_raw(x[:, t])
         np.testing.assert_array_equal(learner._ring[0, :16], frames)
+
+
+def test_card_measures_the_input_rate_of_raw_samples_through_the_encoding(encoded_model):
+    """card --data takes the raw .npz that run and adapt take: encoded as the runtime does, the padding after each
+    recording's end not counted."""
+    from fptt_edge.card import build_card
+
+    data = np.load(encoded_model / "te.npz")
+    assert "lengths" in data and data["lengths"].min() < data["x"].shape[1]  # padded recordings: the count must skip padding
+    enc = Encoding.from_dict(json.loads(json.dumps(torch.load(encoded_model / "run" / "model.pt", weights_only=True)["input_spec"]["encoding"])))
+    frames = enc.encode(data["x"])
+    valid = np.arange(frames.shape[1])[None, :] < data["lengths"][:, None]
+    expected = np.count_nonzero(frames[valid]) / frames[valid].size
+    card = build_card(encoded_model / "run" / "model.onnx", data=encoded_model / "te.npz")
+    assert card["macs_per_step"]["rates"]["input"] == pytest.approx(expected, rel=1e-12)
+    assert expected != pytest.approx(np.count_nonzero(frames) / frames.size)  # not vacuous: padding would change it

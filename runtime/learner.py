@@ -263,7 +263,7 @@ class Learner:
         encoded = self.session.encode(x)
         try:
             return self.step(encoded)
-        except RuntimeInputError:
+        except BaseException:  # refused, or failed in the backend (StepFailed, Ctrl-C): the state is unchanged
             self.session._undo_encode()
             raise
 

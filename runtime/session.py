@@ -125,7 +125,7 @@ class StreamSession:
         encoded = self.encode(x)
         try:
             return self.step(encoded)
-        except RuntimeInputError:
+        except BaseException:  # refused, or failed in the backend (StepFailed, Ctrl-C): the state is unchanged
             self._undo_encode()
             raise
 

@@ -278,3 +278,34 @@ def test_card_measures_the_input_rate_of_raw_samples_through_the_encoding(encode
     card = build_card(encoded_model / "run" / "model.onnx", data=encoded_model / "te.npz")
     assert card["macs_per_step"]["rates"]["input"] == pytest.approx(expected, rel=1e-12)
     assert expected != pytest.approx(np.count_nonzero(frames) / frames.size)  # not vacuous: padding would change it
+
+
+def _same_encoder(a, b) -> bool:
+    return all((p is None and q is None) or (p is not None and q is not None and np.array_equal(p, q)) for p, q in zip(a, b))
+
+
+def test_a_step_that_fails_in_the_backend_leaves_the_encoder_as_it_was(encoded_model):
+    """StepFailed (ONNX Runtime could not run the step: 'state unchanged') or Ctrl-C during the step: step_raw, on the
+    session and on the learner, leaves the encoder where it was too, so the sample can be given again."""
+    from fptt_edge.runtime import StepFailed, open_session
+    from fptt_edge.runtime.learner import open_learner
+
+    model = encoded_model / "run" / "model.onnx"
+    x = np.load(encoded_model / "te.npz")["x"][:2, :6]
+    with open_session(model, streams=2) as sess, open_learner(model, store=False, streams=2) as learner:
+        for owner, live in ((sess, sess), (learner, learner.session)):
+            for t in range(3):
+                owner.step_raw(x[:, t])
+            for failure in (StepFailed("ONNX Runtime could not run the step; state unchanged"), KeyboardInterrupt()):
+                before, state = live._encoder.snapshot(), live.get_state()
+
+                def fail(failure=failure):
+                    raise failure
+                live.backend.step = fail
+                with pytest.raises(type(failure)):
+                    owner.step_raw(x[:, 3])
+                del live.backend.step
+                after = live.get_state()
+                assert all(np.array_equal(after[k], state[k]) for k in state)
+                assert _same_encoder(live._encoder.snapshot(), before)  # the encoder did not move on without the model
+        assert learner._seen.tolist() == [3, 3]

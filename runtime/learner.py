@@ -260,12 +260,9 @@ class Learner:
         """:meth:`step` on raw samples of a model trained with an input encoding (``StreamSession.step_raw``): the encoded
         frames are what the ring buffer keeps and labels train on."""
         self._require_open()
-        encoded = self.session.encode(x)
-        try:
-            return self.step(encoded)
-        except BaseException:  # refused, or failed in the backend (StepFailed, Ctrl-C): the state is unchanged
-            self.session._undo_encode()
-            raise
+        logits, frames = self.session._step_raw(x)  # the encoder and the live session step together or not at all
+        self.observe(frames)
+        return logits
 
     def observe(self, x: np.ndarray) -> None:
         """Keep one frame per stream (``[streams, *frame]``) in the ring buffer without stepping the live session."""

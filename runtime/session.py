@@ -89,7 +89,6 @@ class StreamSession:
         self.encoding = Encoding.from_dict(contract.input.encoding)  # validated with the contract
         self.raw_shape = self.frame_shape if self.encoding.kind == "none" else (self.encoding.channels,)
         self._encoder = self.encoding.stream()  # per-stream state of step_raw (the delta encoding's levels)
-        self._encoder_before = self._encoder.snapshot()
         self._initial = {s.name: s.initial(1)[0] for s in contract.states}
         self._lock, self._closed = threading.Lock(), False
         self.steps = 0
@@ -121,33 +120,40 @@ class StreamSession:
         """One time step of raw samples ``[streams, *raw_shape]`` for a model trained with an input encoding (``--encoding``:
         an IMU's or any analog sensor's channels), encoded here with the code training used, per stream (the delta
         encoding's reference levels are state: a stream's first step, and its first after :meth:`reset`, sets them);
-        returns logits as :meth:`step`. A model without an encoding takes its frames as given."""
-        encoded = self.encode(x)
-        try:
-            return self.step(encoded)
-        except BaseException:  # refused, or failed in the backend (StepFailed, Ctrl-C): the state is unchanged
-            self._undo_encode()
-            raise
+        returns logits as :meth:`step`. A model without an encoding takes its frames as given. The encoder and the model
+        step together or not at all (a refused sample or step, a backend failure, a call from another thread)."""
+        return self._step_raw(x)[0]
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        """Raw samples ``[streams, *raw_shape]`` -> the frames the graph takes, moving each stream's encoder on by one step
-        (what :meth:`step_raw` steps with; refused input leaves the encoder as it was)."""
+    def _step_raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step_raw`, returning the logits and the encoded frames; one hold of the session from encoding to step."""
         x = validate_frames(x, self.streams, self.raw_shape)
         self._enter()
         try:
-            self._encoder_before = self._encoder.snapshot()
+            before = self._encoder.snapshot()
+            try:
+                frames = self._encoder.step(x)
+            except EncodingError as exc:
+                raise RuntimeInputError(str(exc)) from None
+            try:
+                np.copyto(self.backend.x, frames)
+                return self._step_checked(), frames
+            except BaseException:  # refused, or failed in the backend (StepFailed, Ctrl-C): the state is unchanged
+                self._encoder.restore(before)
+                raise
+        finally:
+            self._lock.release()
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """Raw samples ``[streams, *raw_shape]`` -> the frames the graph takes, moving each stream's encoder on by one step
+        (refused input leaves the encoder as it was; a later :meth:`step` of these frames that is refused does not move
+        it back: :meth:`step_raw` does both as one)."""
+        x = validate_frames(x, self.streams, self.raw_shape)
+        self._enter()
+        try:
             try:
                 return self._encoder.step(x)
             except EncodingError as exc:
                 raise RuntimeInputError(str(exc)) from None
-        finally:
-            self._lock.release()
-
-    def _undo_encode(self) -> None:
-        """The encoder back to before the last :meth:`encode` (its step was refused)."""
-        self._enter()
-        try:
-            self._encoder.restore(self._encoder_before)
         finally:
             self._lock.release()
 

@@ -309,3 +309,73 @@ def test_a_step_that_fails_in_the_backend_leaves_the_encoder_as_it_was(encoded_m
                 assert all(np.array_equal(after[k], state[k]) for k in state)
                 assert _same_encoder(live._encoder.snapshot(), before)  # the encoder did not move on without the model
         assert learner._seen.tolist() == [3, 3]
+
+
+class _Intruder:
+    """The session's lock, plus another thread that takes the session as soon as step_raw lets it go after encoding its
+    sample but before the model has stepped (what a thread calling get_state or predict can do at any time)."""
+
+    def __init__(self, sess):
+        import threading
+
+        self.sess, self.lock, self.encoded, self.stepped = sess, sess._lock, False, False
+        self.holding, self.leave, self.threading = threading.Event(), threading.Event(), threading
+        encoder_step, backend_step = sess._encoder.step, sess.backend.step
+
+        def on_encode(x):
+            out = encoder_step(x)
+            self.encoded = True
+            return out
+
+        def on_step():
+            backend_step()
+            self.stepped = True
+        sess._encoder.step, sess.backend.step = on_encode, on_step
+
+    def acquire(self, blocking=True):
+        return self.lock.acquire(blocking)
+
+    def release(self):
+        self.lock.release()
+        if self.encoded and not self.stepped and not self.holding.is_set():
+            def other():
+                with self.lock:
+                    self.holding.set()
+                    self.leave.wait(10)
+            self.thread = self.threading.Thread(target=other)
+            self.thread.start()
+            self.holding.wait(10)
+
+    def done(self):
+        self.leave.set()
+        if self.holding.is_set():
+            self.thread.join(10)
+        self.sess._lock = self.lock
+        del self.sess._encoder.step, self.sess.backend.step
+
+
+def test_another_thread_between_encoding_and_step_cannot_split_step_raw(encoded_model):
+    """A call from another thread while step_raw runs is refused, and step_raw does both (encoder and model) or neither:
+    never the encoder moved on with the model not stepped (the next samples' delta counts would then be off)."""
+    from fptt_edge.runtime import RuntimeInputError, open_session
+    from fptt_edge.runtime.learner import open_learner
+
+    model = encoded_model / "run" / "model.onnx"
+    x = np.load(encoded_model / "te.npz")["x"][:2, :6]
+    with open_session(model, streams=2) as sess, open_learner(model, store=False, streams=2) as learner:
+        for owner, live in ((sess, sess), (learner, learner.session)):
+            for t in range(3):
+                owner.step_raw(x[:, t])
+            before, state = live._encoder.snapshot(), live.get_state()
+            intruder = _Intruder(live)
+            live._lock = intruder
+            try:
+                owner.step_raw(x[:, 3])
+                refused = False
+            except RuntimeInputError:
+                refused = True
+            finally:
+                intruder.done()
+            after = live.get_state()
+            moved = not all(np.array_equal(after[k], state[k]) for k in state)
+            assert moved != refused and _same_encoder(live._encoder.snapshot(), before) == refused  # both or neither

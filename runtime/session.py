@@ -121,7 +121,8 @@ class StreamSession:
         an IMU's or any analog sensor's channels), encoded here with the code training used, per stream (the delta
         encoding's reference levels are state: a stream's first step, and its first after :meth:`reset`, sets them);
         returns logits as :meth:`step`. A model without an encoding takes its frames as given. The encoder and the model
-        step together or not at all (a refused sample or step, a backend failure, a call from another thread)."""
+        step together or not at all (a refused sample or step, a backend failure, a call from another thread).
+        :meth:`step` does not move the encoder, and :meth:`get_state`/:meth:`set_state` do not hold its levels."""
         return self._step_raw(x)[0]
 
     def _step_raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

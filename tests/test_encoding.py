@@ -3,6 +3,7 @@ untrusted metadata, the same frames on the training side and in the device runti
 synthetic accelerometer gesture set that FPTT learns only through an encoding."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -284,18 +285,30 @@ def _same_encoder(a, b) -> bool:
     return all((p is None and q is None) or (p is not None and q is not None and np.array_equal(p, q)) for p, q in zip(a, b))
 
 
-def test_a_step_that_fails_in_the_backend_leaves_the_encoder_as_it_was(encoded_model):
-    """StepFailed (ONNX Runtime could not run the step: 'state unchanged') or Ctrl-C during the step: step_raw, on the
-    session and on the learner, leaves the encoder where it was too, so the sample can be given again."""
-    from fptt_edge.runtime import StepFailed, open_session
+@contextlib.contextmanager
+def _stepped_session_and_learner(encoded_model, steps: int = 3):
+    """A 2-stream session and learner on the encoded model, each stepped ``steps`` raw samples: ``(x, [(owner, live
+    session), ...])`` for step_raw on each owner."""
+    from fptt_edge.runtime import open_session
     from fptt_edge.runtime.learner import open_learner
 
     model = encoded_model / "run" / "model.onnx"
     x = np.load(encoded_model / "te.npz")["x"][:2, :6]
     with open_session(model, streams=2) as sess, open_learner(model, store=False, streams=2) as learner:
-        for owner, live in ((sess, sess), (learner, learner.session)):
-            for t in range(3):
+        owners = [(sess, sess), (learner, learner.session)]
+        for owner, _ in owners:
+            for t in range(steps):
                 owner.step_raw(x[:, t])
+        yield x, owners
+
+
+def test_a_step_that_fails_in_the_backend_leaves_the_encoder_as_it_was(encoded_model):
+    """StepFailed (ONNX Runtime could not run the step: 'state unchanged') or Ctrl-C during the step: step_raw, on the
+    session and on the learner, leaves the encoder where it was too, so the sample can be given again."""
+    from fptt_edge.runtime import StepFailed
+
+    with _stepped_session_and_learner(encoded_model) as (x, owners):
+        for owner, live in owners:
             for failure in (StepFailed("ONNX Runtime could not run the step; state unchanged"), KeyboardInterrupt()):
                 before, state = live._encoder.snapshot(), live.get_state()
 
@@ -308,7 +321,7 @@ def test_a_step_that_fails_in_the_backend_leaves_the_encoder_as_it_was(encoded_m
                 after = live.get_state()
                 assert all(np.array_equal(after[k], state[k]) for k in state)
                 assert _same_encoder(live._encoder.snapshot(), before)  # the encoder did not move on without the model
-        assert learner._seen.tolist() == [3, 3]
+        assert owners[1][0]._seen.tolist() == [3, 3]
 
 
 class _Intruder:
@@ -357,15 +370,10 @@ class _Intruder:
 def test_another_thread_between_encoding_and_step_cannot_split_step_raw(encoded_model):
     """A call from another thread while step_raw runs is refused, and step_raw does both (encoder and model) or neither:
     never the encoder moved on with the model not stepped (the next samples' delta counts would then be off)."""
-    from fptt_edge.runtime import RuntimeInputError, open_session
-    from fptt_edge.runtime.learner import open_learner
+    from fptt_edge.runtime import RuntimeInputError
 
-    model = encoded_model / "run" / "model.onnx"
-    x = np.load(encoded_model / "te.npz")["x"][:2, :6]
-    with open_session(model, streams=2) as sess, open_learner(model, store=False, streams=2) as learner:
-        for owner, live in ((sess, sess), (learner, learner.session)):
-            for t in range(3):
-                owner.step_raw(x[:, t])
+    with _stepped_session_and_learner(encoded_model) as (x, owners):
+        for owner, live in owners:
             before, state = live._encoder.snapshot(), live.get_state()
             intruder = _Intruder(live)
             live._lock = intruder

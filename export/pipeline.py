@@ -41,6 +41,15 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+SHIPPED_WITHOUT = ("path", "test_path")  # where the training data lay on the workstation: not shipped to devices
+
+
+def shipped_source(input_spec: dict) -> dict:
+    """The training input spec as the exported model records it: what the data are (task, binning, encoding, the
+    file's name), not where they lay (absolute paths on the machine that trained it)."""
+    return {k: v for k, v in dict(input_spec).items() if k not in SHIPPED_WITHOUT}
+
+
 def build_contract(net: LTCNetwork, payload: dict, sha256: str, batch: int | None, opset: int, param_map: dict) -> StepContract:
     """The metadata contract; initial values come from the model's own deterministic initial state."""
     b = batch or "batch"
@@ -52,7 +61,7 @@ def build_contract(net: LTCNetwork, payload: dict, sha256: str, batch: int | Non
         states.append(StateSpec(name, name + OUTPUT_SUFFIX, (b, *tensor.shape[1:]), float(values.item())))
     classes = payload.get("class_names") or [str(i) for i in range(net.config.num_classes)]
     return StepContract(
-        input=InputSpec(INPUT_NAME, (b, *net.config.input_shape), source=dict(payload.get("input_spec") or {}),
+        input=InputSpec(INPUT_NAME, (b, *net.config.input_shape), source=shipped_source(payload.get("input_spec") or {}),
                         encoding=dict((payload.get("input_spec") or {}).get("encoding") or {})),
         logits=LOGITS_NAME, states=tuple(states), class_names=tuple(classes), model_config=net.config.to_dict(),
         checkpoint_sha256=sha256,
@@ -238,4 +247,4 @@ def _run_checks(net, ds, model, model_bytes, batch, n_streams, steps, precision_
     sub = ds.take(precision_samples)
     log(f"precision: FP16 emulation over {len(sub)} sequences ...")
     precision = emulate_fp16(net, sub.x, sub.y, sub.lengths, model)
-    return parity, precision, {k: v for k, v in ds.input_spec.items() if k != "path"} | {"sequences": len(ds)}
+    return parity, precision, shipped_source(ds.input_spec) | {"sequences": len(ds)}

@@ -387,3 +387,20 @@ def test_another_thread_between_encoding_and_step_cannot_split_step_raw(encoded_
             after = live.get_state()
             moved = not all(np.array_equal(after[k], state[k]) for k in state)
             assert moved != refused and _same_encoder(live._encoder.snapshot(), before) == refused  # both or neither
+
+
+def test_exported_files_do_not_carry_the_workstations_data_paths(encoded_model):
+    """The checkpoint records where its data lay (for its own error messages); the model shipped to a device, its train
+    graph and the export report record what the data are (task, encoding, the file's name), not the absolute paths."""
+    import onnx
+
+    run = encoded_model / "run"
+    payload = torch.load(run / "model.pt", weights_only=True)
+    assert str(encoded_model) in payload["input_spec"]["path"]  # not vacuous: the checkpoint has them
+    for name in ("model.onnx", "model.train.onnx"):
+        props = {p.key: p.value for p in onnx.load(str(run / name), load_external_data=False).metadata_props}
+        assert not [k for k, v in props.items() if str(encoded_model) in v], name
+    source = json.loads(next(p.value for p in onnx.load(str(run / "model.onnx")).metadata_props if p.key == "fptt_edge.input"))["source"]
+    assert source["file"] == "tr.npz" and source["encoding"]["kind"] == "standardize+delta"
+    report = (run / "model.report.json").read_text()  # the workstation's record: it names the files the user gave export
+    assert str(encoded_model / "tr.npz") not in report and str(encoded_model / "te.npz") not in report

@@ -510,7 +510,7 @@ def test_adapt_says_when_every_rollback_was_forgetting(exported, tmp_path):
                 logits = session.step(frame[None])
             own[i] = int(logits.argmax())
     np.savez(tmp_path / "guard.npz", x=gx, y=own)
-    x, _ = digits(24, offset=340)
+    x, _ = digits(20, offset=340)  # the last 20 of the test digits
     np.savez(tmp_path / "new.npz", x=x, y=np.random.default_rng(0).integers(0, 10, len(x)))
     args = ["adapt", str(model), "--data", str(tmp_path / "new.npz"), "--guard", str(tmp_path / "guard.npz"), "--holdout", "0",
             "--lr", "0.05", "--check-every", "20", "--epochs", "2"]

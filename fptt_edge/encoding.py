@@ -125,17 +125,28 @@ class Encoding:
         parts = []
         with np.errstate(over="ignore", invalid="ignore"):  # refused below, in one line
             if "standardize" in self.kind:
-                parts.append((x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32))
+                parts.append(self._standardized(x))
             if "delta" in self.kind:
                 parts.extend(self._delta(x))
-        out = np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
+        return self._checked(np.concatenate(parts, axis=-1))
+
+    def _standardized(self, x: np.ndarray) -> np.ndarray:
+        return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+    def _threshold(self) -> np.ndarray:
+        """The delta encoding's level spacing per channel, ``threshold * std_c`` (float32)."""
+        return (np.asarray(self.std, np.float32) * np.float32(self.threshold)).astype(np.float32)
+
+    def _checked(self, out: np.ndarray) -> np.ndarray:
+        """``out`` as float32, refused in one line where the encoding made it non-finite."""
+        out = out.astype(np.float32, copy=False)
         if not np.isfinite(out).all():
             raise EncodingError(f"the {self.kind} encoding gives non-finite values on these steps (non-finite raw values, or values "
                                 "so far from the training data's mean that they overflow float32)")
         return out
 
     def _delta(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        thr = (np.asarray(self.std, np.float32) * np.float32(self.threshold)).astype(np.float32)
+        thr = self._threshold()
         on = np.zeros_like(x)
         off = np.zeros_like(x)
         ref = x[..., 0, :].copy()
@@ -162,22 +173,26 @@ class EncodingStream:
     """Causal step-by-step encoding: ``step(x_t)`` with ``x_t`` ``[..., C]`` (one row per stream).
 
     The delta encoding's reference levels are state: a stream's first step sets its levels and emits no
-    crossings. ``reset(row)`` makes one stream start over (a new recording on it); ``reset()`` all."""
+    crossings. ``reset(row)`` makes one stream start over (a new recording on it); ``reset()`` all.
+    The state arrays are replaced, never changed in place, so a :meth:`snapshot` costs no copy."""
 
     def __init__(self, encoding: Encoding):
         self.encoding = encoding
         self.ref: np.ndarray | None = None  # [..., C] reference levels (delta), set by the first step
         self.fresh: np.ndarray | None = None  # [...] rows whose next step starts a sequence
+        self._thr = encoding._threshold()  # made once, not per step
 
     def reset(self, row: int | None = None) -> None:
         if row is None or self.fresh is None:
             self.ref = self.fresh = None
         else:
-            self.fresh[row] = True
+            fresh = self.fresh.copy()
+            fresh[row] = True
+            self.fresh = fresh
 
     def snapshot(self) -> tuple:
         """The state, for :meth:`restore` (a step that the caller then refuses must not move the levels)."""
-        return (None if self.ref is None else self.ref.copy(), None if self.fresh is None else self.fresh.copy())
+        return self.ref, self.fresh
 
     def restore(self, state: tuple) -> None:
         self.ref, self.fresh = state
@@ -193,23 +208,19 @@ class EncodingStream:
         parts = []
         with np.errstate(over="ignore", invalid="ignore"):  # refused below, in one line
             if "standardize" in enc.kind:
-                parts.append((xt - np.asarray(enc.mean, np.float32)) / np.asarray(enc.std, np.float32))
+                parts.append(enc._standardized(xt))
             if "delta" in enc.kind:
                 if self.ref is None or self.fresh is None:
                     ref, fresh = xt.copy(), np.zeros(xt.shape[:-1], bool)
                     on, off = np.zeros_like(xt), np.zeros_like(xt)
                 else:
-                    thr = (np.asarray(enc.std, np.float32) * np.float32(enc.threshold)).astype(np.float32)
-                    on, off, ref = _crossings(xt, self.ref, thr)
+                    on, off, ref = _crossings(xt, self.ref, self._thr)
                     fresh = self.fresh
                     if fresh.any():  # a stream that starts over: its first step, as above
                         on[fresh], off[fresh], ref[fresh] = 0, 0, xt[fresh]
                         fresh = np.zeros_like(fresh)
                 parts.extend((on, off))
-        out = np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
-        if not np.isfinite(out).all():
-            raise EncodingError(f"the {enc.kind} encoding gives non-finite values on this step (non-finite raw values, or values so "
-                                "far from the training data's mean that they overflow float32)")
+        out = enc._checked(np.concatenate(parts, axis=-1))
         if "delta" in enc.kind:
             self.ref, self.fresh = ref, fresh
         return out

@@ -144,20 +144,6 @@ class StreamSession:
         finally:
             self._lock.release()
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        """Raw samples ``[streams, *raw_shape]`` -> the frames the graph takes, moving each stream's encoder on by one step
-        (refused input leaves the encoder as it was; a later :meth:`step` of these frames that is refused does not move
-        it back: :meth:`step_raw` does both as one)."""
-        x = validate_frames(x, self.streams, self.raw_shape)
-        self._enter()
-        try:
-            try:
-                return self._encoder.step(x)
-            except EncodingError as exc:
-                raise RuntimeInputError(str(exc)) from None
-        finally:
-            self._lock.release()
-
     def step_buffered(self) -> np.ndarray:
         """:meth:`step` on the input already in the backend's input buffer (a front end filled it in place)."""
         self._enter()

@@ -235,7 +235,7 @@ def _fit(model_config, cfg, train, test, val, out, resume, ctx: DistContext, pro
 
     def save_resume(epoch, batch, sums, draws, elapsed):
         prog = {"epoch": epoch, "batch": batch, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": int(sums[2]),
-                "generator": draws.get_state(), "elapsed": elapsed, "grad_stats": trainer.grad_stats.tolist() if batch else [0.0] * 4}
+                "generator": draws.get_state(), "elapsed": elapsed, "grad_stats": trainer.grad_stats.tolist() if batch else [0.0] * gradstats.SIZE}
         save_checkpoint(resume_path, {"kind": "resume", **meta, "training_config": cfg.to_dict(), "state_dict": _own_tensors(model),
                                       "trainer": trainer.state_dict(), "progress": prog, "history": history, "data": data,
                                       **({"selected_state": best_state} if best_state is not None else {}),

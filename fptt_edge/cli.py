@@ -453,8 +453,11 @@ def backend_option(fn):
 @main.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--events", "events_path", type=click.Path(dir_okay=False), help="Event file: .bs2 (N-MNIST), .aedat (AEDAT 3.1), .npy (tonic).")
-@click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="DVS128 Gesture labels CSV: stream each labelled segment.")
-@click.option("--npz", "npz_path", type=click.Path(dir_okay=False), help=".npz with x [N, T, *frame] (and optional y).")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
+              help="Labels CSV (class, start and end in us; DVS128 Gesture's): stream each labelled segment of --events, or score --continuous.")
+@click.option("--npz", "npz_path", type=click.Path(dir_okay=False),
+              help=".npz with x [N, T, *frame] (raw samples [N, T, C] for a model trained with --encoding) and optional y; with --continuous "
+                   "one recording x [T, ...] and optional sample times t [T] (us).")
 @backend_option
 @click.option("--sparse-input", is_flag=True,
               help="Event-driven first layer: gather-sum over active inputs (dense first layer) or a scatter of changed pixels (conv first layer).")
@@ -465,10 +468,12 @@ def backend_option(fn):
               help="Check MODEL's graph and weights against the checksum written at export (--no-verify for graphs edited on purpose).")
 @click.option("--factory", is_flag=True, help="Run the shipped weights, ignoring adapted generations in MODEL.adapted/.")
 @click.option("--continuous", is_flag=True,
-              help="--events as one live stream: fixed frame windows, no resets, a decision rule emits gestures (start, class, confidence); "
-                   "with --labels, scored against the segments (accuracy, detection delay, false alarms per minute).")
+              help="The recording as one live stream, no resets (--events: fixed frame windows; --npz: one step per sample), a decision "
+                   "rule emits gestures (start, class, confidence); with --labels, scored against the segments (accuracy, detection "
+                   "delay, false alarms per minute).")
 @click.option("--window-ms", type=FiniteFloat(min=0, max=3.6e6, min_open=True),
-              help="--continuous: frame window (default: the step span the model trained with; at most an hour).")
+              help="--continuous: frame window of --events, or sample period of an --npz without t (default: the step span the model "
+                   "trained with; at most an hour).")
 @click.option("--smooth", type=click.IntRange(1), default=3, show_default=True, help="--continuous: steps of probability smoothing.")
 @click.option("--threshold", type=FiniteFloat(0, 1, min_open=True), default=0.5, show_default=True,
               help="--continuous: smoothed class probability that starts a gesture (it ends below half of it).")
@@ -488,8 +493,6 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
 
     if (events_path is None) == (npz_path is None):
         raise UserError("give exactly one of --events FILE or --npz FILE")
-    if continuous and events_path is None:
-        raise UserError("--continuous recognises gestures in an event recording: give --events FILE")
     _refuse_unused_run_options(labels_path, events_path, continuous)
     contract = contract_for(Path(model_path))
     if not continuous:
@@ -515,15 +518,16 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
         sess = open_session(model_path, backend, streams=1, contract=contract, verify=verify, initializers=weights)
     classes = contract.class_names
     if continuous:
-        from .runtime.recognition import DecisionRule, recognise_events
+        from .runtime.recognition import DecisionRule, recognise_events, recognise_samples
 
         def emitted(g) -> None:
             click.echo(f"{g.start_us / 1e6:9.3f} s  {g.name} (confidence {g.confidence:.2f}, detected at {g.detect_us / 1e6:.3f} s)")
 
         rule = DecisionRule(window=smooth, threshold=threshold, hold=hold)
+        recognise_recording = recognise_events if events_path is not None else recognise_samples
         with sess:
-            result = recognise_events(sess, contract, events_path, labels_path, None if window_ms is None else max(1, round(window_ms * 1000)),
-                                      rule, None if as_json else emitted)
+            result = recognise_recording(sess, contract, events_path or npz_path, labels_path,
+                                         None if window_ms is None else max(1, round(window_ms * 1000)), rule, None if as_json else emitted)
         click.echo(json.dumps({"model": str(model_path), "weights": weights_from, "backend": "ort+sparse-input" if sparse_input else backend,
                                **_front_end(sess), **result}, indent=2))
         return
@@ -546,15 +550,16 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
 
 
 def _refuse_unused_run_options(labels_path, events_path, continuous) -> None:
-    """``run`` options that would be silently ignored: --labels without --events, the decision rule's without --continuous."""
-    if labels_path is not None and events_path is None:
-        raise UserError("--labels labels the segments of --events FILE; an --npz file carries its labels as y")
-    if not continuous:
-        ctx = click.get_current_context()
-        given = [f"--{name.replace('_', '-')}" for name in ("window_ms", "smooth", "threshold", "hold")
-                 if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
-        if given:
-            raise UserError(f"{', '.join(given)} apply to --continuous only")
+    """``run`` options that would be silently ignored: --labels on recordings an --npz labels as y, the decision rule's
+    without --continuous, those of recordings streamed one by one with it."""
+    if labels_path is not None and events_path is None and not continuous:
+        raise UserError("--labels labels the segments of --events FILE or scores --continuous; an --npz file of recordings carries its labels as y")
+    ctx = click.get_current_context()
+    unused = ("every", "no_reset") if continuous else ("window_ms", "smooth", "threshold", "hold")
+    given = [f"--{name.replace('_', '-')}" for name in unused if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
+    if given:
+        raise UserError(f"{', '.join(given)} apply to recordings streamed one by one, not to --continuous" if continuous
+                        else f"{', '.join(given)} apply to --continuous only")
 
 
 def _front_end(sess) -> dict:

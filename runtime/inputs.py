@@ -1,4 +1,5 @@
-"""Recordings to stream: event files (binned with the model's recorded binning) or an ``.npz`` of frames."""
+"""Recordings to stream: event files (binned with the model's recorded binning) or an ``.npz`` of frames (or raw samples),
+or one continuous ``.npz`` recording."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -87,6 +88,43 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
     if lengths is not None:  # variable-length recordings, zero padded to T: each is cut to its own length
         steps = [int(n) for n in checked_lengths(lengths, len(x), x.shape[1], path, RuntimeInputError)]
     return [Recording(f"{Path(path).name}[{i}]", x[i, :steps[i]], None if y is None else int(y[i])) for i in range(len(x))]
+
+
+def continuous_from_npz(path, contract: StepContract) -> tuple[np.ndarray, np.ndarray | None]:
+    """``run --npz REC --continuous``: one continuous recording (an IMU's or any sensor's), never cut into pieces.
+
+    ``x`` float32 ``[T, *input]`` (or ``[1, T, *input]``): raw samples ``[T, C]`` for a model that records an
+    input encoding, frames otherwise; optional ``t`` ``[T]`` integer sample times in µs, strictly increasing.
+    Its labels are time segments (``--labels``), so ``y`` and ``lengths``, which label and cut whole
+    recordings, are refused. Returns ``x`` and ``t`` (int64, or None)."""
+    arrays = read_npz(path, RuntimeInputError)
+    if "x" not in arrays:
+        raise RuntimeInputError(f"{path}: not a usable .npz with an 'x' array (have {sorted(arrays)[:10]})")
+    whole = sorted({"y", "lengths"} & set(arrays))
+    if whole:
+        raise RuntimeInputError(f"{path}: {' and '.join(whole)} describe{'' if len(whole) > 1 else 's'} separate recordings; a continuous "
+                                "recording is one stream, labelled by time segments (--labels CSV): drop it, or stream the recordings "
+                                "without --continuous")
+    encoding = Encoding.from_dict(contract.input.encoding)  # validated with the contract
+    shape = contract.input.frame_shape if encoding.kind == "none" else (encoding.channels,)
+    x = arrays["x"]
+    if x.ndim == len(shape) + 2 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != len(shape) + 1 or x.shape[1:] != shape or len(x) == 0:
+        what = "raw samples" if encoding.kind != "none" else "frames"
+        raise RuntimeInputError(f"{path}: x has shape {x.shape}; a continuous recording for this model is {what} [T >= 1, {', '.join(map(str, shape))}]")
+    x = float32_x(x, f"{path}: field 'x'", RuntimeInputError)
+    t = arrays.get("t")
+    if t is None:
+        return x, None
+    if t.shape != (len(x),) or t.dtype.kind not in "iu":
+        raise RuntimeInputError(f"{path}: t must be [T = {len(x)}] integer sample times (us), got {t.dtype} {list(t.shape)}")
+    if t.dtype.kind == "u" and len(t) and int(t.max()) > np.iinfo(np.int64).max:
+        raise RuntimeInputError(f"{path}: t holds sample times beyond the int64 microsecond range")
+    t = t.astype(np.int64)
+    if not (t[1:] > t[:-1]).all():
+        raise RuntimeInputError(f"{path}: t must be strictly increasing sample times (us)")
+    return x, t
 
 
 def from_contract_source(contract: StepContract, path, limit: int | None = 20) -> list[Recording]:

@@ -232,9 +232,11 @@ def window_frames(events: np.ndarray, binner: FrameBinner, window_us: int, start
 
 
 def recognise(session, frames: np.ndarray, starts: np.ndarray, window_us: int, rule: DecisionRule = DecisionRule(),
-              on_event=None) -> dict:
+              on_event=None, ends: np.ndarray | None = None, step=None) -> dict:
     """Step ``frames`` through a one-stream ``session`` (no resets) and apply ``rule``.
 
+    Step ``i`` covers ``[starts[i], ends[i])`` (default ``ends = starts + window_us``). ``step`` is what
+    takes one ``[1, *frame]`` input (default ``session.step``; ``session.step_raw`` for raw samples).
     Returns ``gestures`` (dicts), ``steps``, ``window_us``, ``duration_s`` and ``latency_us``
     (p50/p90/p99 per step, µs); ``on_event(gesture)`` is called as each gesture is emitted."""
     if session.streams != 1:
@@ -245,16 +247,23 @@ def recognise(session, frames: np.ndarray, starts: np.ndarray, window_us: int, r
     if not (isinstance(starts, np.ndarray) and starts.shape == (len(frames),) and np.issubdtype(starts.dtype, np.integer)):
         raise RuntimeInputError(f"starts must be {len(frames)} integer window starts (us), one per frame, got "
                                 f"{getattr(starts, 'dtype', type(starts).__name__)} {list(getattr(starts, 'shape', ()))}")
+    starts = starts.astype(np.int64)
+    if ends is None:  # windows past the int64 range are refused below
+        ends = starts + window_us if not len(starts) or int(starts.max()) <= INT64_MAX - window_us else None
+    if not (isinstance(ends, np.ndarray) and ends.shape == starts.shape and np.issubdtype(ends.dtype, np.integer)
+            and (ends > starts).all()):
+        raise RuntimeInputError(f"ends must be {len(frames)} integer step ends (us), each after its step's start")
+    step = session.step if step is None else step
     rec = Recognizer(session.contract.class_names, rule)
     latencies = np.empty(len(frames))
     for i, frame in enumerate(frames):
         t0 = time.perf_counter_ns()
-        logits = session.step(frame[None])
+        logits = step(frame[None])
         latencies[i] = time.perf_counter_ns() - t0
-        event = rec.update(logits[0], int(starts[i]), int(starts[i]) + window_us)
+        event = rec.update(logits[0], int(starts[i]), int(ends[i]))
         if event is not None and on_event is not None:
             on_event(event)
-    end = int(starts[-1]) + window_us if len(starts) else 0
+    end = int(ends[-1]) if len(ends) else 0
     gestures = rec.finish(end)
     us = latencies / 1e3
     return {"steps": len(frames), "window_us": int(window_us), "duration_s": (end - int(starts[0])) / 1e6 if len(starts) else 0.0,
@@ -326,6 +335,59 @@ def recognise_events(session, contract, events_path, labels_path=None, window_us
     segs = None if labels_path is None else labelled_segments(labels_path, contract)  # refused before any step
     frames, starts = window_frames(read_events(events_path), binner, window)
     out = recognise(session, frames, starts, window, rule, on_event)
+    if segs is not None:
+        out["score"] = score(out["gestures"], segs, out["duration_s"], grace_us)
+    return out
+
+
+def sample_spans(t: np.ndarray | None, n: int, window_us: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each step's ``[start, end)`` (µs) in a recording of ``n`` samples, and its typical span. With sample
+    times ``t`` a step lasts until the next sample, the last one the median interval; without, steps are
+    consecutive windows of ``window_us`` from 0."""
+    if t is None:
+        if window_us is None:
+            raise RuntimeInputError("the recording has no sample times (t [T], us) and the model records no step span: "
+                                    "give the sample period (--window-ms)")
+        window_us = _whole_us(window_us, "the sample period", 1)
+        if n * window_us > INT64_MAX:
+            raise RuntimeInputError(f"{n:,} samples of {window_us} us run past the int64 microsecond range: choose a smaller period")
+        starts = np.arange(n, dtype=np.int64) * window_us
+        return starts, starts + window_us, window_us
+    if len(t) < 2:
+        raise RuntimeInputError("a recording with sample times (t) needs at least 2 samples to have a sample period")
+    period = max(1, int(np.median(np.diff(t.astype(np.float64)))))
+    if int(t[-1]) > INT64_MAX - period:
+        raise RuntimeInputError("the recording's last sample time is at the end of the int64 microsecond range")
+    return t, np.append(t[1:], int(t[-1]) + period), period
+
+
+def recognise_samples(session, contract, npz_path, labels_path=None, window_us: int | None = None, rule: DecisionRule = DecisionRule(),
+                      on_event=None, grace_us: int = 0) -> dict:
+    """``fptt-edge run --npz REC --continuous``: one continuous recording of samples (an IMU's, any analog
+    sensor's; frames for a model without an input encoding) stepped one sample per step, never reset, the
+    decision rule on the logits, and with ``labels_path`` (a labels CSV: class, start and end in µs) the
+    :func:`score`. Raw samples go through ``session.step_raw``: encoded per step as a live sensor's are, and
+    the latency figures include the encoding. Times come from the file's ``t``, else consecutive sample
+    periods of ``window_us`` (default: the step span the model records, if any)."""
+    from ..encoding import Encoding, EncodingError
+    from .inputs import continuous_from_npz, labelled_segments
+
+    x, t = continuous_from_npz(npz_path, contract)
+    if t is not None and window_us is not None:
+        raise RuntimeInputError(f"{npz_path} has its own sample times (t); a sample period (--window-ms) applies to a recording without them")
+    starts, ends, period = sample_spans(t, len(x), window_us if window_us is not None or t is not None
+                                        else default_window_us(contract.input.source))
+    segs = None if labels_path is None else labelled_segments(labels_path, contract)  # refused before any step
+    encoding = Encoding.from_dict(contract.input.encoding)
+    raw = encoding.kind != "none" and hasattr(session, "step_raw")
+    if encoding.kind != "none" and not raw:  # a session without step_raw (an event-driven front end): encoded whole, the same frames
+        try:
+            x = encoding.encode(x[None])[0]
+        except EncodingError as exc:
+            raise RuntimeInputError(f"{npz_path}: field 'x': {exc}") from None
+    out = recognise(session, x, starts, period, rule, on_event, ends=ends, step=session.step_raw if raw else None)
+    out["input"] = f"raw samples, encoded per step ({encoding.kind})" if raw else "frames" if encoding.kind == "none" else \
+        f"raw samples, encoded whole ({encoding.kind})"
     if segs is not None:
         out["score"] = score(out["gestures"], segs, out["duration_s"], grace_us)
     return out

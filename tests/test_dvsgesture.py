@@ -283,5 +283,5 @@ def test_train_export_and_run_on_gesture_recordings(gesture_root, tmp_path):
     assert cont["score"]["missed"] + cont["score"]["detected"] == 4 and all(g["label"] in range(11) for g in cont["gestures"])
     res = runner.invoke(main, ["run", onnx, "--events", f"{rec}.aedat", "--continuous", "--window-ms", "50", "--threshold", "0.1"])
     assert res.exit_code == 0 and '"window_us": 50000' in res.output and '"score"' not in res.output, res.output
-    res = runner.invoke(main, ["run", onnx, "--npz", str(tmp_path / "x.npz"), "--continuous"])
-    assert res.exit_code == 2 and "--continuous recognises gestures in an event recording" in res.output
+    res = runner.invoke(main, ["run", onnx, "--events", f"{rec}.aedat", "--continuous", "--every", "3", "--no-reset"])
+    assert res.exit_code == 2 and "--every, --no-reset apply to recordings streamed one by one, not to --continuous" in res.output

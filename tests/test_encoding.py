@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from fptt_edge.cli import main
 from fptt_edge.contract import ContractError, StepContract
 from fptt_edge.data import tasks
-from fptt_edge.data.gestures import synthetic_gestures, write_npz
+from fptt_edge.data.gestures import synthetic_gesture_stream, synthetic_gestures, write_npz
 from fptt_edge.data.tasks import encode_dataset, fit_encoding, load_task
 from fptt_edge.encoding import Encoding, EncodingError
 
@@ -404,3 +404,52 @@ def test_exported_files_do_not_carry_the_workstations_data_paths(encoded_model):
     assert source["file"] == "tr.npz" and source["encoding"]["kind"] == "standardize+delta"
     report = (run / "model.report.json").read_text()  # the workstation's record: it names the files the user gave export
     assert str(encoded_model / "tr.npz") not in report and str(encoded_model / "te.npz") not in report
+
+
+def _continuous_recording(folder, with_times: bool = True):
+    """A synthetic IMU recording of 6 gestures with rests between them (``rec.npz``: raw x [T, 1], t) and its labels CSV."""
+    stream = synthetic_gesture_stream(6, steps=24, classes=3, seed=5)
+    np.savez(folder / "rec.npz", x=stream["x"], **({"t": stream["t"]} if with_times else {}))
+    rows = "".join(f"{c},{a},{b}\n" for c, a, b in stream["segments"])
+    (folder / "labels.csv").write_text("class,startTime_usec,endTime_usec\n" + rows)
+    return stream
+
+
+def test_a_continuous_raw_recording_is_recognised_as_its_whole_encoding_is(encoded_model, tmp_path):
+    """``run --npz REC --continuous`` on an analog model: each raw sample goes through step_raw (encoded per step,
+    never reset), and the gestures are those of the recording encoded whole by Encoding.encode and stepped as
+    frames, at the times the file gives (a step lasts until the next sample); scored against the labelled windows."""
+    from fptt_edge.runtime import open_session
+    from fptt_edge.runtime.recognition import DecisionRule, recognise, recognise_samples, score
+
+    stream = _continuous_recording(tmp_path)
+    rule = DecisionRule(window=2, threshold=0.4, hold=1)  # fires on this barely trained model
+    model = encoded_model / "run" / "model.onnx"
+    with open_session(model) as live, open_session(model) as framed:
+        out = recognise_samples(live, live.contract, tmp_path / "rec.npz", tmp_path / "labels.csv", rule=rule)
+        t, period = stream["t"], int(np.median(np.diff(stream["t"])))
+        ref = recognise(framed, framed.encoding.encode(stream["x"][None])[0], t, period, rule, ends=np.append(t[1:], t[-1] + period))
+        after, expected = live.get_state(), framed.get_state()  # every step the same input: the same state at the end
+        assert all(np.array_equal(after[k], expected[k]) for k in expected)
+    assert out["gestures"] == ref["gestures"] and ref["gestures"], ref["gestures"]
+    assert out["input"] == "raw samples, encoded per step (standardize+delta)" and out["steps"] == len(t) and out["window_us"] == period
+    assert out["duration_s"] == pytest.approx((t[-1] + period) / 1e6)
+    assert out["score"] == score(ref["gestures"], [tuple(s) for s in stream["segments"]], ref["duration_s"]) and out["score"]["segments"] == 6
+
+
+def test_run_continuous_on_an_analog_recording(encoded_model, tmp_path):
+    """The CLI: sample times from the file, or a sample period (--window-ms) for a file without them; the event-driven
+    first layer (--sparse-input, which encodes the recording whole) emits the same gestures."""
+    stream = _continuous_recording(tmp_path)
+    model = str(encoded_model / "run" / "model.onnx")
+    rule = ["--smooth", "2", "--threshold", "0.4", "--hold", "1"]
+    base = ["run", model, "--npz", str(tmp_path / "rec.npz"), "--continuous", *rule, "--labels", str(tmp_path / "labels.csv"), "--json"]
+    live, sparse = (json.loads(CliRunner().invoke(main, base + extra, catch_exceptions=False).output) for extra in ([], ["--sparse-input"]))
+    assert live["steps"] == len(stream["x"]) and live["score"]["segments"] == 6 and live["gestures"]
+    assert sparse["gestures"] == live["gestures"] and sparse["input"] == "raw samples, encoded whole (standardize+delta)"
+    _continuous_recording(tmp_path, with_times=False)
+    res = CliRunner().invoke(main, ["run", model, "--npz", str(tmp_path / "rec.npz"), "--continuous", *rule, "--window-ms", "10"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.output[res.output.index("{\n"):])
+    assert printed["window_us"] == 10_000 and printed["duration_s"] == pytest.approx(len(stream["x"]) / 100)
+    assert [line for line in res.output.splitlines() if "confidence" in line][0].split()[1] == "s"  # each gesture as it is emitted

@@ -694,6 +694,46 @@ def test_hostile_npz(art, tmp_path, name, cmd):
     refused_cli(args, tmp_path, art.root)
 
 
+def _rec(T=8, **fields):
+    """A continuous recording for ``run --npz REC --continuous``: ``x`` [T, *frame] unless given, and ``fields``."""
+    return lambda path, f: np.savez(path, **{"x": np.zeros((T, *f), np.float32), **fields})
+
+
+TIMES = np.arange(8, dtype=np.int64) * 10_000
+CONTINUOUS_CASES = {  # name -> (writer, extra run options); every case is refused before a step
+    "labels-as-y": (_rec(y=np.array([1])), ["--window-ms", "10"]),
+    "cut-by-lengths": (_rec(lengths=np.array([4])), ["--window-ms", "10"]),
+    "several-recordings": (lambda path, f: np.savez(path, x=np.zeros((2, 8, *f), np.float32)), ["--window-ms", "10"]),
+    "no-samples": (_rec(T=0), ["--window-ms", "10"]),
+    "nan": (lambda path, f: np.savez(path, x=np.full((8, *f), np.nan, np.float32)), ["--window-ms", "10"]),
+    "foreign-frame": (lambda path, f: np.savez(path, x=np.zeros((8, 3), np.float32)), ["--window-ms", "10"]),
+    "t-float": (_rec(t=TIMES.astype(np.float64)), []),
+    "t-short": (_rec(t=TIMES[:7]), []),
+    "t-2d": (_rec(t=TIMES[:, None]), []),
+    "t-decreasing": (_rec(t=TIMES[::-1].copy()), []),
+    "t-repeated": (_rec(t=np.r_[TIMES[:4], TIMES[3:7]]), []),
+    "t-beyond-int64": (_rec(T=2, t=np.array([0, 2 ** 63 + 5], np.uint64)), []),
+    "t-at-the-end-of-int64": (_rec(T=2, t=np.array([2 ** 63 - 2, 2 ** 63 - 1], np.int64)), []),
+    "t-one-sample": (_rec(T=1, t=TIMES[:1]), []),
+    "t-and-a-period": (_rec(t=TIMES), ["--window-ms", "10"]),
+    "neither-times-nor-a-period": (_rec(), []),
+    "not-a-zip": (lambda path, f: path.write_bytes(b"not an npz file at all"), ["--window-ms", "10"]),
+    "truncated": (lambda path, f: (_rec()(path, f), path.write_bytes(path.read_bytes()[:200])), ["--window-ms", "10"]),
+}
+
+
+@pytest.mark.parametrize("name", list(CONTINUOUS_CASES))
+def test_hostile_continuous_recording(art, tmp_path, name):
+    """``run --npz REC --continuous`` (one stream of samples, never cut) on a crafted recording: one line, exit 2."""
+    write, extra = CONTINUOUS_CASES[name]
+    write(tmp_path / "rec.npz", art.shape)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("class,startTime_usec,endTime_usec\n1,0,50000\n")
+    out = refused_cli(["run", art.onnx, "--npz", tmp_path / "rec.npz", "--continuous", "--labels", labels, *extra], tmp_path, art.root)
+    if name == "neither-times-nor-a-period":
+        assert "give the sample period (--window-ms)" in out
+
+
 # ---------------------------------------------------------------- labels CSV
 
 LABEL_CASES = {

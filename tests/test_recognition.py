@@ -11,7 +11,7 @@ import pytest
 from fptt_edge.runtime.errors import RuntimeInputError
 from fptt_edge.runtime.events import EVENT_DTYPE
 from fptt_edge.runtime.frames import FrameBinner
-from fptt_edge.runtime.recognition import DecisionRule, Recognizer, recognise, score, window_frames
+from fptt_edge.runtime.recognition import DecisionRule, Recognizer, recognise, sample_spans, score, window_frames
 
 NAMES = [f"g{i}" for i in range(6)]
 
@@ -178,3 +178,34 @@ def test_recognition_is_torch_free():
             "assert 'torch' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_sample_spans_from_times_or_a_period_by_hand():
+    t = np.array([0, 10_000, 21_000, 30_000, 40_500], np.int64)
+    starts, ends, period = sample_spans(t, 5, None)
+    assert period == 10_250  # median of 10000, 11000, 9000, 10500 (a step lasts until the next sample; the last one the median)
+    assert starts.tolist() == t.tolist() and ends.tolist() == [10_000, 21_000, 30_000, 40_500, 50_750]
+    starts, ends, period = sample_spans(None, 3, 2_500)
+    assert (starts.tolist(), ends.tolist(), period) == ([0, 2_500, 5_000], [2_500, 5_000, 7_500], 2_500)
+    with pytest.raises(RuntimeInputError, match="--window-ms"):
+        sample_spans(None, 3, None)
+    with pytest.raises(RuntimeInputError, match="at least 2 samples"):
+        sample_spans(t[:1], 1, None)
+    with pytest.raises(RuntimeInputError, match="int64"):
+        sample_spans(None, 10, 2 ** 62)
+
+
+def test_recognise_takes_each_steps_own_end_and_a_step_function():
+    """Irregular steps: a gesture's detection time is the end of the step that emitted it, the duration runs to the
+    last step's end; the inputs go to ``step`` (step_raw for raw samples), not to session.step."""
+    script = iter(logits_for([None, 2, 2, None]))
+    fed = []
+    session = SimpleNamespace(streams=1, contract=SimpleNamespace(class_names=NAMES), step=None)
+    starts, ends = np.array([0, 7, 30, 31]), np.array([7, 30, 31, 50])
+    out = recognise(session, np.arange(4, dtype=np.float32)[:, None], starts, 1, DecisionRule(window=1, threshold=0.5, hold=2),
+                    ends=ends, step=lambda x: (fed.append(x.copy()), next(script)[None])[1])
+    assert [(g["label"], g["start_us"], g["detect_us"], g["end_us"]) for g in out["gestures"]] == [(2, 7, 31, 31)]
+    assert [f.tolist() for f in fed] == [[[0.0]], [[1.0]], [[2.0]], [[3.0]]] and out["duration_s"] == pytest.approx(50e-6)
+    for bad in (ends[:3], ends.astype(np.float64), np.array([7, 30, 30, 50])):
+        with pytest.raises(RuntimeInputError, match="ends"):
+            recognise(session, np.zeros((4, 1), np.float32), starts, 1, ends=bad, step=lambda x: np.zeros((1, len(NAMES))))

@@ -36,6 +36,14 @@ def _template(kind: str, u: np.ndarray) -> np.ndarray:
     return np.where(inside, shapes[kind], 0.0)
 
 
+def _movement(rng: np.random.Generator, kind: str, steps: int) -> np.ndarray:
+    """One gesture's movement (no gravity, no noise) in a window of ``steps``: a random duration
+    (45-75 % of the window), onset and amplitude (1.5-3)."""
+    span = rng.uniform(0.45, 0.75) * steps
+    onset = rng.uniform(0.05, 0.95) * (steps - span)
+    return rng.uniform(1.5, 3.0) * _template(kind, (np.arange(steps, dtype=np.float64) - onset) / span)
+
+
 def synthetic_gestures(n: int, steps: int = 120, classes: int = 6, seed: int = 0, noise: float = 0.25,
                        split: str = "train") -> SequenceDataset:
     """``n`` sequences ``[n, steps, 1]`` (balanced classes), ``lengths`` in ``[0.7 steps, steps]``."""
@@ -46,15 +54,9 @@ def synthetic_gestures(n: int, steps: int = 120, classes: int = 6, seed: int = 0
     rng.shuffle(y)
     lengths = rng.integers(int(0.7 * steps), steps + 1, n)
     x = np.zeros((n, steps, 1), np.float32)
-    t = np.arange(steps, dtype=np.float64)
     for i in range(n):
         L = int(lengths[i])
-        span = rng.uniform(0.45, 0.75) * L  # gesture duration
-        onset = rng.uniform(0.05, 0.95) * (L - span)
-        amp = rng.uniform(1.5, 3.0)
-        gravity = 9.81 * np.cos(rng.uniform(-0.3, 0.3))
-        signal = gravity + amp * _template(TEMPLATES[y[i]], (t - onset) / span) + noise * rng.standard_normal(steps)
-        x[i, :L, 0] = signal[:L]
+        x[i, :L, 0] = _movement(rng, TEMPLATES[y[i]], L) + 9.81 * np.cos(rng.uniform(-0.3, 0.3)) + noise * rng.standard_normal(steps)[:L]
     spec = {"task": "npz", "generator": "synthetic_gestures", "steps": steps, "shape": [1], "classes": classes, "seed": seed,
             "split": split, "normalisation": "as generated (m/s^2 on one axis)"}
     return SequenceDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), [TEMPLATES[k] for k in range(classes)], spec,
@@ -64,3 +66,30 @@ def synthetic_gestures(n: int, steps: int = 120, classes: int = 6, seed: int = 0
 def write_npz(path, ds: SequenceDataset) -> None:
     """The data set as an ``.npz`` (``x``, ``y``, ``lengths``) for ``fptt-edge train --task npz``."""
     np.savez(path, x=ds.x.numpy(), y=ds.y.numpy(), lengths=ds.lengths.numpy() if ds.lengths is not None else np.full(len(ds), ds.steps))
+
+
+def synthetic_gesture_stream(gestures: int, steps: int = 40, classes: int = 4, seed: int = 0, noise: float = 0.25,
+                             period_us: int = 10_000, rest: tuple[int, int] = (10, 40)) -> dict[str, np.ndarray]:
+    """One continuous recording of ``gestures`` movements (classes in turn, shuffled) with ``rest`` steps of
+    stillness before each, for ``fptt-edge run --npz REC --continuous``: ``x`` ``[T, 1]``, sample times ``t``
+    (µs, ``period_us`` apart with a little jitter) and ``segments`` ``[gestures, 3]`` (class, start_us, end_us):
+    each gesture's window, drawn as a :func:`synthetic_gestures` sequence is (70-100 % of ``steps``). One tilt
+    of gravity for the whole recording. Deterministic for a seed; draws differ from the training sets'."""
+    if not 2 <= classes <= len(TEMPLATES):
+        raise ValueError(f"classes must be in [2, {len(TEMPLATES)}]")
+    rng = np.random.default_rng([seed, 2])
+    labels = np.arange(gestures) % classes
+    rng.shuffle(labels)
+    parts, windows, at = [], [], 0
+    for label in labels:
+        quiet, L = int(rng.integers(rest[0], rest[1] + 1)), int(rng.integers(int(0.7 * steps), steps + 1))
+        parts += [np.zeros(quiet), _movement(rng, TEMPLATES[label], L)]
+        windows.append((at + quiet, at + quiet + L))
+        at += quiet + L
+    parts.append(np.zeros(int(rng.integers(rest[0], rest[1] + 1))))
+    movement = np.concatenate(parts)
+    x = 9.81 * np.cos(rng.uniform(-0.3, 0.3)) + movement + noise * rng.standard_normal(len(movement))
+    t = np.arange(len(x), dtype=np.int64) * period_us + rng.integers(0, max(1, period_us // 10), len(x))
+    t[0] = 0
+    segments = np.array([(label, t[a], t[b] if b < len(t) else t[-1] + period_us) for label, (a, b) in zip(labels, windows)], np.int64)
+    return {"x": x[:, None].astype(np.float32), "t": t, "segments": segments}

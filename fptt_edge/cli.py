@@ -454,7 +454,8 @@ def backend_option(fn):
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--events", "events_path", type=click.Path(dir_okay=False), help="Event file: .bs2 (N-MNIST), .aedat (AEDAT 3.1), .npy (tonic).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
-              help="Labels CSV (class, start and end in us; DVS128 Gesture's): stream each labelled segment of --events, or score --continuous.")
+              help="Labels CSV (class, start and end in us; DVS128 Gesture's): stream each labelled segment of --events or of one --npz "
+                   "recording (with sample times t), or score --continuous.")
 @click.option("--npz", "npz_path", type=click.Path(dir_okay=False),
               help=".npz with x [N, T, *frame] (raw samples [N, T, C] for a model trained with --encoding) and optional y; with --continuous "
                    "one recording x [T, ...] and optional sample times t [T] (us).")
@@ -487,16 +488,17 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
     """
     from pathlib import Path
 
-    from .runtime.inputs import from_events, from_npz
+    from .runtime.inputs import from_events, from_npz, segments_from_npz
     from .runtime.session import contract_for, open_session
     from .runtime.streaming import check_recordings, label_name, stream_recordings
 
     if (events_path is None) == (npz_path is None):
         raise UserError("give exactly one of --events FILE or --npz FILE")
-    _refuse_unused_run_options(labels_path, events_path, continuous)
+    _refuse_unused_run_options(continuous)
     contract = contract_for(Path(model_path))
     if not continuous:
-        recordings = from_events(events_path, contract, labels_path) if events_path else from_npz(npz_path, contract)
+        recordings = (from_events(events_path, contract, labels_path) if events_path
+                      else segments_from_npz(npz_path, contract, labels_path) if labels_path else from_npz(npz_path, contract))
         check_recordings(recordings)
     from .runtime.adaptation import adapted_weights
 
@@ -549,11 +551,9 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
     click.echo(json.dumps(shown, indent=2))
 
 
-def _refuse_unused_run_options(labels_path, events_path, continuous) -> None:
-    """``run`` options that would be silently ignored: --labels on recordings an --npz labels as y, the decision rule's
-    without --continuous, those of recordings streamed one by one with it."""
-    if labels_path is not None and events_path is None and not continuous:
-        raise UserError("--labels labels the segments of --events FILE or scores --continuous; an --npz file of recordings carries its labels as y")
+def _refuse_unused_run_options(continuous) -> None:
+    """``run`` options that would be silently ignored: the decision rule's without --continuous, those of recordings
+    streamed one by one with it."""
     ctx = click.get_current_context()
     unused = ("every", "no_reset") if continuous else ("window_ms", "smooth", "threshold", "hold")
     given = [f"--{name.replace('_', '-')}" for name in unused if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
@@ -777,7 +777,9 @@ def card(model_path, compare, data_path, devices, output, as_json):
 @click.option("--data", "data_path", type=click.Path(dir_okay=False),
               help="Labelled data of the new domain: .npz (x, y[, lengths]) or an N-MNIST split list (.txt).")
 @click.option("--events", "events_path", type=click.Path(dir_okay=False), help="An event recording of the new domain (with --labels).")
-@click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="DVS128 Gesture labels CSV for --events.")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
+              help="Labels CSV (class, start and end in us; DVS128 Gesture's) for --events, or for --data REC.npz holding one continuous "
+                   "recording (x [T, ...], sample times t [T]): its labelled segments.")
 @click.option("--guard", "guard_path", type=click.Path(dir_okay=False),
               help="Labelled original-domain data (.npz) checked against forgetting (default: MODEL.guard.npz).")
 @click.option("--trainable", type=click.Choice(["all", "readout", "last", "input"]), default=None,

@@ -1,7 +1,7 @@
 """``fptt-edge adapt``: adapt a deployed model on labelled data from its new domain, safely.
 
-Labelled recordings (an ``.npz``, an N-MNIST-style split list, or an event recording with its
-labels CSV) are split into a training part and a held-out part (seeded). The learner starts
+Labelled recordings (an ``.npz`` of recordings, an N-MNIST-style split list, or an event recording
+or one continuous ``.npz`` recording with its labels CSV) are split into a training part and a held-out part (seeded). The learner starts
 from the latest good generation (or the factory weights with ``factory=True``), trains for
 ``epochs`` passes, commits (guard check, a new generation, the weights pushed live) and the
 report gives accuracy before/after on the held-out part and on the guard set, the rollbacks
@@ -18,7 +18,7 @@ import numpy as np
 from ..contract import ContractError, StepContract, read_contract
 from ..npzfile import float32_x, read_npz
 from .errors import AdaptationError
-from .inputs import Recording, from_contract_source, from_events, from_npz
+from .inputs import Recording, from_contract_source, from_events, from_npz, segments_from_npz
 
 GUARD_SUFFIX = ".guard.npz"
 
@@ -37,9 +37,11 @@ def load_labelled(contract: StepContract, data=None, events=None, labels=None) -
             raise AdaptationError("--events needs --labels CSV: adaptation learns from labelled segments")
         recs = from_events(events, contract, labels)
     elif str(data).endswith(".txt"):
+        if labels is not None:
+            raise AdaptationError("--labels cuts --events REC or one .npz recording into labelled segments; a split list labels its recordings")
         recs = from_contract_source(contract, data, limit=None)
     else:
-        recs = from_npz(data, contract)
+        recs = from_npz(data, contract) if labels is None else segments_from_npz(data, contract, labels)
     recs = [r for r in recs if r.label is not None]
     if not recs:
         raise AdaptationError("no labelled recordings in the given data (an .npz needs 'y')")

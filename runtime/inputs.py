@@ -102,9 +102,9 @@ def continuous_from_npz(path, contract: StepContract) -> tuple[np.ndarray, np.nd
         raise RuntimeInputError(f"{path}: not a usable .npz with an 'x' array (have {sorted(arrays)[:10]})")
     whole = sorted({"y", "lengths"} & set(arrays))
     if whole:
-        raise RuntimeInputError(f"{path}: {' and '.join(whole)} describe{'' if len(whole) > 1 else 's'} separate recordings; a continuous "
-                                "recording is one stream, labelled by time segments (--labels CSV): drop it, or stream the recordings "
-                                "without --continuous")
+        raise RuntimeInputError(f"{path}: {' and '.join(whole)} describe{'' if len(whole) > 1 else 's'} separate recordings; a recording "
+                                "that --continuous streams whole or --labels cuts into segments is one stream [T, ...], labelled by time "
+                                "(a labels CSV): drop them, or give the recordings without those options")
     encoding = Encoding.from_dict(contract.input.encoding)  # validated with the contract
     shape = contract.input.frame_shape if encoding.kind == "none" else (encoding.channels,)
     x = arrays["x"]
@@ -125,6 +125,33 @@ def continuous_from_npz(path, contract: StepContract) -> tuple[np.ndarray, np.nd
     if not (t[1:] > t[:-1]).all():
         raise RuntimeInputError(f"{path}: t must be strictly increasing sample times (us)")
     return x, t
+
+
+def segments_from_npz(path, contract: StepContract, labels) -> list[Recording]:
+    """The labelled segments (a labels CSV: class, start and end in µs) of one continuous ``.npz`` recording
+    (:func:`continuous_from_npz`): each the samples whose time lies in ``[start, end)``, encoded on its own
+    (a fresh delta reference, as training's separate recordings were). The times are the file's ``t``, else
+    consecutive step spans the model records; a segment holding no sample is refused."""
+    from .recognition import default_window_us, sample_spans
+
+    x, t = continuous_from_npz(path, contract)
+    window = default_window_us(contract.input.source)
+    if t is None and window is None:
+        raise RuntimeInputError(f"{path} has no sample times (t [T], us) to place the labelled segments of {Path(labels).name} on")
+    starts, _, _ = sample_spans(t, len(x), window if t is None else None)
+    encoding = Encoding.from_dict(contract.input.encoding)
+    out = []
+    for label, start, end in labelled_segments(labels, contract):
+        a, b = (int(i) for i in np.searchsorted(starts, [start, end]))
+        if a == b:
+            raise RuntimeInputError(f"{labels}: the segment {start}..{end} us holds no sample of {Path(path).name} "
+                                    f"({int(starts[0])}..{int(starts[-1])} us)")
+        try:
+            frames = encoding.encode(x[None, a:b])[0]
+        except EncodingError as exc:
+            raise RuntimeInputError(f"{path}: field 'x': {exc}") from None
+        out.append(Recording(f"{Path(path).name}[{start}:{end}]", frames, label))
+    return out
 
 
 def from_contract_source(contract: StepContract, path, limit: int | None = 20) -> list[Recording]:

@@ -453,3 +453,31 @@ def test_run_continuous_on_an_analog_recording(encoded_model, tmp_path):
     printed = json.loads(res.output[res.output.index("{\n"):])
     assert printed["window_us"] == 10_000 and printed["duration_s"] == pytest.approx(len(stream["x"]) / 100)
     assert [line for line in res.output.splitlines() if "confidence" in line][0].split()[1] == "s"  # each gesture as it is emitted
+
+
+def test_labelled_segments_of_an_analog_recording_run_and_adapt_as_separate_recordings(encoded_model, tmp_path):
+    """``--labels`` on one continuous .npz cuts it into its labelled segments, each the samples whose time lies inside
+    it, encoded on its own: ``run`` predicts, and ``adapt`` learns, exactly as from an .npz of those recordings cut by hand."""
+    import shutil
+
+    stream = _continuous_recording(tmp_path)
+    t, x = stream["t"], stream["x"]
+    cut = [x[(t >= a) & (t < b)] for _, a, b in stream["segments"]]
+    longest = max(len(c) for c in cut)
+    np.savez(tmp_path / "cut.npz", x=np.stack([np.pad(c, ((0, longest - len(c)), (0, 0))) for c in cut]), y=stream["segments"][:, 0],
+             lengths=np.array([len(c) for c in cut]))
+    invoke = lambda *args: CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)  # noqa: E731
+    model = encoded_model / "run" / "model.onnx"
+    segments = json.loads(invoke("run", model, "--npz", tmp_path / "rec.npz", "--labels", tmp_path / "labels.csv", "--json").output)
+    by_hand = json.loads(invoke("run", model, "--npz", tmp_path / "cut.npz", "--json").output)
+    assert segments["predictions"] == by_hand["predictions"] and segments["recordings"] == 6 and segments["steps"] == sum(map(len, cut))
+    assert segments["accuracy"] == by_hand["accuracy"]
+    reports = []
+    for name, data in (("a", ["--data", tmp_path / "rec.npz", "--labels", tmp_path / "labels.csv"]), ("b", ["--data", tmp_path / "cut.npz"])):
+        shutil.copytree(encoded_model / "run", tmp_path / name, ignore=shutil.ignore_patterns("*.adapted"))  # the fixture's model stays factory
+        res = invoke("adapt", tmp_path / name / "model.onnx", *data, "--holdout", "0.3", "--max-drop", "1", "--json")
+        assert res.exit_code == 0, res.output
+        reports.append(json.loads(res.output))
+    a, b = reports
+    assert a["samples"] == b["samples"] == {"train": 4, "held_out": 2} and a["updates"] == b["updates"] > 0
+    assert a["accuracy_before"] == b["accuracy_before"] and a["accuracy_after"] == b["accuracy_after"]

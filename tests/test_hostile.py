@@ -734,6 +734,23 @@ def test_hostile_continuous_recording(art, tmp_path, name):
         assert "give the sample period (--window-ms)" in out
 
 
+SEGMENT_CASES = {  # one .npz recording cut into its labelled segments (run --npz REC --labels CSV): (writer, labels rows, expected)
+    "no-times": (_rec(), "1,0,50000\n", "no sample times"),
+    "segment-past-the-recording": (_rec(t=TIMES), "1,0,50000\n2,900000,990000\n", "holds no sample"),
+    "segment-between-samples": (_rec(t=TIMES), "1,10001,19999\n", "holds no sample"),
+    "recordings-with-y": (lambda path, f: np.savez(path, x=np.zeros((2, 8, *f), np.float32), y=np.array([1, 2])), "1,0,50000\n",
+                          "y describes separate recordings"),
+}
+
+
+@pytest.mark.parametrize("name", list(SEGMENT_CASES))
+def test_hostile_labelled_segments_of_a_recording(art, tmp_path, name):
+    write, rows, expected = SEGMENT_CASES[name]
+    write(tmp_path / "rec.npz", art.shape)
+    (tmp_path / "labels.csv").write_text(rows)
+    refused_cli(["run", art.onnx, "--npz", tmp_path / "rec.npz", "--labels", tmp_path / "labels.csv"], tmp_path, art.root, expect=expected)
+
+
 # ---------------------------------------------------------------- labels CSV
 
 LABEL_CASES = {

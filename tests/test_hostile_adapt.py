@@ -167,6 +167,22 @@ def test_hostile_adapt_options(model, data, tmp_path, name):
     assert not list(model.parent.rglob("gen-*"))
 
 
+def test_adapt_labels_cut_one_continuous_recording_only(model, data, tmp_path):
+    """--labels with --data: the segments of one recording with sample times; not an .npz of recordings, not a split list."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("1,0,5000\n")
+    refused_cli(["adapt", model, "--data", data, "--labels", labels], model.parent, tmp_path, expect="y describes separate recordings")
+    (tmp_path / "list.txt").write_text("a\t1\n")
+    refused_cli(["adapt", model, "--data", tmp_path / "list.txt", "--labels", labels], model.parent, tmp_path,
+                expect="a split list labels its recordings")
+    with np.load(data) as f:
+        frame = f["x"].shape[2:]
+    np.savez(tmp_path / "rec.npz", x=np.zeros((20, *frame), np.float32), t=np.arange(20) * 1000)
+    labels.write_text("1,100000,200000\n")
+    refused_cli(["adapt", model, "--data", tmp_path / "rec.npz", "--labels", labels], model.parent, tmp_path, expect="holds no sample")
+    assert not list(model.parent.rglob("gen-*"))
+
+
 LEARNER_OPTION_CASES = {  # open_learner keyword arguments that must be refused with one AdaptationError line, naming the option
     "max_drop": [float("nan"), 1.5, -2.0, "x", None, True],
     "rate_band": [0, 0.0, 0.5, -2.0, float("nan"), float("inf"), "4"],

@@ -43,8 +43,8 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    write_npz(out / "train.npz", synthetic_gestures(96, steps=40, classes=4, seed=args.seed))
-    write_npz(out / "test.npz", synthetic_gestures(96, steps=40, classes=4, seed=args.seed, split="test"))
+    write_npz(out / "train.npz", synthetic_gestures(96, steps=40, classes=4, seed=args.seed), period_us=10_000)  # 100 Hz, as the recording
+    write_npz(out / "test.npz", synthetic_gestures(96, steps=40, classes=4, seed=args.seed, split="test"), period_us=10_000)
     stream = synthetic_gesture_stream(args.gestures, steps=40, classes=4, seed=args.seed + 1)
     np.savez(out / "recording.npz", x=stream["x"], t=stream["t"])
     (out / "labels.csv").write_text("class,startTime_usec,endTime_usec\n" + "".join(f"{c},{a},{b}\n" for c, a, b in stream["segments"]))
@@ -58,7 +58,8 @@ def main() -> None:
     for threshold in args.thresholds:
         result = json.loads(cli("run", str(run / "model.onnx"), "--npz", str(out / "recording.npz"), "--continuous",
                                 "--labels", str(out / "labels.csv"), "--threshold", str(threshold), "--json"))
-        rows[str(threshold)] = {"score": result["score"], "latency_us": result["latency_us"], "emitted": len(result["gestures"])}
+        rows[str(threshold)] = {"score": result["score"], "latency_us": result["latency_us"], "emitted": len(result["gestures"]),
+                                "warnings": result["warnings"]}
     print(json.dumps({"isolated_test_accuracy": test_accuracy, "chance": 0.25, "recording": {
         "samples": len(stream["x"]), "gestures": args.gestures, "seconds": round(float(stream["t"][-1]) / 1e6, 2)},
         "per_threshold": rows}, indent=2))

@@ -316,6 +316,11 @@ def _validation_and_encoding(task, train_ds, test_ds, val_path, val_fraction, se
         train_ds, val_ds = split_validation_by_segment(train_ds, val_fraction, seed)
     elif val_fraction > 0:
         train_ds, val_ds = split_validation(train_ds, val_fraction, seed)
+    periods = [(part, ds.input_spec["window_us"]) for part, ds in (("training", train_ds), ("validation", val_ds), ("test", test_ds))
+               if task == "npz" and ds is not None and "window_us" in ds.input_spec]
+    if len({us for _, us in periods}) > 1:
+        raise UserError("the data files record different sample periods (period_us): "
+                        + ", ".join(f"{part} {us:,} us" for part, us in periods) + "; a model steps at one rate")
     enc = fit_encoding(train_ds, encoding, delta_threshold)
     return tuple(None if ds is None else encode_dataset(ds, enc) for ds in (train_ds, val_ds, test_ds))
 
@@ -498,7 +503,8 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
     contract = contract_for(Path(model_path))
     if not continuous:
         recordings = (from_events(events_path, contract, labels_path) if events_path
-                      else segments_from_npz(npz_path, contract, labels_path) if labels_path else from_npz(npz_path, contract))
+                      else segments_from_npz(npz_path, contract, labels_path, warn=lambda m: click.echo(f"warning: {m}", err=True))
+                      if labels_path else from_npz(npz_path, contract))
         check_recordings(recordings)
     from .runtime.adaptation import adapted_weights
 
@@ -526,10 +532,13 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
             click.echo(f"{g.start_us / 1e6:9.3f} s  {g.name} (confidence {g.confidence:.2f}, detected at {g.detect_us / 1e6:.3f} s)")
 
         rule = DecisionRule(window=smooth, threshold=threshold, hold=hold)
-        recognise_recording = recognise_events if events_path is not None else recognise_samples
+        window_us = None if window_ms is None else max(1, round(window_ms * 1000))
         with sess:
-            result = recognise_recording(sess, contract, events_path or npz_path, labels_path,
-                                         None if window_ms is None else max(1, round(window_ms * 1000)), rule, None if as_json else emitted)
+            if events_path is not None:
+                result = recognise_events(sess, contract, events_path, labels_path, window_us, rule, None if as_json else emitted)
+            else:
+                result = recognise_samples(sess, contract, npz_path, labels_path, window_us, rule, None if as_json else emitted,
+                                           warn=None if as_json else lambda m: click.echo(f"warning: {m}", err=True))
         click.echo(json.dumps({"model": str(model_path), "weights": weights_from, "backend": "ort+sparse-input" if sparse_input else backend,
                                **_front_end(sess), **result}, indent=2))
         return

@@ -28,8 +28,8 @@ def guard_path_for(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + GUARD_SUFFIX)
 
 
-def load_labelled(contract: StepContract, data=None, events=None, labels=None) -> list[Recording]:
-    """Labelled recordings from exactly one source."""
+def load_labelled(contract: StepContract, data=None, events=None, labels=None, warn=None) -> list[Recording]:
+    """Labelled recordings from exactly one source; ``warn(message)`` hears of a recording's sample period other than the model's."""
     if (data is None) == (events is None):
         raise AdaptationError("give exactly one of --data FILE or --events REC (with --labels CSV)")
     if events is not None:
@@ -41,7 +41,7 @@ def load_labelled(contract: StepContract, data=None, events=None, labels=None) -
             raise AdaptationError("--labels cuts --events REC or one .npz recording into labelled segments; a split list labels its recordings")
         recs = from_contract_source(contract, data, limit=None)
     else:
-        recs = from_npz(data, contract) if labels is None else segments_from_npz(data, contract, labels)
+        recs = from_npz(data, contract) if labels is None else segments_from_npz(data, contract, labels, warn)
     recs = [r for r in recs if r.label is not None]
     if not recs:
         raise AdaptationError("no labelled recordings in the given data (an .npz needs 'y')")
@@ -90,7 +90,7 @@ def adapt(model, *, data=None, events=None, labels=None, guard=None, trainable: 
 
     model = Path(model)
     contract = read_contract(model)
-    recs = load_labelled(contract, data, events, labels)
+    recs = load_labelled(contract, data, events, labels, warn)
     x, y, lengths = pack(recs)
     train_idx, test_idx = split(len(recs), holdout, seed)
     scored = {str(p): pack(load_labelled(contract, data=p)) for p in score}  # scored at each recording's own last step

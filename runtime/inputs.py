@@ -127,18 +127,22 @@ def continuous_from_npz(path, contract: StepContract) -> tuple[np.ndarray, np.nd
     return x, t
 
 
-def segments_from_npz(path, contract: StepContract, labels) -> list[Recording]:
+def segments_from_npz(path, contract: StepContract, labels, warn=None) -> list[Recording]:
     """The labelled segments (a labels CSV: class, start and end in µs) of one continuous ``.npz`` recording
     (:func:`continuous_from_npz`): each the samples whose time lies in ``[start, end)``, encoded on its own
     (a fresh delta reference, as training's separate recordings were). The times are the file's ``t``, else
-    consecutive step spans the model records; a segment holding no sample is refused."""
-    from .recognition import default_window_us, sample_spans
+    consecutive step spans the model records; a segment holding no sample is refused. ``warn(message)`` hears of
+    a sample period other than the model's."""
+    from .recognition import default_window_us, period_mismatch, sample_spans
 
     x, t = continuous_from_npz(path, contract)
     window = default_window_us(contract.input.source)
     if t is None and window is None:
         raise RuntimeInputError(f"{path} has no sample times (t [T], us) to place the labelled segments of {Path(labels).name} on")
-    starts, _, _ = sample_spans(t, len(x), window if t is None else None)
+    starts, _, period = sample_spans(t, len(x), window if t is None else None)
+    mismatch = period_mismatch(period, contract)
+    if mismatch and warn is not None:
+        warn(mismatch)
     encoding = Encoding.from_dict(contract.input.encoding)
     out = []
     for label, start, end in labelled_segments(labels, contract):

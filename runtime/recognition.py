@@ -361,14 +361,30 @@ def sample_spans(t: np.ndarray | None, n: int, window_us: int | None) -> tuple[n
     return t, np.append(t[1:], int(t[-1]) + period), period
 
 
+PERIOD_TOLERANCE = 0.1  # how far a recording's sample period may lie from the model's before a warning
+
+
+def period_mismatch(period_us: int, contract) -> str | None:
+    """A warning when a recording's sample period is more than :data:`PERIOD_TOLERANCE` away from the one the model
+    was trained at (its ``window_us``; an ``.npz``'s ``period_us``), else None."""
+    trained = default_window_us(contract.input.source)
+    if trained is None or abs(period_us - trained) <= PERIOD_TOLERANCE * trained:
+        return None
+    ratio = max(period_us, trained) / min(period_us, trained)
+    return (f"the recording's sample period ({period_us / 1e3:g} ms, the median) is not the {trained / 1e3:g} ms the model was trained at: "
+            f"the model counts time in steps, so a movement here spans {ratio:.2g}x {'more' if period_us < trained else 'fewer'} steps "
+            "than in training; resample the recording to the model's rate")
+
+
 def recognise_samples(session, contract, npz_path, labels_path=None, window_us: int | None = None, rule: DecisionRule = DecisionRule(),
-                      on_event=None, grace_us: int = 0) -> dict:
+                      on_event=None, grace_us: int = 0, warn=None) -> dict:
     """``fptt-edge run --npz REC --continuous``: one continuous recording of samples (an IMU's, any analog
     sensor's; frames for a model without an input encoding) stepped one sample per step, never reset, the
     decision rule on the logits, and with ``labels_path`` (a labels CSV: class, start and end in µs) the
     :func:`score`. Raw samples go through ``session.step_raw``: encoded per step as a live sensor's are, and
     the latency figures include the encoding. Times come from the file's ``t``, else consecutive sample
-    periods of ``window_us`` (default: the step span the model records, if any)."""
+    periods of ``window_us`` (default: the step span the model records, if any). A sample period more than
+    10 % from the model's is a warning (``warn(message)`` before the first step, and ``warnings``)."""
     from ..encoding import Encoding, EncodingError
     from .inputs import continuous_from_npz, labelled_segments
 
@@ -385,7 +401,11 @@ def recognise_samples(session, contract, npz_path, labels_path=None, window_us: 
             x = encoding.encode(x[None])[0]
         except EncodingError as exc:
             raise RuntimeInputError(f"{npz_path}: field 'x': {exc}") from None
+    mismatch = period_mismatch(period, contract)
+    if mismatch and warn is not None:
+        warn(mismatch)
     out = recognise(session, x, starts, period, rule, on_event, ends=ends, step=session.step_raw if raw else None)
+    out["warnings"] = [mismatch] if mismatch else []
     out["input"] = f"raw samples, encoded per step ({encoding.kind})" if raw else "frames" if encoding.kind == "none" else \
         f"raw samples, encoded whole ({encoding.kind})"
     if segs is not None:

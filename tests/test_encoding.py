@@ -203,10 +203,11 @@ def test_encoder_streams_start_over_one_at_a_time():
 
 @pytest.fixture(scope="module")
 def encoded_model(tmp_path_factory):
-    """A small model trained with --encoding standardize+delta and exported with its train-step graph (unchecked)."""
+    """A small model trained with --encoding standardize+delta on data sampled at 100 Hz (period_us), exported with its
+    train-step graph (unchecked)."""
     folder = tmp_path_factory.mktemp("encoded")
-    write_npz(folder / "tr.npz", synthetic_gestures(48, steps=24, classes=3, seed=5))
-    write_npz(folder / "te.npz", synthetic_gestures(6, steps=24, classes=3, seed=5, split="test"))
+    write_npz(folder / "tr.npz", synthetic_gestures(48, steps=24, classes=3, seed=5), period_us=10_000)  # sampled at 100 Hz
+    write_npz(folder / "te.npz", synthetic_gestures(6, steps=24, classes=3, seed=5, split="test"), period_us=10_000)
     run = CliRunner().invoke(main, ["train", "--task", "npz", "--train", str(folder / "tr.npz"), "--test", str(folder / "te.npz"),
                                     "--hidden", "8", "--epochs", "1", "--batch-size", "16", "--encoding", "standardize+delta",
                                     "--out", str(folder / "run"), "--quiet"], catch_exceptions=False)
@@ -410,9 +411,15 @@ def _continuous_recording(folder, with_times: bool = True):
     """A synthetic IMU recording of 6 gestures with rests between them (``rec.npz``: raw x [T, 1], t) and its labels CSV."""
     stream = synthetic_gesture_stream(6, steps=24, classes=3, seed=5)
     np.savez(folder / "rec.npz", x=stream["x"], **({"t": stream["t"]} if with_times else {}))
-    rows = "".join(f"{c},{a},{b}\n" for c, a, b in stream["segments"])
-    (folder / "labels.csv").write_text("class,startTime_usec,endTime_usec\n" + rows)
+    _labels_csv(folder, stream["segments"])
     return stream
+
+
+def _labels_csv(folder, segments):
+    """``segments`` [S, 3] (class, start_us, end_us) as ``folder/labels.csv``."""
+    rows = "".join(f"{c},{a},{b}\n" for c, a, b in segments)
+    (folder / "labels.csv").write_text("class,startTime_usec,endTime_usec\n" + rows)
+    return folder / "labels.csv"
 
 
 def test_a_continuous_raw_recording_is_recognised_as_its_whole_encoding_is(encoded_model, tmp_path):
@@ -481,3 +488,37 @@ def test_labelled_segments_of_an_analog_recording_run_and_adapt_as_separate_reco
     a, b = reports
     assert a["samples"] == b["samples"] == {"train": 4, "held_out": 2} and a["updates"] == b["updates"] > 0
     assert a["accuracy_before"] == b["accuracy_before"] and a["accuracy_after"] == b["accuracy_after"]
+
+
+def test_the_sample_period_is_recorded_and_a_recording_at_another_rate_is_warned_of(encoded_model, tmp_path):
+    """An .npz's period_us becomes the model's window_us (checkpoint and ONNX contract): ``run --continuous`` takes it as the
+    period of a recording without times, and a recording sampled at another rate is warned of, before the first step."""
+    from fptt_edge.contract import read_contract
+
+    assert torch.load(encoded_model / "run" / "model.pt", weights_only=True)["input_spec"]["window_us"] == 10_000
+    model = encoded_model / "run" / "model.onnx"
+    assert read_contract(model).input.source["window_us"] == 10_000
+    invoke = lambda *args: CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)  # noqa: E731
+    stream = synthetic_gesture_stream(4, steps=24, classes=3, seed=6)  # 10 ms apart, as trained
+    np.savez(tmp_path / "plain.npz", x=stream["x"])
+    np.savez(tmp_path / "timed.npz", x=stream["x"], t=stream["t"])
+    for name in ("plain", "timed"):
+        out = json.loads(invoke("run", model, "--npz", tmp_path / f"{name}.npz", "--continuous", "--json").output)
+        assert abs(out["window_us"] - 10_000) < 1_000 and out["warnings"] == [], out
+    fast = synthetic_gesture_stream(4, steps=24, classes=3, seed=6, period_us=5_000)
+    np.savez(tmp_path / "fast.npz", x=fast["x"], t=fast["t"])
+    res = invoke("run", model, "--npz", tmp_path / "fast.npz", "--continuous")
+    assert res.exit_code == 0 and res.output.index("warning: the recording's sample period (4.99") < res.output.index("{"), res.output
+    assert "the 10 ms the model was trained at" in res.output and "spans 2x more steps than in training" in res.output
+    assert json.loads(res.output[res.output.index("{\n"):])["warnings"][0].startswith("the recording's sample period")
+    res = invoke("adapt", model, "--data", tmp_path / "fast.npz", "--labels", _labels_csv(tmp_path, fast["segments"]), "--json")
+    assert res.exit_code == 0 and json.loads(res.output[res.output.index("{\n"):])["warnings"][0].startswith("the recording's sample period")
+
+
+def test_training_files_sampled_at_different_rates_are_refused(tmp_path):
+    write_npz(tmp_path / "tr.npz", synthetic_gestures(24, steps=16, classes=3, seed=1), period_us=10_000)
+    write_npz(tmp_path / "te.npz", synthetic_gestures(6, steps=16, classes=3, seed=1, split="test"), period_us=5_000)
+    res = CliRunner().invoke(main, ["train", "--task", "npz", "--train", str(tmp_path / "tr.npz"), "--test", str(tmp_path / "te.npz"),
+                                    "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 2 and "different sample periods (period_us): training 10,000 us, validation 10,000 us, test 5,000 us" in res.output
+    assert not (tmp_path / "run" / "model.pt").exists()

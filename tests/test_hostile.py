@@ -674,6 +674,11 @@ NPZ_CASES = {
     "lengths-float": _npz(x=_x(), y=Y4, lengths=np.full(4, 2.5)),
     "lengths-2d": _npz(x=_x(), y=Y4, lengths=np.full((4, 1), 2)),
     "lengths-bool": _npz(x=_x(), y=Y4, lengths=np.ones(4, bool)),
+    "period-zero": _npz(x=_x(), y=Y4, period_us=np.int64(0)),
+    "period-negative": _npz(x=_x(), y=Y4, period_us=np.int64(-10_000)),
+    "period-float": _npz(x=_x(), y=Y4, period_us=np.float64(1e4)),
+    "period-beyond-an-hour": _npz(x=_x(), y=Y4, period_us=np.uint64(2 ** 63 + 1)),
+    "period-per-sample": _npz(x=_x(), y=Y4, period_us=np.full(4, 10_000)),
     "not-a-zip": lambda path, f: path.write_bytes(b"not an npz file at all"),
     "truncated": lambda path, f: (_npz(x=_x(), y=Y4)(path, f), path.write_bytes(path.read_bytes()[:200])),
 }

@@ -63,9 +63,11 @@ def synthetic_gestures(n: int, steps: int = 120, classes: int = 6, seed: int = 0
                            torch.from_numpy(lengths.astype(np.int64)))
 
 
-def write_npz(path, ds: SequenceDataset) -> None:
-    """The data set as an ``.npz`` (``x``, ``y``, ``lengths``) for ``fptt-edge train --task npz``."""
-    np.savez(path, x=ds.x.numpy(), y=ds.y.numpy(), lengths=ds.lengths.numpy() if ds.lengths is not None else np.full(len(ds), ds.steps))
+def write_npz(path, ds: SequenceDataset, period_us: int | None = None) -> None:
+    """The data set as an ``.npz`` (``x``, ``y``, ``lengths``; ``period_us``, the sample period, where given) for
+    ``fptt-edge train --task npz``."""
+    np.savez(path, x=ds.x.numpy(), y=ds.y.numpy(), lengths=ds.lengths.numpy() if ds.lengths is not None else np.full(len(ds), ds.steps),
+             **({} if period_us is None else {"period_us": np.int64(period_us)}))
 
 
 def synthetic_gesture_stream(gestures: int, steps: int = 40, classes: int = 4, seed: int = 0, noise: float = 0.25,

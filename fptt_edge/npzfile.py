@@ -18,6 +18,8 @@ from numpy.lib import format as npy_format
 from .errors import FpttEdgeError
 from .io import not_a_file
 
+MAX_PERIOD_US = 3_600_000_000  # a sample period of an hour at most, as run --window-ms allows
+
 # what numpy and zipfile raise on corrupt archives and headers
 _CORRUPT = (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, zlib.error, TypeError, SyntaxError,
             OverflowError, KeyError, RecursionError, tokenize.TokenError, MemoryError, IndexError, AttributeError, UnicodeDecodeError)
@@ -61,6 +63,15 @@ def float32_x(x: np.ndarray, what: str, error: type[Exception] = NpzError) -> np
     if not np.isfinite(x).all():
         raise error(f"{what} holds NaN or Inf (as float32)")
     return x
+
+
+def sample_period(value: np.ndarray, path, error: type[Exception] = NpzError) -> int:
+    """An ``.npz``'s ``period_us``: one whole number of microseconds in ``1 .. MAX_PERIOD_US``."""
+    if value.shape != () or value.dtype.kind not in "iu" or not 1 <= int(value) <= MAX_PERIOD_US:
+        shown = str(value.item()) if value.shape == () and value.dtype.kind in "iufb" else f"{value.dtype} {list(value.shape)[:4]}"
+        raise error(f"{path}: field 'period_us' must be one whole number of microseconds (the sample period) in "
+                    f"1..{MAX_PERIOD_US:,}, got {shown[:30]}")
+    return int(value)
 
 
 def _check_declared_sizes(path: Path) -> None:

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..npzfile import checked_lengths, float32_x, read_npz
+from ..npzfile import checked_lengths, float32_x, read_npz, sample_period
 from .dataset import DataError, SequenceDataset
 
 MAX_CLASSES = 100_000  # without a model to say how many, labels beyond this are taken for corrupt data
-MAX_PERIOD_US = 3_600_000_000  # an hour, as run --window-ms allows
 
 
 def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
@@ -41,14 +40,6 @@ def load_npz(path, num_classes: int | None = None) -> SequenceDataset:
     classes = int(num_classes or y.max() + 1)
     spec = {"task": "npz", "file": path.name, "steps": int(x.shape[1]), "shape": list(x.shape[2:]), "normalisation": "as provided"}
     if "period_us" in arrays:
-        spec["window_us"] = sample_period(arrays["period_us"], path)
+        spec["window_us"] = sample_period(arrays["period_us"], path, DataError)
     return SequenceDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), [str(i) for i in range(max(classes, 2))], spec, lengths)
 
-
-def sample_period(value: np.ndarray, path) -> int:
-    """An ``.npz``'s ``period_us``: one whole number of microseconds in ``1 .. MAX_PERIOD_US``."""
-    if value.shape != () or value.dtype.kind not in "iu" or not 1 <= int(value) <= MAX_PERIOD_US:
-        shown = str(value.item()) if value.shape == () and value.dtype.kind in "iufb" else f"{value.dtype} {list(value.shape)[:4]}"
-        raise DataError(f"{path}: field 'period_us' must be one whole number of microseconds (the sample period) in "
-                        f"1..{MAX_PERIOD_US:,}, got {shown[:30]}")
-    return int(value)

@@ -159,6 +159,7 @@ class Recognizer:
 # --- a continuous stream as frames ----------------------------------------------------------------
 
 INT64_MAX = 2 ** 63 - 1
+INT64_MIN = -(2 ** 63)
 MAX_WINDOWS = 10_000_000  # steps of one continuous run
 FALLBACK_MEMORY = 4 << 30  # bytes the frames may take where the free physical memory cannot be read
 
@@ -235,7 +236,7 @@ def recognise(session, frames: np.ndarray, starts: np.ndarray, window_us: int, r
               on_event=None, ends: np.ndarray | None = None, step=None) -> dict:
     """Step ``frames`` through a one-stream ``session`` (no resets) and apply ``rule``.
 
-    Step ``i`` covers ``[starts[i], ends[i])`` (default ``ends = starts + window_us``). ``step`` is what
+    Step ``i`` spans ``starts[i]`` to ``ends[i]`` (default ``ends = starts + window_us``), its decision made at the end. ``step`` is what
     takes one ``[1, *frame]`` input (default ``session.step``; ``session.step_raw`` for raw samples).
     Returns ``gestures`` (dicts), ``steps``, ``window_us``, ``duration_s`` and ``latency_us``
     (p50/p90/p99 per step, µs); ``on_event(gesture)`` is called as each gesture is emitted."""
@@ -340,25 +341,37 @@ def recognise_events(session, contract, events_path, labels_path=None, window_us
     return out
 
 
-def sample_spans(t: np.ndarray | None, n: int, window_us: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Each step's ``[start, end)`` (µs) in a recording of ``n`` samples, and its typical span. With sample
-    times ``t`` a step lasts until the next sample, the last one the median interval; without, steps are
-    consecutive windows of ``window_us`` from 0."""
+def sample_spans(t: np.ndarray | None, n: int, period_us: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each step's span ``(start, end]`` (µs) in a recording of ``n`` samples, and the sample period. A sample is
+    taken at the end of its step: the step of the sample at ``t[i]`` begins at the sample before it (``t[i - 1]``;
+    the first one a period before ``t[0]``), so a gesture is detected at the time of the sample that decided it.
+    The period is the median interval of ``t``; without ``t`` the samples are ``period_us`` apart from 0."""
+    if n > MAX_WINDOWS:
+        raise RuntimeInputError(f"{n:,} samples (at most {MAX_WINDOWS:,} steps in one continuous run): cut the recording")
     if t is None:
-        if window_us is None:
+        if period_us is None:
             raise RuntimeInputError("the recording has no sample times (t [T], us) and the model records no step span: "
                                     "give the sample period (--window-ms)")
-        window_us = _whole_us(window_us, "the sample period", 1)
-        if n * window_us > INT64_MAX:
-            raise RuntimeInputError(f"{n:,} samples of {window_us} us run past the int64 microsecond range: choose a smaller period")
-        starts = np.arange(n, dtype=np.int64) * window_us
-        return starts, starts + window_us, window_us
-    if len(t) < 2:
-        raise RuntimeInputError("a recording with sample times (t) needs at least 2 samples to have a sample period")
-    period = max(1, int(np.median(np.diff(t.astype(np.float64)))))
-    if int(t[-1]) > INT64_MAX - period:
-        raise RuntimeInputError("the recording's last sample time is at the end of the int64 microsecond range")
-    return t, np.append(t[1:], int(t[-1]) + period), period
+        period = _whole_us(period_us, "the sample period", 1)
+        if (n - 1) * period > INT64_MAX:
+            raise RuntimeInputError(f"{n:,} samples of {period} us run past the int64 microsecond range: choose a smaller period")
+        t = np.arange(n, dtype=np.int64) * period
+    else:
+        if not (isinstance(t, np.ndarray) and t.shape == (n,) and t.dtype == np.int64):
+            raise RuntimeInputError(f"t must be {n} int64 sample times (us), got {getattr(t, 'dtype', type(t).__name__)} "
+                                    f"{list(getattr(t, 'shape', ()))}")
+        if n < 2:
+            raise RuntimeInputError("a recording with sample times (t) needs at least 2 samples to have a sample period")
+        if not (t[1:] > t[:-1]).all():
+            raise RuntimeInputError("t must be strictly increasing sample times (us)")
+        # exact even where a gap passes the int64 range (times increase, so each difference is 1 .. 2**64 - 1)
+        gaps = np.sort(t[1:].view(np.uint64) - t[:-1].view(np.uint64))
+        period = (int(gaps[(len(gaps) - 1) // 2]) + int(gaps[len(gaps) // 2])) // 2
+    first = int(t[0]) - period
+    if first < INT64_MIN:
+        raise RuntimeInputError(f"the recording's first step would begin before the int64 microsecond range (first sample at {int(t[0])} us, "
+                                f"sample period {period} us)")
+    return np.concatenate((np.array([first], np.int64), t[:-1])), t.copy(), period
 
 
 PERIOD_TOLERANCE = 0.1  # how far a recording's sample period may lie from the model's before a warning

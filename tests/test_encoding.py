@@ -425,7 +425,7 @@ def _labels_csv(folder, segments):
 def test_a_continuous_raw_recording_is_recognised_as_its_whole_encoding_is(encoded_model, tmp_path):
     """``run --npz REC --continuous`` on an analog model: each raw sample goes through step_raw (encoded per step,
     never reset), and the gestures are those of the recording encoded whole by Encoding.encode and stepped as
-    frames, at the times the file gives (a step lasts until the next sample); scored against the labelled windows."""
+    frames, at the times the file gives (a step ends at its sample); scored against the labelled windows."""
     from fptt_edge.runtime import open_session
     from fptt_edge.runtime.recognition import DecisionRule, recognise, recognise_samples, score
 
@@ -434,8 +434,8 @@ def test_a_continuous_raw_recording_is_recognised_as_its_whole_encoding_is(encod
     model = encoded_model / "run" / "model.onnx"
     with open_session(model) as live, open_session(model) as framed:
         out = recognise_samples(live, live.contract, tmp_path / "rec.npz", tmp_path / "labels.csv", rule=rule)
-        t, period = stream["t"], int(np.median(np.diff(stream["t"])))
-        ref = recognise(framed, framed.encoding.encode(stream["x"][None])[0], t, period, rule, ends=np.append(t[1:], t[-1] + period))
+        t, period = stream["t"], int(np.median(np.diff(stream["t"])))  # each step ends at its sample, begins at the one before
+        ref = recognise(framed, framed.encoding.encode(stream["x"][None])[0], np.r_[t[0] - period, t[:-1]], period, rule, ends=t)
         after, expected = live.get_state(), framed.get_state()  # every step the same input: the same state at the end
         assert all(np.array_equal(after[k], expected[k]) for k in expected)
     assert out["gestures"] == ref["gestures"] and ref["gestures"], ref["gestures"]

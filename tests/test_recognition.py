@@ -181,18 +181,40 @@ def test_recognition_is_torch_free():
 
 
 def test_sample_spans_from_times_or_a_period_by_hand():
+    """A sample closes its step: the step of the sample at t[i] runs from the sample before (the first from a period
+    before t[0]) to t[i], so a gesture is detected at the time of the sample that decided it."""
     t = np.array([0, 10_000, 21_000, 30_000, 40_500], np.int64)
     starts, ends, period = sample_spans(t, 5, None)
-    assert period == 10_250  # median of 10000, 11000, 9000, 10500 (a step lasts until the next sample; the last one the median)
-    assert starts.tolist() == t.tolist() and ends.tolist() == [10_000, 21_000, 30_000, 40_500, 50_750]
-    starts, ends, period = sample_spans(None, 3, 2_500)
-    assert (starts.tolist(), ends.tolist(), period) == ([0, 2_500, 5_000], [2_500, 5_000, 7_500], 2_500)
+    assert period == 10_250  # median of 10000, 11000, 9000, 10500
+    assert starts.tolist() == [-10_250, 0, 10_000, 21_000, 30_000] and ends.tolist() == t.tolist()
+    starts, ends, period = sample_spans(None, 3, 2_500)  # samples at 0, 2500, 5000
+    assert (starts.tolist(), ends.tolist(), period) == ([-2_500, 0, 2_500], [0, 2_500, 5_000], 2_500)
+    starts, ends, period = sample_spans(None, 1, 7)
+    assert (starts.tolist(), ends.tolist(), period) == ([-7], [0], 7)
+    huge = np.array([0, 2 ** 62 + 1, 2 ** 63 - 1], np.int64)  # the median of 2**62 + 1 and 2**62 - 2, exactly (not float64's 2**62)
+    assert sample_spans(huge, 3, None)[2] == 2 ** 62 - 1
+    wide = np.array([-2 ** 62, 2 ** 62 + 1, 2 ** 62 + 3, 2 ** 62 + 5], np.int64)  # a gap beyond int64, the median 2
+    assert sample_spans(wide, 4, None)[0].tolist() == [-2 ** 62 - 2, -2 ** 62, 2 ** 62 + 1, 2 ** 62 + 3]
     with pytest.raises(RuntimeInputError, match="--window-ms"):
         sample_spans(None, 3, None)
     with pytest.raises(RuntimeInputError, match="at least 2 samples"):
         sample_spans(t[:1], 1, None)
     with pytest.raises(RuntimeInputError, match="int64"):
         sample_spans(None, 10, 2 ** 62)
+    with pytest.raises(RuntimeInputError, match="before the int64"):
+        sample_spans(np.array([-2 ** 63, -2 ** 63 + 10], np.int64), 2, None)
+    for bad in (t[::-1].copy(), np.r_[t[:3], t[2:4]], t.astype(np.float64), t[:4]):
+        with pytest.raises(RuntimeInputError, match="t must"):
+            sample_spans(bad, 5, None)
+
+
+def test_sample_spans_cap_a_continuous_run(monkeypatch):
+    from fptt_edge.runtime import recognition
+
+    monkeypatch.setattr(recognition, "MAX_WINDOWS", 4)
+    assert len(sample_spans(None, 4, 10)[0]) == 4
+    with pytest.raises(RuntimeInputError, match="at most 4 steps"):
+        sample_spans(None, 5, 10)
 
 
 def test_recognise_takes_each_steps_own_end_and_a_step_function():
@@ -209,3 +231,19 @@ def test_recognise_takes_each_steps_own_end_and_a_step_function():
     for bad in (ends[:3], ends.astype(np.float64), np.array([7, 30, 30, 50])):
         with pytest.raises(RuntimeInputError, match="ends"):
             recognise(session, np.zeros((4, 1), np.float32), starts, 1, ends=bad, step=lambda x: np.zeros((1, len(NAMES))))
+
+
+def test_a_gesture_is_detected_at_its_samples_time_even_before_a_gap():
+    """Samples at 0, 10, 20, 30 us, then a pause until 1 s: the gesture decided by the sample at 30 us is detected at
+    30 us, inside the labelled segment [10, 40) us (a step reaching on to the next sample would put its detection after
+    the pause: a miss and a false alarm); it starts with the step of its first confident sample (from 20 us)."""
+    t = np.array([0, 10, 20, 30, 1_000_000], np.int64)
+    starts, ends, period = sample_spans(t, len(t), None)
+    script = iter(logits_for([None, None, None, 2, None]))
+    session = SimpleNamespace(streams=1, contract=SimpleNamespace(class_names=NAMES), step=lambda x: next(script)[None])
+    out = recognise(session, np.zeros((len(t), 1), np.float32), starts, period, DecisionRule(window=1, threshold=0.5, hold=1), ends=ends)
+    assert [(g["label"], g["start_us"], g["detect_us"], g["end_us"]) for g in out["gestures"]] == [(2, 20, 30, 30)]
+    assert out["duration_s"] == pytest.approx((1_000_000 + period) / 1e6)  # from a period before the first sample
+    result = score(out["gestures"], [(2, 10, 40)], out["duration_s"])
+    assert (result["segment_accuracy"], result["false_alarms"], result["detection_delay_ms"]["max"]) == (1.0, 0, 0.02)
+

@@ -74,11 +74,7 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
     frame = contract.input.frame_shape if encoding.kind == "none" else (encoding.channels,)
     if x.shape[-len(frame):] != frame or x.ndim not in (len(frame) + 1, len(frame) + 2) or 0 in x.shape:
         raise RuntimeInputError(f"{path}: x has shape {x.shape}; the model takes frames {frame} ([N, T >= 1, *frame] or [T, *frame])")
-    x = float32_x(x if x.ndim == len(frame) + 2 else x[None], f"{path}: field 'x'", RuntimeInputError)
-    try:
-        x = encoding.encode(x)
-    except EncodingError as exc:  # e.g. values that overflow float32 once standardised
-        raise RuntimeInputError(f"{path}: field 'x': {exc}") from None
+    x = encoded_x(encoding, float32_x(x if x.ndim == len(frame) + 2 else x[None], f"{path}: field 'x'", RuntimeInputError), path)
     if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu"):
         raise RuntimeInputError(f"{path}: y must be [N = {len(x)}] integer labels, got {y.dtype} {list(y.shape)}")
     classes = len(contract.class_names)
@@ -88,6 +84,14 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
     if lengths is not None:  # variable-length recordings, zero padded to T: each is cut to its own length
         steps = [int(n) for n in checked_lengths(lengths, len(x), x.shape[1], path, RuntimeInputError)]
     return [Recording(f"{Path(path).name}[{i}]", x[i, :steps[i]], None if y is None else int(y[i])) for i in range(len(x))]
+
+
+def encoded_x(encoding: Encoding, x: np.ndarray, path) -> np.ndarray:
+    """The raw steps ``x`` (``[..., T, C]``) of the file ``path`` through ``encoding``, refused in one line where it cannot take them."""
+    try:
+        return encoding.encode(x)
+    except EncodingError as exc:  # e.g. values that overflow float32 once standardised
+        raise RuntimeInputError(f"{path}: field 'x': {exc}") from None
 
 
 def continuous_from_npz(path, contract: StepContract) -> tuple[np.ndarray, np.ndarray | None]:

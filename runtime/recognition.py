@@ -259,7 +259,10 @@ def recognise(session, frames: np.ndarray, starts: np.ndarray, window_us: int, r
     latencies = np.empty(len(frames))
     for i, frame in enumerate(frames):
         t0 = time.perf_counter_ns()
-        logits = step(frame[None])
+        try:
+            logits = step(frame[None])
+        except RuntimeInputError as exc:  # refused mid-stream (e.g. a state driven to NaN): say which step
+            raise RuntimeInputError(f"step {i + 1} of {len(frames)} (ending at {int(ends[i])} us): {exc}") from None
         latencies[i] = time.perf_counter_ns() - t0
         event = rec.update(logits[0], int(starts[i]), int(ends[i]))
         if event is not None and on_event is not None:
@@ -398,8 +401,8 @@ def recognise_samples(session, contract, npz_path, labels_path=None, window_us: 
     the latency figures include the encoding. Times come from the file's ``t``, else consecutive sample
     periods of ``window_us`` (default: the step span the model records, if any). A sample period more than
     10 % from the model's is a warning (``warn(message)`` before the first step, and ``warnings``)."""
-    from ..encoding import Encoding, EncodingError
-    from .inputs import continuous_from_npz, labelled_segments
+    from ..encoding import Encoding
+    from .inputs import continuous_from_npz, encoded_x, labelled_segments
 
     x, t = continuous_from_npz(npz_path, contract)
     if t is not None and window_us is not None:
@@ -408,19 +411,17 @@ def recognise_samples(session, contract, npz_path, labels_path=None, window_us: 
                                         else default_window_us(contract.input.source))
     segs = None if labels_path is None else labelled_segments(labels_path, contract)  # refused before any step
     encoding = Encoding.from_dict(contract.input.encoding)
-    raw = encoding.kind != "none" and hasattr(session, "step_raw")
-    if encoding.kind != "none" and not raw:  # a session without step_raw (an event-driven front end): encoded whole, the same frames
-        try:
-            x = encoding.encode(x[None])[0]
-        except EncodingError as exc:
-            raise RuntimeInputError(f"{npz_path}: field 'x': {exc}") from None
+    frames = encoded_x(encoding, x[None], npz_path)[0]  # a sample the encoding cannot take is refused before the first step
     mismatch = period_mismatch(period, contract)
     if mismatch and warn is not None:
         warn(mismatch)
-    out = recognise(session, x, starts, period, rule, on_event, ends=ends, step=session.step_raw if raw else None)
+    if encoding.kind != "none" and hasattr(session, "step_raw"):
+        out = recognise(session, x, starts, period, rule, on_event, ends=ends, step=session.step_raw)
+        out["input"] = f"raw samples, encoded per step ({encoding.kind})"
+    else:  # frames; or raw samples on a session without step_raw (an event-driven front end): the same frames, encoded whole
+        out = recognise(session, frames, starts, period, rule, on_event, ends=ends)
+        out["input"] = "frames" if encoding.kind == "none" else f"raw samples, encoded whole ({encoding.kind})"
     out["warnings"] = [mismatch] if mismatch else []
-    out["input"] = f"raw samples, encoded per step ({encoding.kind})" if raw else "frames" if encoding.kind == "none" else \
-        f"raw samples, encoded whole ({encoding.kind})"
     if segs is not None:
         out["score"] = score(out["gestures"], segs, out["duration_s"], grace_us)
     return out

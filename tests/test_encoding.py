@@ -522,3 +522,18 @@ def test_training_files_sampled_at_different_rates_are_refused(tmp_path):
                                     "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"])
     assert res.exit_code == 2 and "different sample periods (period_us): training 10,000 us, validation 10,000 us, test 5,000 us" in res.output
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_run_continuous_refuses_a_sample_the_encoding_cannot_take_before_the_first_step(encoded_model, tmp_path):
+    """A sample that overflows float32 once encoded, half way through the recording: one line naming the file, before any
+    gesture is printed, whether the samples are encoded per step (step_raw) or whole (--sparse-input)."""
+    stream = _continuous_recording(tmp_path)
+    x = stream["x"].copy()
+    x[len(x) // 2], x[len(x) // 2 + 1] = 3e38, -3e38
+    np.savez(tmp_path / "bad.npz", x=x, t=stream["t"])
+    model = str(encoded_model / "run" / "model.onnx")
+    for extra in ([], ["--sparse-input"]):
+        res = CliRunner().invoke(main, ["run", model, "--npz", str(tmp_path / "bad.npz"), "--continuous", "--smooth", "1", "--threshold",
+                                        "0.34", "--hold", "1", *extra])
+        assert res.exit_code == 2 and len(res.output.splitlines()) == 1, res.output
+        assert res.output.startswith(f"Error: {tmp_path / 'bad.npz'}: field 'x': the standardize+delta encoding gives non-finite values")

@@ -247,3 +247,13 @@ def test_a_gesture_is_detected_at_its_samples_time_even_before_a_gap():
     result = score(out["gestures"], [(2, 10, 40)], out["duration_s"])
     assert (result["segment_accuracy"], result["false_alarms"], result["detection_delay_ms"]["max"]) == (1.0, 0, 0.02)
 
+
+def test_a_step_refused_mid_stream_says_which():
+    def step(x):
+        if x[0, 0] == 2:
+            raise RuntimeInputError("this input drives state 'l0.u' to NaN or Inf")
+        return np.zeros((1, len(NAMES)))
+
+    session = SimpleNamespace(streams=1, contract=SimpleNamespace(class_names=NAMES), step=step)
+    with pytest.raises(RuntimeInputError, match=r"^step 3 of 4 \(ending at 30 us\): this input drives state 'l0.u'"):
+        recognise(session, np.arange(4, dtype=np.float32)[:, None], np.array([0, 10, 20, 30]), 10)

@@ -567,8 +567,9 @@ def _refuse_unused_run_options(continuous) -> None:
     unused = ("every", "no_reset") if continuous else ("window_ms", "smooth", "threshold", "hold")
     given = [f"--{name.replace('_', '-')}" for name in unused if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
     if given:
-        raise UserError(f"{', '.join(given)} apply to recordings streamed one by one, not to --continuous" if continuous
-                        else f"{', '.join(given)} apply to --continuous only")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise UserError(f"{', '.join(given)} {verb} to recordings streamed one by one, not to --continuous" if continuous
+                        else f"{', '.join(given)} {verb} to --continuous only")
 
 
 def _front_end(sess) -> dict:

@@ -762,6 +762,22 @@ def test_hostile_labelled_segments_of_a_recording(art, tmp_path, name):
     refused_cli(["run", art.onnx, "--npz", tmp_path / "rec.npz", "--labels", tmp_path / "labels.csv"], tmp_path, art.root, expect=expected)
 
 
+@pytest.mark.parametrize("extra, expect", [
+    (["--continuous", "--every", "3"], "Error: --every applies to recordings streamed one by one, not to --continuous"),
+    (["--continuous", "--no-reset", "--every", "5"], "Error: --every, --no-reset apply to recordings streamed one by one, not to --continuous"),
+    (["--window-ms", "10"], "Error: --window-ms applies to --continuous only"),
+    (["--threshold", "0.5", "--hold", "2"], "Error: --threshold, --hold apply to --continuous only"),
+    (["--continuous", "--events", "rec.npz"], "Error: give exactly one of --events FILE or --npz FILE"),
+])
+def test_run_options_that_do_not_apply_to_a_continuous_npz(art, tmp_path, extra, expect):
+    """Options ``run --npz`` would ignore, with or without --continuous, are refused by name (before the files are read)."""
+    _rec(t=TIMES)(tmp_path / "rec.npz", art.shape)
+    (tmp_path / "labels.csv").write_text("class,startTime_usec,endTime_usec\n1,0,50000\n")
+    args = [a if a not in ("labels.csv", "rec.npz") else tmp_path / a for a in extra]
+    out = refused_cli(["run", art.onnx, "--npz", tmp_path / "rec.npz", *args], tmp_path, art.root)
+    assert out.startswith(expect), out
+
+
 # ---------------------------------------------------------------- labels CSV
 
 LABEL_CASES = {

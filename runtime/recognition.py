@@ -338,10 +338,19 @@ def recognise_events(session, contract, events_path, labels_path=None, window_us
         raise RuntimeInputError("the model records no frame window (window_us in its input metadata); give one (--window-ms)")
     segs = None if labels_path is None else labelled_segments(labels_path, contract)  # refused before any step
     frames, starts = window_frames(read_events(events_path), binner, window)
+    _check_overlap(segs, int(starts[0]), int(starts[-1]) + window, labels_path)
     out = recognise(session, frames, starts, window, rule, on_event)
     if segs is not None:
         out["score"] = score(out["gestures"], segs, out["duration_s"], grace_us)
     return out
+
+
+def _check_overlap(segments, start_us: int, end_us: int, labels_path) -> None:
+    """Refuse labels none of whose segments overlaps the recording's ``[start_us, end_us)``: scored, every one would be
+    a miss (the labels of another recording, or times on another clock)."""
+    if segments and not any(s < end_us and e > start_us for _, s, e in segments):
+        raise RuntimeInputError(f"{labels_path}: none of its {len(segments)} segments overlaps the recording ({start_us} to {end_us} us): "
+                                "the labels of another recording, or times on another clock?")
 
 
 def sample_spans(t: np.ndarray | None, n: int, period_us: int | None) -> tuple[np.ndarray, np.ndarray, int]:
@@ -410,6 +419,7 @@ def recognise_samples(session, contract, npz_path, labels_path=None, window_us: 
     starts, ends, period = sample_spans(t, len(x), window_us if window_us is not None or t is not None
                                         else default_window_us(contract.input.source))
     segs = None if labels_path is None else labelled_segments(labels_path, contract)  # refused before any step
+    _check_overlap(segs, int(starts[0]), int(ends[-1]), labels_path)
     encoding = Encoding.from_dict(contract.input.encoding)
     frames = encoded_x(encoding, x[None], npz_path)[0]  # a sample the encoding cannot take is refused before the first step
     mismatch = period_mismatch(period, contract)

@@ -809,6 +809,18 @@ def test_hostile_labels_csv(art, tmp_path, name):
     assert "garbage" not in out  # no file contents echoed
 
 
+@pytest.mark.parametrize("recording", ["events", "samples"])
+def test_continuous_run_refuses_labels_that_miss_the_recording(art, tmp_path, recording):
+    """Labels whose segments all lie outside the recording (another recording's, or another clock's) would score every
+    segment missed: refused, with the recording's span."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("class,startTime_usec,endTime_usec\n1,500000000,500050000\n2,600000000,600050000\n")
+    _rec(t=TIMES + 10 ** 12)(tmp_path / "rec.npz", art.shape)
+    source = ["--events", art.events, "--window-ms", "10"] if recording == "events" else ["--npz", tmp_path / "rec.npz"]
+    out = refused_cli(["run", art.onnx, *source, "--continuous", "--labels", labels], tmp_path, art.root)
+    assert "none of its 2 segments overlaps the recording" in out
+
+
 def test_continuous_run_refuses_labels_outside_the_models_classes(art, tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_text("class,startTime_usec,endTime_usec\n99,0,5000\n")

@@ -502,9 +502,11 @@ def run(model_path, events_path, labels_path, npz_path, backend, sparse_input, e
     _refuse_unused_run_options(continuous)
     contract = contract_for(Path(model_path))
     if not continuous:
+        def warn(message: str) -> None:
+            click.echo(f"warning: {message}", err=True)
+
         recordings = (from_events(events_path, contract, labels_path) if events_path
-                      else segments_from_npz(npz_path, contract, labels_path, warn=lambda m: click.echo(f"warning: {m}", err=True))
-                      if labels_path else from_npz(npz_path, contract))
+                      else segments_from_npz(npz_path, contract, labels_path, warn) if labels_path else from_npz(npz_path, contract, warn))
         check_recordings(recordings)
     from .runtime.adaptation import adapted_weights
 

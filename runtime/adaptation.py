@@ -41,7 +41,7 @@ def load_labelled(contract: StepContract, data=None, events=None, labels=None, w
             raise AdaptationError("--labels cuts --events REC or one .npz recording into labelled segments; a split list labels its recordings")
         recs = from_contract_source(contract, data, limit=None)
     else:
-        recs = from_npz(data, contract) if labels is None else segments_from_npz(data, contract, labels, warn)
+        recs = from_npz(data, contract, warn) if labels is None else segments_from_npz(data, contract, labels, warn)
     recs = [r for r in recs if r.label is not None]
     if not recs:
         raise AdaptationError("no labelled recordings in the given data (an .npz needs 'y')")

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..contract import StepContract
 from ..encoding import Encoding, EncodingError
-from ..npzfile import checked_lengths, float32_x, read_npz
+from ..npzfile import checked_lengths, float32_x, read_npz, sample_period
 from ..splitlist import read_split_list
 from .errors import EventFileError, RuntimeInputError
 from .events import read_events, read_gesture_labels
@@ -60,12 +60,15 @@ def csv_class_offset(contract: StepContract) -> int:
     return int(offset)
 
 
-def from_npz(path, contract: StepContract) -> list[Recording]:
+def from_npz(path, contract: StepContract, warn=None) -> list[Recording]:
     """``x`` float32 ``[N, T, *frame]`` (or ``[T, *frame]``), optional ``y`` ``[N]`` integer labels and ``lengths``
     ``[N]`` (each recording's steps, 1..T; the rest of ``x`` is padding and is not streamed).
 
     For a model that records an input encoding (``contract.input.encoding``), ``x`` holds the raw
-    steps ``[.., T, C]`` and the encoding is applied here, with the code training used."""
+    steps ``[.., T, C]`` and the encoding is applied here, with the code training used. An optional
+    ``period_us`` (the sample period) other than the model's is told to ``warn(message)``."""
+    from .recognition import period_mismatch
+
     arrays = read_npz(path, RuntimeInputError)
     if "x" not in arrays:
         raise RuntimeInputError(f"{path}: not a usable .npz with an 'x' array (have {sorted(arrays)[:10]})")
@@ -80,6 +83,10 @@ def from_npz(path, contract: StepContract) -> list[Recording]:
     classes = len(contract.class_names)
     if y is not None and len(y) and (y.min() < 0 or y.max() >= classes):
         raise RuntimeInputError(f"{path}: y holds labels outside the model's classes 0..{classes - 1} (range {y.min()}..{y.max()})")
+    if "period_us" in arrays:
+        mismatch = period_mismatch(sample_period(arrays["period_us"], path, RuntimeInputError), contract)
+        if mismatch and warn is not None:
+            warn(mismatch)
     steps = [x.shape[1]] * len(x)
     if lengths is not None:  # variable-length recordings, zero padded to T: each is cut to its own length
         steps = [int(n) for n in checked_lengths(lengths, len(x), x.shape[1], path, RuntimeInputError)]
@@ -94,13 +101,14 @@ def encoded_x(encoding: Encoding, x: np.ndarray, path) -> np.ndarray:
         raise RuntimeInputError(f"{path}: field 'x': {exc}") from None
 
 
-def continuous_from_npz(path, contract: StepContract) -> tuple[np.ndarray, np.ndarray | None]:
+def continuous_from_npz(path, contract: StepContract) -> tuple[np.ndarray, np.ndarray | None, int | None]:
     """``run --npz REC --continuous``: one continuous recording (an IMU's or any sensor's), never cut into pieces.
 
     ``x`` float32 ``[T, *input]`` (or ``[1, T, *input]``): raw samples ``[T, C]`` for a model that records an
-    input encoding, frames otherwise; optional ``t`` ``[T]`` integer sample times in µs, strictly increasing.
-    Its labels are time segments (``--labels``), so ``y`` and ``lengths``, which label and cut whole
-    recordings, are refused. Returns ``x`` and ``t`` (int64, or None)."""
+    input encoding, frames otherwise; optional ``t`` ``[T]`` integer sample times in µs, strictly increasing,
+    or ``period_us``, the sample period (samples that far apart from 0). Its labels are time segments
+    (``--labels``), so ``y`` and ``lengths``, which label and cut whole recordings, are refused. Returns
+    ``x``, ``t`` (int64, or None) and ``period_us`` (or None)."""
     arrays = read_npz(path, RuntimeInputError)
     if "x" not in arrays:
         raise RuntimeInputError(f"{path}: not a usable .npz with an 'x' array (have {sorted(arrays)[:10]})")
@@ -118,9 +126,11 @@ def continuous_from_npz(path, contract: StepContract) -> tuple[np.ndarray, np.nd
         what = "raw samples" if encoding.kind != "none" else "frames"
         raise RuntimeInputError(f"{path}: x has shape {x.shape}; a continuous recording for this model is {what} [T >= 1, {', '.join(map(str, shape))}]")
     x = float32_x(x, f"{path}: field 'x'", RuntimeInputError)
-    t = arrays.get("t")
+    t, period = arrays.get("t"), arrays.get("period_us")
+    if t is not None and period is not None:
+        raise RuntimeInputError(f"{path}: t (sample times) and period_us (a sample period) both give the samples' timing; keep one")
     if t is None:
-        return x, None
+        return x, None, None if period is None else sample_period(period, path, RuntimeInputError)
     if t.shape != (len(x),) or t.dtype.kind not in "iu":
         raise RuntimeInputError(f"{path}: t must be [T = {len(x)}] integer sample times (us), got {t.dtype} {list(t.shape)}")
     if t.dtype.kind == "u" and len(t) and int(t.max()) > np.iinfo(np.int64).max:
@@ -128,37 +138,35 @@ def continuous_from_npz(path, contract: StepContract) -> tuple[np.ndarray, np.nd
     t = t.astype(np.int64)
     if not (t[1:] > t[:-1]).all():
         raise RuntimeInputError(f"{path}: t must be strictly increasing sample times (us)")
-    return x, t
+    return x, t, None
 
 
 def segments_from_npz(path, contract: StepContract, labels, warn=None) -> list[Recording]:
     """The labelled segments (a labels CSV: class, start and end in µs) of one continuous ``.npz`` recording
     (:func:`continuous_from_npz`): each the samples whose time lies in ``[start, end)``, encoded on its own
     (a fresh delta reference, as training's separate recordings were). The times are the file's ``t``, else
-    consecutive step spans the model records; a segment holding no sample is refused. ``warn(message)`` hears of
+    its ``period_us`` or the step span the model records apart; a segment holding no sample is refused. ``warn(message)`` hears of
     a sample period other than the model's."""
     from .recognition import default_window_us, period_mismatch, sample_spans
 
-    x, t = continuous_from_npz(path, contract)
-    window = default_window_us(contract.input.source)
-    if t is None and window is None:
-        raise RuntimeInputError(f"{path} has no sample times (t [T], us) to place the labelled segments of {Path(labels).name} on")
-    starts, _, period = sample_spans(t, len(x), window if t is None else None)
+    x, t, period = continuous_from_npz(path, contract)
+    if t is None and period is None:
+        period = default_window_us(contract.input.source)
+    if t is None and period is None:
+        raise RuntimeInputError(f"{path} has no sample times (t [T], us) or sample period (period_us) to place the labelled segments of "
+                                f"{Path(labels).name} on")
+    _, times, period = sample_spans(t, len(x), period)  # each sample's time: the end of its step
     mismatch = period_mismatch(period, contract)
     if mismatch and warn is not None:
         warn(mismatch)
     encoding = Encoding.from_dict(contract.input.encoding)
     out = []
     for label, start, end in labelled_segments(labels, contract):
-        a, b = (int(i) for i in np.searchsorted(starts, [start, end]))
+        a, b = (int(i) for i in np.searchsorted(times, [start, end]))
         if a == b:
             raise RuntimeInputError(f"{labels}: the segment {start}..{end} us holds no sample of {Path(path).name} "
-                                    f"({int(starts[0])}..{int(starts[-1])} us)")
-        try:
-            frames = encoding.encode(x[None, a:b])[0]
-        except EncodingError as exc:
-            raise RuntimeInputError(f"{path}: field 'x': {exc}") from None
-        out.append(Recording(f"{Path(path).name}[{start}:{end}]", frames, label))
+                                    f"({int(times[0])}..{int(times[-1])} us)")
+        out.append(Recording(f"{Path(path).name}[{start}:{end}]", encoded_x(encoding, x[None, a:b], path)[0], label))
     return out
 
 

@@ -363,7 +363,7 @@ def sample_spans(t: np.ndarray | None, n: int, period_us: int | None) -> tuple[n
     if t is None:
         if period_us is None:
             raise RuntimeInputError("the recording has no sample times (t [T], us) and the model records no step span: "
-                                    "give the sample period (--window-ms)")
+                                    "give the sample period (period_us in the file, or --window-ms)")
         period = _whole_us(period_us, "the sample period", 1)
         if (n - 1) * period > INT64_MAX:
             raise RuntimeInputError(f"{n:,} samples of {period} us run past the int64 microsecond range: choose a smaller period")
@@ -408,15 +408,16 @@ def recognise_samples(session, contract, npz_path, labels_path=None, window_us: 
     decision rule on the logits, and with ``labels_path`` (a labels CSV: class, start and end in µs) the
     :func:`score`. Raw samples go through ``session.step_raw``: encoded per step as a live sensor's are, and
     the latency figures include the encoding. Times come from the file's ``t``, else consecutive sample
-    periods of ``window_us`` (default: the step span the model records, if any). A sample period more than
+    periods of the file's ``period_us`` or ``window_us`` (default: the step span the model records, if any). A sample period more than
     10 % from the model's is a warning (``warn(message)`` before the first step, and ``warnings``)."""
     from ..encoding import Encoding
     from .inputs import continuous_from_npz, encoded_x, labelled_segments
 
-    x, t = continuous_from_npz(npz_path, contract)
-    if t is not None and window_us is not None:
-        raise RuntimeInputError(f"{npz_path} has its own sample times (t); a sample period (--window-ms) applies to a recording without them")
-    starts, ends, period = sample_spans(t, len(x), window_us if window_us is not None or t is not None
+    x, t, file_period = continuous_from_npz(npz_path, contract)
+    if (t is not None or file_period is not None) and window_us is not None:
+        raise RuntimeInputError(f"{npz_path} has its own {'sample times (t)' if t is not None else 'sample period (period_us)'}; "
+                                "a sample period (--window-ms) applies to a recording without them")
+    starts, ends, period = sample_spans(t, len(x), window_us if window_us is not None else file_period if file_period is not None
                                         else default_window_us(contract.input.source))
     segs = None if labels_path is None else labelled_segments(labels_path, contract)  # refused before any step
     _check_overlap(segs, int(starts[0]), int(ends[-1]), labels_path)

@@ -493,6 +493,8 @@ def test_labelled_segments_of_an_analog_recording_run_and_adapt_as_separate_reco
 def test_the_sample_period_is_recorded_and_a_recording_at_another_rate_is_warned_of(encoded_model, tmp_path):
     """An .npz's period_us becomes the model's window_us (checkpoint and ONNX contract): ``run --continuous`` takes it as the
     period of a recording without times, and a recording sampled at another rate is warned of, before the first step."""
+    import shutil
+
     from fptt_edge.contract import read_contract
 
     assert torch.load(encoded_model / "run" / "model.pt", weights_only=True)["input_spec"]["window_us"] == 10_000
@@ -511,8 +513,17 @@ def test_the_sample_period_is_recorded_and_a_recording_at_another_rate_is_warned
     assert res.exit_code == 0 and res.output.index("warning: the recording's sample period (4.99") < res.output.index("{"), res.output
     assert "the 10 ms the model was trained at" in res.output and "spans 2x more steps than in training" in res.output
     assert json.loads(res.output[res.output.index("{\n"):])["warnings"][0].startswith("the recording's sample period")
-    res = invoke("adapt", model, "--data", tmp_path / "fast.npz", "--labels", _labels_csv(tmp_path, fast["segments"]), "--json")
+    shutil.copytree(encoded_model / "run", tmp_path / "copy", ignore=shutil.ignore_patterns("*.adapted"))  # the fixture's model stays factory
+    res = invoke("adapt", tmp_path / "copy" / "model.onnx", "--data", tmp_path / "fast.npz", "--labels", _labels_csv(tmp_path, fast["segments"]),
+                 "--json")
     assert res.exit_code == 0 and json.loads(res.output[res.output.index("{\n"):])["warnings"][0].startswith("the recording's sample period")
+    np.savez(tmp_path / "period.npz", x=fast["x"], period_us=np.int64(5_000))  # a period instead of times
+    out = json.loads(invoke("run", model, "--npz", tmp_path / "period.npz", "--continuous", "--json").output)
+    assert out["window_us"] == 5_000 and out["duration_s"] == pytest.approx(len(fast["x"]) * 5e-3) and len(out["warnings"]) == 1
+    recordings = tmp_path / "recordings.npz"  # separate recordings sampled at 200 Hz: run streams them, and warns
+    write_npz(recordings, synthetic_gestures(3, steps=24, classes=3, seed=7, split="test"), period_us=5_000)
+    res = invoke("run", model, "--npz", recordings, "--json")
+    assert res.exit_code == 0 and res.output.startswith("warning: the recording's sample period (5 ms"), res.output
 
 
 def test_training_files_sampled_at_different_rates_are_refused(tmp_path):

@@ -727,6 +727,10 @@ CONTINUOUS_CASES = {  # name -> (writer, extra run options); every case is refus
     "x-objects": (lambda path, f: np.savez(path, x=np.empty((8, *f), dtype=object)), ["--window-ms", "10"]),
     "x-beyond-float32": (lambda path, f: np.savez(path, x=np.full((8, *f), 1e300)), ["--window-ms", "10"]),
     "t-and-a-period": (_rec(t=TIMES), ["--window-ms", "10"]),
+    "t-and-period-us": (_rec(t=TIMES, period_us=np.int64(10_000)), []),
+    "period-us-and-a-period": (_rec(period_us=np.int64(10_000)), ["--window-ms", "10"]),
+    "period-us-zero": (_rec(period_us=np.int64(0)), []),
+    "period-us-per-sample": (_rec(period_us=np.full(8, 10_000)), []),
     "neither-times-nor-a-period": (_rec(), []),
     "not-a-zip": (lambda path, f: path.write_bytes(b"not an npz file at all"), ["--window-ms", "10"]),
     "truncated": (lambda path, f: (_rec()(path, f), path.write_bytes(path.read_bytes()[:200])), ["--window-ms", "10"]),
@@ -742,7 +746,7 @@ def test_hostile_continuous_recording(art, tmp_path, name):
     labels.write_text("class,startTime_usec,endTime_usec\n1,0,50000\n")
     out = refused_cli(["run", art.onnx, "--npz", tmp_path / "rec.npz", "--continuous", "--labels", labels, *extra], tmp_path, art.root)
     if name == "neither-times-nor-a-period":
-        assert "give the sample period (--window-ms)" in out
+        assert "give the sample period (period_us in the file, or --window-ms)" in out
 
 
 SEGMENT_CASES = {  # one .npz recording cut into its labelled segments (run --npz REC --labels CSV): (writer, labels rows, expected)

@@ -35,17 +35,22 @@ def random_frames(shape, density: float = 0.05, n: int = 64, seed: int = 0) -> n
     return (np.random.default_rng(seed).random((n, *shape)) < density).astype(np.float32)
 
 
-def bench_session(model, backend: str, streams: int, steps: int, threads: int = 1, verify: bool = True) -> dict:
-    """:func:`latency` of one backend's session stepping random event frames, with the ONNX Runtime
-    providers the session really got (a GPU backend that fell back to the CPU is refused, not timed)."""
+def bench_session(model, backend: str, streams: int, steps: int, threads: int = 1, verify: bool = True, raw: bool = False) -> dict:
+    """:func:`latency` of one backend's session stepping random event frames (``raw``: random raw samples through
+    ``step_raw``, the input encoding included), with the ONNX Runtime providers the session really got (a GPU
+    backend that fell back to the CPU is refused, not timed)."""
     from .session import open_session
 
     with open_session(model, backend, streams=streams, threads=threads, verify=verify) as sess:
-        xs = random_frames((streams, *sess.frame_shape))
+        if raw:
+            xs = np.random.default_rng(0).standard_normal((64, streams, *sess.raw_shape)).astype(np.float32)
+        else:
+            xs = random_frames((streams, *sess.frame_shape))
         i = [0]
+        take = sess.step_raw if raw else sess.step
 
         def step():
-            sess.step(xs[i[0] % len(xs)])
+            take(xs[i[0] % len(xs)])
             i[0] += 1
 
         providers = getattr(sess.backend, "providers", None)
@@ -90,7 +95,8 @@ def find_checkpoint(model_path) -> Path | None:
 def bench_matrix(model_path, streams: Iterable[int], backends: Iterable[str], steps: int, *,
                  references: Mapping[str, Callable[[int], dict]] | None = None, verify: bool = True,
                  log: Callable[[str], None] | None = None) -> list[dict]:
-    """One row per (stream count, engine): each backend, each reference engine, the BLAS floor.
+    """One row per (stream count, engine): each backend (for a model with an input encoding, also ``<backend>
+    step_raw``: raw samples, encoding included), each reference engine, the BLAS floor.
 
     ``references``: engine name -> ``fn(streams)`` returning :func:`latency`'s dict (e.g. PyTorch
     eager). A backend or reference that raises :class:`BackendUnavailable` gets a row with
@@ -105,7 +111,10 @@ def bench_matrix(model_path, streams: Iterable[int], backends: Iterable[str], st
             log(f"{model_path} has a static batch of {contract.batch}: timing {contract.batch} stream(s) only "
                 "(export with --batch dynamic for more)")
         counts = [contract.batch]
-    engines: list[tuple[str, Callable[[int], dict]]] = [(b, partial(bench_session, model_path, b, steps=steps, verify=False)) for b in backends]
+    encoded = (contract.input.encoding or {}).get("kind", "none") != "none"  # each backend also with its input encoding (step_raw)
+    engines: list[tuple[str, Callable[[int], dict]]] = [
+        (name, partial(bench_session, model_path, b, steps=steps, verify=False, raw=raw))
+        for b in backends for name, raw in ((b, False), (f"{b} step_raw", True))[:2 if encoded else 1]]
     engines += (references or {}).items()
     rows = []
     for n in counts:

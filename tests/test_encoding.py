@@ -548,3 +548,17 @@ def test_run_continuous_refuses_a_sample_the_encoding_cannot_take_before_the_fir
                                         "0.34", "--hold", "1", *extra])
         assert res.exit_code == 2 and len(res.output.splitlines()) == 1, res.output
         assert res.output.startswith(f"Error: {tmp_path / 'bad.npz'}: field 'x': the standardize+delta encoding gives non-finite values")
+
+
+def test_bench_times_a_model_with_an_encoding_also_on_raw_samples(encoded_model, monkeypatch):
+    """``bench``'s matrix has a ``<backend> step_raw`` row for a model trained with --encoding: raw samples through the
+    session's step_raw (the encoding included), one call per timed step."""
+    from fptt_edge.runtime.benchmark import bench_matrix
+    from fptt_edge.runtime.session import StreamSession
+
+    calls = []
+    real = StreamSession.step_raw
+    monkeypatch.setattr(StreamSession, "step_raw", lambda self, x: (calls.append(x.shape), real(self, x))[1])
+    rows = bench_matrix(encoded_model / "run" / "model.onnx", [2], ["ort"], 30)
+    assert [r["engine"] for r in rows] == ["ort", "ort step_raw", "numpy-blas-floor"]
+    assert all(r["p50_us"] > 0 for r in rows) and calls == [(2, 1)] * (30 + 50)  # 50 warm-up steps, then the timed ones

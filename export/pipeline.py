@@ -15,6 +15,7 @@ import torch
 from ..checkpoint import load_model
 from ..contract import OUTPUT_SUFFIX, InputSpec, StateSpec, StepContract, stamp_checksum
 from ..data.dataset import DataError
+from ..data.tasks import period_warning
 from ..devices import DEFAULT_PROFILE, load_profile
 from ..io import file_sha256, json_bytes, output_target, write_files_atomic, write_json_atomic
 from ..model import LTCNetwork, flatten_state
@@ -144,6 +145,9 @@ def export_checkpoint(checkpoint, out=None, *, device: str | None = None, opset:
         _refuse_beyond_memory(net, streams, batch, steps)
     with _export_lock(out.parent):
         ds = _check_set(net, payload, data) if check else None
+        mismatch = None if ds is None else period_warning(ds, payload.get("input_spec") or {}, data)
+        if mismatch:  # the parity checks and the guard set (--adapt) would run the model at another rate than it learnt
+            log(f"warning: {mismatch}")
         if adapt and ds is not None and len(ds) < adapt_batch:
             raise ExportError(f"--adapt-batch {adapt_batch} needs at least {adapt_batch} labelled check sequences; the check data "
                               f"has {len(ds)} (pass --data with more, or a smaller --adapt-batch)")

@@ -336,13 +336,16 @@ def _validation_and_encoding(task, train_ds, test_ds, val_path, val_fraction, se
 def eval_cmd(model_path, data_path, max_samples, batch_size):
     """Evaluate MODEL (model.pt) on its test set; prints JSON with 'accuracy'."""
     from .checkpoint import load_model
-    from .data.tasks import test_set_from_spec
+    from .data.tasks import period_warning, test_set_from_spec
     from .training.trainers import evaluate
 
     model, payload = load_model(model_path)
     ds = test_set_from_spec(payload.get("input_spec", {}), data_path, max_samples, num_classes=model.config.num_classes)
     if ds.input_shape != model.config.input_shape:
         raise UserError(f"data steps have shape {ds.input_shape}; {model_path} expects {model.config.input_shape}")
+    mismatch = period_warning(ds, payload.get("input_spec") or {}, data_path)
+    if mismatch:
+        click.echo(f"warning: {mismatch}", err=True)
     result = evaluate(model, ds.x, ds.y, ds.lengths, batch_size=batch_size)
     note = {}
     if payload.get("kind") == "resume":  # checkpoint.pt: where training stopped, not the epoch model.pt keeps

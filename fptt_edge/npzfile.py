@@ -74,6 +74,26 @@ def sample_period(value: np.ndarray, path, error: type[Exception] = NpzError) ->
     return int(value)
 
 
+PERIOD_TOLERANCE = 0.1  # how far a recording's sample period may lie from the model's before a warning
+
+
+def period_mismatch(period_us: object, trained_us: object, source, median: bool = False) -> str | None:
+    """A one-line warning naming ``source`` when a sample period (``median``: the median interval of its sample times) is
+    more than :data:`PERIOD_TOLERANCE` away from ``trained_us``, the one the model was trained at (an ``.npz``'s
+    ``period_us``, recorded as its ``window_us``), else None; None where either is unknown (not a whole number >= 1)."""
+    known = [v for v in (period_us, trained_us) if isinstance(v, int) and not isinstance(v, bool) and v >= 1]
+    if len(known) < 2:
+        return None
+    period, trained = known
+    if abs(period - trained) <= PERIOD_TOLERANCE * trained:
+        return None
+    ratio = max(period, trained) / min(period, trained)
+    return (f"{source}: the sample period ({period / 1e3:g} ms{', the median interval of t' if median else ''}) is not the "
+            f"{trained / 1e3:g} ms the model was trained at: the model counts time in steps, so a movement here spans "
+            f"{f'{ratio:.2g}' if ratio < 10 else f'{ratio:,.0f}'}x {'more' if period < trained else 'fewer'} steps than in "
+            "training; resample the recording to the model's rate")
+
+
 def _check_declared_sizes(path: Path) -> None:
     """Refuse members whose header declares more data than the archive holds for them, or Python objects."""
     if not zipfile.is_zipfile(path):

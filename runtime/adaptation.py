@@ -93,7 +93,7 @@ def adapt(model, *, data=None, events=None, labels=None, guard=None, trainable: 
     recs = load_labelled(contract, data, events, labels, warn)
     x, y, lengths = pack(recs)
     train_idx, test_idx = split(len(recs), holdout, seed)
-    scored = {str(p): pack(load_labelled(contract, data=p)) for p in score}  # scored at each recording's own last step
+    scored = {str(p): pack(load_labelled(contract, data=p, warn=warn)) for p in score}  # scored at each recording's own last step
     default_guard = guard_path_for(model)
     if guard is None and os.path.lexists(default_guard) and not default_guard.is_file():  # else it would adapt without its guard
         raise AdaptationError(f"{default_guard}: the guard set's name, but not a regular file; restore it (fptt-edge export MODEL.pt "

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..contract import StepContract
 from ..encoding import Encoding, EncodingError
-from ..npzfile import checked_lengths, float32_x, read_npz, sample_period
+from ..npzfile import checked_lengths, float32_x, period_mismatch, read_npz, sample_period
 from ..splitlist import read_split_list
 from .errors import EventFileError, RuntimeInputError
 from .events import read_events, read_gesture_labels
@@ -45,8 +45,8 @@ def labelled_segments(labels, contract: StepContract) -> list[tuple[int, int, in
     out = []
     for label, start, end in read_gesture_labels(labels):
         if not 0 <= label - offset < classes:
-            raise RuntimeInputError(f"{labels}: class {label} is outside the model's {classes} classes"
-                                    f"{' (numbered from 1 in the CSV)' if offset else ''}")
+            raise RuntimeInputError(f"{labels}: class {label} is outside the model's {classes} classes, numbered "
+                                    f"{offset}..{classes - 1 + offset} in the CSV")
         out.append((label - offset, start, end))
     return out
 
@@ -67,7 +67,7 @@ def from_npz(path, contract: StepContract, warn=None) -> list[Recording]:
     For a model that records an input encoding (``contract.input.encoding``), ``x`` holds the raw
     steps ``[.., T, C]`` and the encoding is applied here, with the code training used. An optional
     ``period_us`` (the sample period) other than the model's is told to ``warn(message)``."""
-    from .recognition import period_mismatch
+    from .recognition import default_window_us
 
     arrays = read_npz(path, RuntimeInputError)
     if "x" not in arrays:
@@ -84,7 +84,7 @@ def from_npz(path, contract: StepContract, warn=None) -> list[Recording]:
     if y is not None and len(y) and (y.min() < 0 or y.max() >= classes):
         raise RuntimeInputError(f"{path}: y holds labels outside the model's classes 0..{classes - 1} (range {y.min()}..{y.max()})")
     if "period_us" in arrays:
-        mismatch = period_mismatch(sample_period(arrays["period_us"], path, RuntimeInputError), contract)
+        mismatch = period_mismatch(sample_period(arrays["period_us"], path, RuntimeInputError), default_window_us(contract.input.source), path)
         if mismatch and warn is not None:
             warn(mismatch)
     steps = [x.shape[1]] * len(x)
@@ -145,9 +145,10 @@ def segments_from_npz(path, contract: StepContract, labels, warn=None) -> list[R
     """The labelled segments (a labels CSV: class, start and end in µs) of one continuous ``.npz`` recording
     (:func:`continuous_from_npz`): each the samples whose time lies in ``[start, end)``, encoded on its own
     (a fresh delta reference, as training's separate recordings were). The times are the file's ``t``, else
-    its ``period_us`` or the step span the model records apart; a segment holding no sample is refused. ``warn(message)`` hears of
-    a sample period other than the model's."""
-    from .recognition import default_window_us, period_mismatch, sample_spans
+    its ``period_us`` or the step span the model records apart from 0; a segment holding no sample is refused, and
+    labels none of whose segments overlaps the recording get the clock named. ``warn(message)`` hears of a sample
+    period other than the model's."""
+    from .recognition import check_overlap, default_window_us, sample_spans
 
     x, t, period = continuous_from_npz(path, contract)
     if t is None and period is None:
@@ -155,13 +156,21 @@ def segments_from_npz(path, contract: StepContract, labels, warn=None) -> list[R
     if t is None and period is None:
         raise RuntimeInputError(f"{path} has no sample times (t [T], us) or sample period (period_us) to place the labelled segments of "
                                 f"{Path(labels).name} on")
-    _, times, period = sample_spans(t, len(x), period)  # each sample's time: the end of its step
-    mismatch = period_mismatch(period, contract)
+    if t is not None and len(t) < 2:  # one sample: its time, and no interval to compare with the model's period
+        times, period = t, None
+    else:
+        try:  # each sample's time: the end of its step; no limit on the samples (each segment is a recording of its own)
+            _, times, period = sample_spans(t, len(x), period, capped=False)
+        except RuntimeInputError as exc:
+            raise RuntimeInputError(f"{path}: {exc}") from None
+    mismatch = period_mismatch(period, default_window_us(contract.input.source), path, median=t is not None)
     if mismatch and warn is not None:
         warn(mismatch)
+    segments = labelled_segments(labels, contract)
+    check_overlap(segments, int(times[0]), int(times[-1]) + 1, labels)
     encoding = Encoding.from_dict(contract.input.encoding)
     out = []
-    for label, start, end in labelled_segments(labels, contract):
+    for label, start, end in segments:
         a, b = (int(i) for i in np.searchsorted(times, [start, end]))
         if a == b:
             raise RuntimeInputError(f"{labels}: the segment {start}..{end} us holds no sample of {Path(path).name} "

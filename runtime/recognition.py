@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..npzfile import period_mismatch
 from .errors import RuntimeInputError
 from .frames import FrameBinner
 
@@ -338,14 +339,14 @@ def recognise_events(session, contract, events_path, labels_path=None, window_us
         raise RuntimeInputError("the model records no frame window (window_us in its input metadata); give one (--window-ms)")
     segs = None if labels_path is None else labelled_segments(labels_path, contract)  # refused before any step
     frames, starts = window_frames(read_events(events_path), binner, window)
-    _check_overlap(segs, int(starts[0]), int(starts[-1]) + window, labels_path)
+    check_overlap(segs, int(starts[0]), int(starts[-1]) + window, labels_path)
     out = recognise(session, frames, starts, window, rule, on_event)
     if segs is not None:
         out["score"] = score(out["gestures"], segs, out["duration_s"], grace_us)
     return out
 
 
-def _check_overlap(segments, start_us: int, end_us: int, labels_path) -> None:
+def check_overlap(segments, start_us: int, end_us: int, labels_path) -> None:
     """Refuse labels none of whose segments overlaps the recording's ``[start_us, end_us)``: scored, every one would be
     a miss (the labels of another recording, or times on another clock)."""
     if segments and not any(s < end_us and e > start_us for _, s, e in segments):
@@ -353,12 +354,13 @@ def _check_overlap(segments, start_us: int, end_us: int, labels_path) -> None:
                                 "the labels of another recording, or times on another clock?")
 
 
-def sample_spans(t: np.ndarray | None, n: int, period_us: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+def sample_spans(t: np.ndarray | None, n: int, period_us: int | None, capped: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
     """Each step's span ``(start, end]`` (µs) in a recording of ``n`` samples, and the sample period. A sample is
     taken at the end of its step: the step of the sample at ``t[i]`` begins at the sample before it (``t[i - 1]``;
     the first one a period before ``t[0]``), so a gesture is detected at the time of the sample that decided it.
-    The period is the median interval of ``t``; without ``t`` the samples are ``period_us`` apart from 0."""
-    if n > MAX_WINDOWS:
+    The period is the median interval of ``t``; without ``t`` the samples are ``period_us`` apart from 0. ``capped``:
+    more than :data:`MAX_WINDOWS` samples (the steps of one continuous run) are refused."""
+    if capped and n > MAX_WINDOWS:
         raise RuntimeInputError(f"{n:,} samples (at most {MAX_WINDOWS:,} steps in one continuous run): cut the recording")
     if t is None:
         if period_us is None:
@@ -386,21 +388,6 @@ def sample_spans(t: np.ndarray | None, n: int, period_us: int | None) -> tuple[n
     return np.concatenate((np.array([first], np.int64), t[:-1])), t.copy(), period
 
 
-PERIOD_TOLERANCE = 0.1  # how far a recording's sample period may lie from the model's before a warning
-
-
-def period_mismatch(period_us: int, contract) -> str | None:
-    """A warning when a recording's sample period is more than :data:`PERIOD_TOLERANCE` away from the one the model
-    was trained at (its ``window_us``; an ``.npz``'s ``period_us``), else None."""
-    trained = default_window_us(contract.input.source)
-    if trained is None or abs(period_us - trained) <= PERIOD_TOLERANCE * trained:
-        return None
-    ratio = max(period_us, trained) / min(period_us, trained)
-    return (f"the recording's sample period ({period_us / 1e3:g} ms, the median) is not the {trained / 1e3:g} ms the model was trained at: "
-            f"the model counts time in steps, so a movement here spans {ratio:.2g}x {'more' if period_us < trained else 'fewer'} steps "
-            "than in training; resample the recording to the model's rate")
-
-
 def recognise_samples(session, contract, npz_path, labels_path=None, window_us: int | None = None, rule: DecisionRule = DecisionRule(),
                       on_event=None, grace_us: int = 0, warn=None) -> dict:
     """``fptt-edge run --npz REC --continuous``: one continuous recording of samples (an IMU's, any analog
@@ -420,10 +407,10 @@ def recognise_samples(session, contract, npz_path, labels_path=None, window_us: 
     starts, ends, period = sample_spans(t, len(x), window_us if window_us is not None else file_period if file_period is not None
                                         else default_window_us(contract.input.source))
     segs = None if labels_path is None else labelled_segments(labels_path, contract)  # refused before any step
-    _check_overlap(segs, int(starts[0]), int(ends[-1]), labels_path)
+    check_overlap(segs, int(starts[0]), int(ends[-1]), labels_path)
     encoding = Encoding.from_dict(contract.input.encoding)
     frames = encoded_x(encoding, x[None], npz_path)[0]  # a sample the encoding cannot take is refused before the first step
-    mismatch = period_mismatch(period, contract)
+    mismatch = period_mismatch(period, default_window_us(contract.input.source), npz_path, median=t is not None)
     if mismatch and warn is not None:
         warn(mismatch)
     if encoding.kind != "none" and hasattr(session, "step_raw"):

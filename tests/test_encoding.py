@@ -510,20 +510,45 @@ def test_the_sample_period_is_recorded_and_a_recording_at_another_rate_is_warned
     fast = synthetic_gesture_stream(4, steps=24, classes=3, seed=6, period_us=5_000)
     np.savez(tmp_path / "fast.npz", x=fast["x"], t=fast["t"])
     res = invoke("run", model, "--npz", tmp_path / "fast.npz", "--continuous")
-    assert res.exit_code == 0 and res.output.index("warning: the recording's sample period (4.99") < res.output.index("{"), res.output
-    assert "the 10 ms the model was trained at" in res.output and "spans 2x more steps than in training" in res.output
-    assert json.loads(res.output[res.output.index("{\n"):])["warnings"][0].startswith("the recording's sample period")
+    fast_warning = f"warning: {tmp_path / 'fast.npz'}: the sample period (4.99"
+    assert res.exit_code == 0 and res.output.index(fast_warning) < res.output.index("{"), res.output
+    assert "ms, the median interval of t) is not the 10 ms the model was trained at" in res.output
+    assert "spans 2x more steps than in training" in res.output
+    assert json.loads(res.output[res.output.index("{\n"):])["warnings"][0].startswith(fast_warning[len("warning: "):])
     shutil.copytree(encoded_model / "run", tmp_path / "copy", ignore=shutil.ignore_patterns("*.adapted"))  # the fixture's model stays factory
     res = invoke("adapt", tmp_path / "copy" / "model.onnx", "--data", tmp_path / "fast.npz", "--labels", _labels_csv(tmp_path, fast["segments"]),
                  "--json")
-    assert res.exit_code == 0 and json.loads(res.output[res.output.index("{\n"):])["warnings"][0].startswith("the recording's sample period")
+    assert res.exit_code == 0 and json.loads(res.output[res.output.index("{\n"):])["warnings"][0].startswith(fast_warning[len("warning: "):])
     np.savez(tmp_path / "period.npz", x=fast["x"], period_us=np.int64(5_000))  # a period instead of times
     out = json.loads(invoke("run", model, "--npz", tmp_path / "period.npz", "--continuous", "--json").output)
     assert out["window_us"] == 5_000 and out["duration_s"] == pytest.approx(len(fast["x"]) * 5e-3) and len(out["warnings"]) == 1
     recordings = tmp_path / "recordings.npz"  # separate recordings sampled at 200 Hz: run streams them, and warns
     write_npz(recordings, synthetic_gestures(3, steps=24, classes=3, seed=7, split="test"), period_us=5_000)
     res = invoke("run", model, "--npz", recordings, "--json")
-    assert res.exit_code == 0 and res.output.startswith("warning: the recording's sample period (5 ms"), res.output
+    assert res.exit_code == 0 and res.output.startswith(f"warning: {recordings}: the sample period (5 ms) is not the 10 ms"), res.output
+    other_rate = f"{recordings}: the sample period (5 ms) is not the 10 ms the model was trained at"
+    res = invoke("adapt", tmp_path / "copy" / "model.onnx", "--data", tmp_path / "timed.npz", "--labels", _labels_csv(tmp_path, stream["segments"]),
+                 "--score", recordings, "--json")  # recorded at the model's rate; the file it is scored on is not
+    assert res.exit_code == 0 and [w[:len(other_rate)] for w in json.loads(res.output[res.output.index("{\n"):])["warnings"]] == [other_rate]
+    for args in (["eval", encoded_model / "run" / "model.pt", "--data", recordings],
+                 ["export", encoded_model / "run" / "model.pt", "--data", recordings, "-o", tmp_path / "e.onnx", "--parity-steps", "10",
+                  "--precision-samples", "4"]):  # the test data, and export's parity checks and guard set, at another rate
+        res = invoke(*args)
+        assert res.exit_code == 0 and [line[:9 + len(other_rate)] for line in res.output.splitlines() if "warning" in line] == \
+            [f"warning: {other_rate}"], res.output
+    assert not [line for line in invoke("eval", encoded_model / "run" / "model.pt", "--data", encoded_model / "te.npz").output.splitlines()
+                if "warning" in line]
+
+
+def test_the_period_warning_shows_the_ratio_in_plain_numbers():
+    from fptt_edge.npzfile import period_mismatch
+
+    assert "so a movement here spans 100x more steps" in period_mismatch(100, 10_000, "r.npz")
+    assert "spans 3,600,000,000x fewer steps" in period_mismatch(3_600_000_000, 1, "r.npz")
+    assert "spans 1.5x fewer steps" in period_mismatch(15_000, 10_000, "r.npz", median=True)
+    assert "(15 ms, the median interval of t)" in period_mismatch(15_000, 10_000, "r.npz", median=True)
+    assert [period_mismatch(p, 10_000, "r.npz") for p in (9_000, 11_000, None, True, 0)] == [None] * 5  # within 10 %, or unknown
+    assert period_mismatch(10_000, None, "r.npz") is None
 
 
 def test_training_files_sampled_at_different_rates_are_refused(tmp_path):

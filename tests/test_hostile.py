@@ -682,7 +682,8 @@ NPZ_CASES = {
     "not-a-zip": lambda path, f: path.write_bytes(b"not an npz file at all"),
     "truncated": lambda path, f: (_npz(x=_x(), y=Y4)(path, f), path.write_bytes(path.read_bytes()[:200])),
 }
-RUN_NPZ = ["zero-length", "no-samples", "nan", "inf", "x-object", "x-2d", "x-empty-frame", "no-x", "not-a-zip", "truncated"]
+RUN_NPZ = ["zero-length", "no-samples", "nan", "inf", "x-object", "x-2d", "x-empty-frame", "no-x", "not-a-zip", "truncated",
+           *[n for n in NPZ_CASES if n.startswith("period-")]]
 NPZ_RUNS = [(n, "train") for n in NPZ_CASES] + [(n, "export") for n in NPZ_CASES] + [(n, "run") for n in RUN_NPZ]
 KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
@@ -755,6 +756,11 @@ SEGMENT_CASES = {  # one .npz recording cut into its labelled segments (run --np
     "segment-between-samples": (_rec(t=TIMES), "1,10001,19999\n", "holds no sample"),
     "recordings-with-y": (lambda path, f: np.savez(path, x=np.zeros((2, 8, *f), np.float32), y=np.array([1, 2])), "1,0,50000\n",
                           "y describes separate recordings"),
+    "labels-on-another-clock": (_rec(t=TIMES + 10 ** 12), "1,0,50000\n2,60000,70000\n", "none of its 2 segments overlaps the recording"),
+    "t-one-sample-outside": (_rec(T=1, t=TIMES[1:2]), "1,0,10000\n", "none of its 1 segments overlaps the recording (10000 to 10001 us)"),
+    "period-us-per-sample": (_rec(period_us=np.full(8, 10_000)), "1,0,50000\n", "field 'period_us' must be one whole number"),
+    "t-and-period-us": (_rec(t=TIMES, period_us=np.int64(10_000)), "1,0,50000\n", "keep one"),
+    "class-past-the-model": (_rec(t=TIMES), "10,0,50000\n", "class 10 is outside the model's 10 classes, numbered 0..9 in the CSV"),
 }
 
 
@@ -764,6 +770,23 @@ def test_hostile_labelled_segments_of_a_recording(art, tmp_path, name):
     write(tmp_path / "rec.npz", art.shape)
     (tmp_path / "labels.csv").write_text(rows)
     refused_cli(["run", art.onnx, "--npz", tmp_path / "rec.npz", "--labels", tmp_path / "labels.csv"], tmp_path, art.root, expect=expected)
+
+
+def test_a_sample_belongs_to_the_segments_holding_its_time(art, tmp_path):
+    """Boundaries: a sample belongs to a segment when start <= its time < end; overlapping segments share samples; a
+    recording of one timed sample is cut too. The steps are counted against the times by hand."""
+    _rec(t=TIMES)(tmp_path / "rec.npz", art.shape)
+    rows = [(1, 10_000, 30_000), (2, 20_000, 20_001), (3, 0, 10_000), (4, 65_000, 10 ** 9), (5, 15_000, 45_000)]
+    (tmp_path / "labels.csv").write_text("".join(f"{c},{a},{b}\n" for c, a, b in rows))
+    res = CliRunner().invoke(main, ["run", str(art.onnx), "--npz", str(tmp_path / "rec.npz"), "--labels", str(tmp_path / "labels.csv"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert [r["steps"] for r in out["results"]] == [int(((TIMES >= a) & (TIMES < b)).sum()) for _, a, b in rows] == [2, 1, 1, 1, 3]
+    assert [r["label"] for r in out["results"]] == [f"class-{c}" for c, _, _ in rows]
+    _rec(T=1, t=TIMES[3:4])(tmp_path / "one.npz", art.shape)
+    (tmp_path / "one.csv").write_text("1,30000,30001\n")
+    res = CliRunner().invoke(main, ["run", str(art.onnx), "--npz", str(tmp_path / "one.npz"), "--labels", str(tmp_path / "one.csv"), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["steps"] == 1, res.output
 
 
 @pytest.mark.parametrize("extra, expect", [

@@ -178,8 +178,12 @@ def test_adapt_labels_cut_one_continuous_recording_only(model, data, tmp_path):
     with np.load(data) as f:
         frame = f["x"].shape[2:]
     np.savez(tmp_path / "rec.npz", x=np.zeros((20, *frame), np.float32), t=np.arange(20) * 1000)
-    labels.write_text("1,100000,200000\n")
-    refused_cli(["adapt", model, "--data", tmp_path / "rec.npz", "--labels", labels], model.parent, tmp_path, expect="holds no sample")
+    labels.write_text("1,0,5000\n1,100000,200000\n")
+    refused_cli(["adapt", model, "--data", tmp_path / "rec.npz", "--labels", labels], model.parent, tmp_path,
+                expect="the segment 100000..200000 us holds no sample of rec.npz (0..19000 us)")
+    labels.write_text("1,100000,200000\n")  # none on the recording's clock
+    refused_cli(["adapt", model, "--data", tmp_path / "rec.npz", "--labels", labels], model.parent, tmp_path,
+                expect="none of its 1 segments overlaps the recording (0 to 19001 us): the labels of another recording, or times on another clock?")
     assert not list(model.parent.rglob("gen-*"))
 
 

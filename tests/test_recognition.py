@@ -215,6 +215,7 @@ def test_sample_spans_cap_a_continuous_run(monkeypatch):
     assert len(sample_spans(None, 4, 10)[0]) == 4
     with pytest.raises(RuntimeInputError, match="at most 4 steps"):
         sample_spans(None, 5, 10)
+    assert sample_spans(None, 5, 10, capped=False)[1].tolist() == [0, 10, 20, 30, 40]  # labelled segments: each a recording of its own
 
 
 def test_recognise_takes_each_steps_own_end_and_a_step_function():

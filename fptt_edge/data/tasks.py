@@ -68,6 +68,14 @@ def test_set_from_spec(spec: dict, path=None, limit: int | None = None, num_clas
     return encode_dataset(ds, enc)
 
 
+def period_warning(ds: SequenceDataset, spec: dict, source) -> str | None:
+    """A warning when the ``.npz`` ``source`` (loaded as ``ds``) records a sample period (``period_us``) more than 10 % from
+    the one the checkpoint's training data recorded (``spec``, its input spec), else None."""
+    from ..npzfile import period_mismatch
+
+    return period_mismatch(ds.input_spec.get("window_us"), spec.get("window_us"), source) if ds.input_spec.get("task") == "npz" else None
+
+
 def _raw_test_set(spec: dict, path=None, limit: int | None = None, num_classes: int | None = None) -> SequenceDataset:
     task = spec.get("task")
     if path is not None:

@@ -316,11 +316,12 @@ def _validation_and_encoding(task, train_ds, test_ds, val_path, val_fraction, se
         train_ds, val_ds = split_validation_by_segment(train_ds, val_fraction, seed)
     elif val_fraction > 0:
         train_ds, val_ds = split_validation(train_ds, val_fraction, seed)
-    periods = [(part, ds.input_spec["window_us"]) for part, ds in (("training", train_ds), ("validation", val_ds), ("test", test_ds))
-               if task == "npz" and ds is not None and "window_us" in ds.input_spec]
+    periods = [(part, ds.input_spec.get("window_us")) for part, ds in (("training", train_ds), ("validation", val_ds), ("test", test_ds))
+               if task == "npz" and ds is not None]  # a period in some of the files only is refused too: it would be lost, or go unchecked
     if len({us for _, us in periods}) > 1:
         raise UserError("the data files record different sample periods (period_us): "
-                        + ", ".join(f"{part} {us:,} us" for part, us in periods) + "; a model steps at one rate")
+                        + ", ".join(f"{part} {'none' if us is None else f'{us:,} us'}" for part, us in periods)
+                        + "; a model steps at one rate: record the same period_us in each")
     enc = fit_encoding(train_ds, encoding, delta_threshold)
     return tuple(None if ds is None else encode_dataset(ds, enc) for ds in (train_ds, val_ds, test_ds))
 

@@ -558,6 +558,12 @@ def test_training_files_sampled_at_different_rates_are_refused(tmp_path):
                                     "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"])
     assert res.exit_code == 2 and "different sample periods (period_us): training 10,000 us, validation 10,000 us, test 5,000 us" in res.output
     assert not (tmp_path / "run" / "model.pt").exists()
+    write_npz(tmp_path / "tr.npz", synthetic_gestures(24, steps=16, classes=3, seed=1))  # a period in the test file only: it would be lost
+    res = CliRunner().invoke(main, ["train", "--task", "npz", "--train", str(tmp_path / "tr.npz"), "--test", str(tmp_path / "te.npz"),
+                                    "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 2 and len(res.output.splitlines()) == 1, res.output
+    assert "different sample periods (period_us): training none, validation none, test 5,000 us" in res.output
+    assert not (tmp_path / "run" / "model.pt").exists()
 
 
 def test_run_continuous_refuses_a_sample_the_encoding_cannot_take_before_the_first_step(encoded_model, tmp_path):

@@ -464,7 +464,7 @@ def backend_option(fn):
 @click.option("--events", "events_path", type=click.Path(dir_okay=False), help="Event file: .bs2 (N-MNIST), .aedat (AEDAT 3.1), .npy (tonic).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
               help="Labels CSV (class, start and end in us; DVS128 Gesture's): stream each labelled segment of --events or of one --npz "
-                   "recording (with sample times t), or score --continuous.")
+                   "recording (timed by t, period_us or the model's step span), or score --continuous.")
 @click.option("--npz", "npz_path", type=click.Path(dir_okay=False),
               help=".npz with x [N, T, *frame] (raw samples [N, T, C] for a model trained with --encoding) and optional y; with --continuous "
                    "one recording x [T, ...] and optional sample times t [T] (us).")
@@ -795,7 +795,7 @@ def card(model_path, compare, data_path, devices, output, as_json):
 @click.option("--events", "events_path", type=click.Path(dir_okay=False), help="An event recording of the new domain (with --labels).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
               help="Labels CSV (class, start and end in us; DVS128 Gesture's) for --events, or for --data REC.npz holding one continuous "
-                   "recording (x [T, ...], sample times t [T]): its labelled segments.")
+                   "recording (x [T, ...]; sample times t [T], period_us or the model's step span): its labelled segments.")
 @click.option("--guard", "guard_path", type=click.Path(dir_okay=False),
               help="Labelled original-domain data (.npz) checked against forgetting (default: MODEL.guard.npz).")
 @click.option("--trainable", type=click.Choice(["all", "readout", "last", "input"]), default=None,

@@ -4,7 +4,9 @@ The gradient comes from the training code's own step: :meth:`LTCNetwork.step` in
 mode (surrogate spike) is called through ``torch.func.functional_call`` with each trainable
 weight as a leaf, ``torch.autograd.grad`` differentiates it, and ``make_fx`` traces the
 forward, the backward and the update below into one graph that the dynamo exporter turns
-into ONNX (``optimize=False``: onnxscript's optimiser folds Adamax's ``+ 1e-8`` away).
+into ONNX (``optimize=False``: onnxscript's optimiser folds Adamax's ``+ 1e-8`` away). A chunk
+of L steps (FPTT-K) is traced as one step and unrolled in ONNX (:mod:`.unroll`): tracing and
+exporting all L steps took seconds per step, as the exporter re-traces and decomposes the graph.
 
 The update (``g`` the gradient of ``sum_b w_b CE_b / B``, flat over all trainable tensors)::
 
@@ -31,6 +33,7 @@ from .errors import ExportError
 from .graph_passes import fold_and_clean, lower_for_tensorrt, name_outputs
 from .onnx_build import LOGITS_NAME, dynamo_export, finish_graph, quiet_exporter
 from .step_graph import StepGraph, fold_batch_norm
+from .unroll import PartsLayout, unroll
 
 OUTPUT_SUFFIX = "_out"
 
@@ -81,16 +84,13 @@ def fptt_adamax_update(g, W, wbar, lam, m, u, mask, step, lr, hyper: Hyper):
     return W_new, wbar_new, lam_new, m_new, u_new, step_new
 
 
-def make_train_step(net: LTCNetwork, names: list[str], hyper: Hyper, chunk: int = 1):
-    """``fn(x, y, w, *state, *weights, wbar, lam, m, u, mask, step, lr) -> (logits, *state_out, W, wbar, lam, m, u, step)``.
+def make_train_step(net: LTCNetwork, names: list[str], hyper: Hyper):
+    """``fn(x, y, w, *state, *weights, wbar, lam, m, u, mask, step, lr) -> (logits, *state_out, W, wbar, lam, m, u, step)``:
+    one step and its update, loss ``sum_b w_b CE_b / B``.
 
-    ``chunk`` L > 1: FPTT-K's update, ``x`` ``[B, L, *frame]`` run step by step from ``state``
-    with backprop through all L steps, loss ``sum_{b,l} w[b, l] CE_{b,l} / B``, logits ``[B, L, C]``.
     ``net`` must have no training-only ops left (batch norm folded); it runs in training mode.
     """
-    module = StepGraph(net).train()
-    n_state = len(net.state_names())
-    frozen = {f"net.{n}": p.detach() for n, p in net.named_parameters() if n not in names}
+    module, frozen, n_state = _step_module(net, names)
 
     def fn(x, y, w, *rest):
         state, weights = rest[:n_state], rest[n_state:n_state + len(names)]
@@ -98,25 +98,54 @@ def make_train_step(net: LTCNetwork, names: list[str], hyper: Hyper, chunk: int 
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(True) for t in weights]
             params = {**frozen, **{f"net.{n}": t for n, t in zip(names, leaves)}}
-            if chunk == 1:
-                out = torch.func.functional_call(module, params, (x, *state))
-                logits, new_state = out[0], out[1:]
-                ce = -(y * torch.log_softmax(logits, dim=1)).sum(1)
-                loss = (w * ce).sum() / x.shape[0]
-            else:
-                new_state, per_step, loss = tuple(state), [], None
-                for i in range(chunk):  # unrolled: the graph holds L steps
-                    out = torch.func.functional_call(module, params, (x[:, i], *new_state))
-                    new_state = out[1:]
-                    per_step.append(out[0])
-                    term = (w[:, i] * -(y * torch.log_softmax(out[0], dim=1)).sum(1)).sum()
-                    loss = term if loss is None else loss + term
-                loss = loss / x.shape[0]
-                logits = torch.stack(per_step, dim=1)
+            out = torch.func.functional_call(module, params, (x, *state))
+            logits, new_state = out[0], out[1:]
+            ce = -(y * torch.log_softmax(logits, dim=1)).sum(1)
+            loss = (w * ce).sum() / x.shape[0]
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
         updated = fptt_adamax_update(_flat(grads), _flat(weights), wbar, lam, m, u, mask, step, lr, hyper)
         return (logits.detach(), *(s.detach() for s in new_state), *updated)
+
+    return fn
+
+
+def _step_module(net: LTCNetwork, names: list[str]) -> tuple[StepGraph, dict, int]:
+    """The step module in training mode, the frozen parameters (constants of the graph) and the number of state tensors."""
+    frozen = {f"net.{n}": p.detach() for n, p in net.named_parameters() if n not in names}
+    return StepGraph(net).train(), frozen, len(net.state_names())
+
+
+def make_chunk_parts(net: LTCNetwork, names: list[str], hyper: Hyper):
+    """``fn(*last_in, *mid_in, *update_in) -> (*last_out, *mid_out, *update_out)``: the three parts
+    :func:`.unroll.unroll` builds an L-step update from (inputs and outputs in :class:`.unroll.PartsLayout`).
+
+    Step ``t`` of the chunk adds ``sum_b w_bt CE_bt / B`` to the loss. Its backward, seeded with the
+    gradient of the state it hands on (the steps after it, whose contributions autograd would add first),
+    adds in the order in which backprop through all L steps adds: the same numbers, bit for bit.
+    """
+    module, frozen, n_state = _step_module(net, names)
+    n_in = 3 + n_state + len(names)
+
+    def step(x, y, w, state, weights, seeds=None, later=None):
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(True) for t in (*weights, *state)]
+            params = {**frozen, **{f"net.{n}": t for n, t in zip(names, leaves)}}
+            out = torch.func.functional_call(module, params, (x, *leaves[len(names):]))
+            logits, new_state = out[0], out[1:]
+            loss = (w * -(y * torch.log_softmax(logits, dim=1)).sum(1)).sum() / x.shape[0]
+            roots = [loss] if seeds is None else [loss, *new_state]
+            grads = torch.autograd.grad(roots, leaves, grad_outputs=None if seeds is None else [None, *seeds], allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
+        weight_grads = grads[:len(names)] if later is None else [a + g for a, g in zip(later, grads)]
+        return (logits.detach(), *(s.detach() for s in new_state), *grads[len(names):], *weight_grads)
+
+    def fn(*args):
+        last, mid, rest = args[:n_in], args[n_in:2 * n_in + n_state + len(names)], args[2 * n_in + n_state + len(names):]
+        split = lambda a: (a[0], a[1], a[2], a[3:3 + n_state], a[3 + n_state:n_in])  # noqa: E731
+        grads, weights, (wbar, lam, m, u, mask, step_, lr) = rest[:len(names)], rest[len(names):2 * len(names)], rest[2 * len(names):]
+        updated = fptt_adamax_update(_flat(grads), _flat(weights), wbar, lam, m, u, mask, step_, lr, hyper)
+        return (*step(*split(last)), *step(*split(mid), seeds=mid[n_in:n_in + n_state], later=mid[n_in + n_state:]), *updated)
 
     return fn
 
@@ -171,21 +200,26 @@ def example_inputs(net: LTCNetwork, names: list[str], batch: int, hyper: Hyper, 
 
 
 def trace_train_step(net: LTCNetwork, choice: str, hyper: Hyper, batch: int, opset: int | None, chunk: int = 1):
-    """The cleaned train-step graph and its trainable tensors (BN folded first, as in the inference graph)."""
+    """The cleaned train-step graph and its trainable tensors (BN folded first, as in the inference graph).
+
+    ``chunk`` L > 1: FPTT-K's update, ``x`` ``[B, L, *frame]`` run step by step from ``state`` with
+    backprop through all L steps, loss ``sum_{b,l} w[b, l] CE_{b,l} / B``, logits ``[B, L, C]``; one
+    step is traced (:func:`make_chunk_parts`) and unrolled in ONNX (:func:`.unroll.unroll`).
+    """
     folded, _ = fold_batch_norm(net)
     names = select_trainable(folded, choice)
     if not names:
         raise ExportError(f"--trainable {choice} selects no tensors in this model")
     args = example_inputs(folded, names, batch, hyper, chunk)
     inputs, outputs = io_names(folded, names)
-    with quiet_exporter("the train-step export"):
-        fn = make_train_step(folded, names, hyper, chunk)
-        graph_module = make_fx(fn, decomposition_table=_decompositions(), tracing_mode="real")(*args)
-        model = dynamo_export(graph_module, args, inputs, outputs, opset)
-    name_outputs(model, outputs)
-    _strip_node_metadata(model)
-    model = fold_and_clean(lower_for_tensorrt(fold_and_clean(model)))
-    model = finish_graph(model, opset, "the train-step graph")
+    if chunk == 1:
+        model = _trace(make_train_step(folded, names, hyper), args, inputs, outputs, opset)
+    else:
+        layout = PartsLayout(len(folded.state_names()), len(names))
+        part_in, part_out = ([n for p in ("last", "mid", "update") for n in io(p)] for io in (layout.inputs, layout.outputs))
+        parts = _trace(make_chunk_parts(folded, names, hyper), _parts_inputs(folded, names, batch, hyper), part_in, part_out, opset)
+        model = unroll(parts, layout, chunk, {n: tuple(a.shape) for n, a in zip(inputs, args)}, outputs)
+        model = finish_graph(model, opset, "the train-step graph")
     params = dict(folded.named_parameters())
     tensors, offset = [], 0
     for n in names:
@@ -193,6 +227,25 @@ def trace_train_step(net: LTCNetwork, choice: str, hyper: Hyper, batch: int, ops
         tensors.append(TrainTensor(n, shape, offset))
         offset += params[n].numel()
     return model, tuple(tensors), folded
+
+
+def _trace(fn, args, inputs: list[str], outputs: list[str], opset: int | None) -> onnx.ModelProto:
+    """``fn`` traced with ``make_fx``, exported, cleaned and lowered, checked at ``opset``."""
+    with quiet_exporter("the train-step export"):
+        graph_module = make_fx(fn, decomposition_table=_decompositions(), tracing_mode="real")(*args)
+        model = dynamo_export(graph_module, args, inputs, outputs, opset)
+    name_outputs(model, outputs)
+    _strip_node_metadata(model)
+    model = fold_and_clean(lower_for_tensorrt(fold_and_clean(model)))
+    return finish_graph(model, opset, "the train-step graph")
+
+
+def _parts_inputs(net: LTCNetwork, names: list[str], batch: int, hyper: Hyper) -> tuple[torch.Tensor, ...]:
+    """Example inputs of :func:`make_chunk_parts`, every one its own tensor (``make_fx`` would merge shared ones)."""
+    n_in = 3 + len(net.state_names()) + len(names)
+    last, mid, update = (example_inputs(net, names, batch, hyper) for _ in range(3))
+    zeros = lambda ts: tuple(torch.zeros_like(t) for t in ts)  # noqa: E731
+    return (*last[:n_in], *mid[:n_in], *zeros(mid[3:n_in]), *zeros(update[n_in - len(names):n_in]), *update[n_in - len(names):])
 
 
 def _strip_node_metadata(model: onnx.ModelProto) -> None:

@@ -12,9 +12,12 @@ from test_adapt import digits, tiny_checkpoint, tiny_net
 from torch.nn import functional as F
 
 from fptt_edge.cli import main
+from fptt_edge.config import ModelConfig
+from fptt_edge.export import train_graph
 from fptt_edge.export.parity import ort_session
 from fptt_edge.export.train_check import check_train_parity, loss_weights
 from fptt_edge.export.train_graph import trace_train_step
+from fptt_edge.model import LTCNetwork
 from fptt_edge.runtime.learner import open_learner
 from fptt_edge.train_contract import Hyper, TrainContract, chunk_loss_weights, read_train_contract
 from fptt_edge.training.trainers import FPTTTrainer, TrainConfig, picked_step_loss
@@ -98,6 +101,53 @@ def test_the_chunked_check_fails_against_another_update(chunked):
     bad = check_train_parity(folded, tensors, Hyper(alpha=0.2), ort_session(model.SerializeToString()), x, y, None, 4,
                              min_updates=6, chunk=CHUNK)
     assert good.passed and not bad.passed
+
+
+def _whole_chunk_step(net, names, hyper, chunk):
+    """The chunk's update as one function of all L steps (autograd through them): what the unrolled graph must equal."""
+    module, frozen, n_state = train_graph._step_module(net, names)
+
+    def fn(x, y, w, *rest):
+        state, weights = rest[:n_state], rest[n_state:n_state + len(names)]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(True) for t in weights]
+            params = {**frozen, **{f"net.{n}": t for n, t in zip(names, leaves)}}
+            loss, per_step = 0, []
+            for i in range(chunk):
+                out = torch.func.functional_call(module, params, (x[:, i], *state))
+                state = out[1:]
+                per_step.append(out[0])
+                loss = loss + (w[:, i] * -(y * torch.log_softmax(out[0], dim=1)).sum(1)).sum()
+            grads = torch.autograd.grad(loss / x.shape[0], leaves, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
+        updated = train_graph.fptt_adamax_update(train_graph._flat(grads), train_graph._flat(weights), *rest[n_state + len(names):], hyper)
+        return (torch.stack(per_step, dim=1).detach(), *(s.detach() for s in state), *updated)
+
+    return fn
+
+
+@pytest.mark.slow
+def test_the_unrolled_chunk_equals_the_chunk_traced_whole():
+    """One traced step unrolled in ONNX gives the numbers of backprop traced through all L steps, bit for bit (the sums
+    of the state and weight gradients in autograd's order), with a frozen first layer, a partial mask and opset 17."""
+    torch.manual_seed(0)
+    net, hyper, opset = LTCNetwork(ModelConfig(input_shape=(8,), num_classes=5, hidden=(8, 6))), Hyper(), 17
+    model, tensors, folded = trace_train_step(net, "last", hyper, 3, opset, CHUNK)
+    names = [t.name for t in tensors]
+    args = train_graph.example_inputs(folded, names, 3, hyper, CHUNK)
+    inputs, outputs = train_graph.io_names(folded, names)
+    whole = train_graph._trace(_whole_chunk_step(folded, names, hyper, CHUNK), args, inputs, outputs, opset)
+    rng = np.random.default_rng(1)
+    feeds = {n: a.numpy().copy() for n, a in zip(inputs, args)}
+    feeds["x"] = (rng.random(feeds["x"].shape) < 0.5).astype(np.float32)
+    feeds["w"] = rng.random(feeds["w"].shape).astype(np.float32)
+    feeds["fptt.lam"] = rng.standard_normal(feeds["fptt.lam"].shape).astype(np.float32) * 1e-3
+    feeds["fptt.mask"] = (rng.random(feeds["fptt.mask"].shape) < 0.8).astype(np.float32)
+    feeds["adamax.step"][:] = 4
+    got, want = (ort_session(m.SerializeToString()).run(None, feeds) for m in (model, whole))
+    for name, a, b in zip(outputs, got, want):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), name
+    assert len(model.graph.node) < len(whole.graph.node)
 
 
 @pytest.mark.parametrize("meta,ok", [({"chunk": "3", "contract_version": "2"}, True), ({"chunk": "3", "contract_version": "1"}, False),

@@ -85,20 +85,21 @@ def lower_for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
 
     With every shape known: chains of ``Reshape`` collapse, a ``Reshape`` to the input's own
     shape disappears, one to ``[1, n]``/``[N, n]`` (and an ``Unsqueeze`` to ``[N, 1]``)
-    becomes ``Flatten``, a ``Slice`` becomes a ``Gather`` with INT32 indices, an ``Expand``
-    becomes a multiply by a constant of ones, a ``ReduceSum`` over one axis of a matrix a
-    ``MatMul`` with a vector of ones, ``CastLike`` of a constant a constant. Values are unchanged
-    up to summation order.
+    becomes ``Flatten``, one that drops a size-1 axis (``[1, n]`` -> ``[n]``) a ``Gather`` of
+    INT32 index 0, a ``Slice`` becomes a ``Gather`` with INT32 indices, an ``Expand`` becomes a
+    multiply by a constant of ones, a ``ReduceSum`` over one axis of a matrix a ``MatMul`` with a
+    vector of ones, ``CastLike`` of a constant a constant. Values are unchanged up to summation order.
     """
     graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model, strict_mode=True))
+    reshapes = [n for n in graph.nodes if n.op in ("Reshape", "Unsqueeze", "Squeeze") and isinstance(n.inputs[0], gs.Variable)]
+    for node in reshapes:  # first, so that a reshape feeding another one is skipped rather than rewritten
+        producer = node.inputs[0].inputs[0] if len(node.inputs[0].inputs) == 1 else None
+        if producer is not None and producer.op == "Reshape" and _static(producer.inputs[0].shape):
+            node.inputs[0] = producer.inputs[0]  # Reshape(Reshape(x)) = Reshape(x)
+    for node in reshapes:
+        _to_shape_free(node, node.inputs[0])
     for node in list(graph.nodes):
-        if node.op in ("Reshape", "Unsqueeze", "Squeeze") and isinstance(node.inputs[0], gs.Variable):
-            src = node.inputs[0]
-            producer = src.inputs[0] if len(src.inputs) == 1 else None
-            if producer is not None and producer.op == "Reshape" and _static(producer.inputs[0].shape):
-                node.inputs[0] = src = producer.inputs[0]  # Reshape(Reshape(x)) = Reshape(x)
-            _to_shape_free(node, src)
-        elif node.op == "Slice" and _static(node.inputs[0].shape) and all(isinstance(i, gs.Constant) for i in node.inputs[1:]):
+        if node.op == "Slice" and _static(node.inputs[0].shape) and all(isinstance(i, gs.Constant) for i in node.inputs[1:]):
             _slice_to_gather(node)
         elif node.op == "Expand" and _static(node.outputs[0].shape) and isinstance(node.inputs[1], gs.Constant):
             ones = gs.Constant(f"{node.name}_ones", np.ones(node.outputs[0].shape, dtype=np.float32))
@@ -122,7 +123,7 @@ def _static(shape) -> bool:
 
 
 def _to_shape_free(node: gs.Node, src: gs.Tensor) -> None:
-    """Reshape-like node -> Identity or Flatten where the static shapes allow it."""
+    """Reshape-like node -> Identity, Flatten or (dropping a size-1 axis) Gather where the static shapes allow it."""
     shape_in, shape_out = src.shape, node.outputs[0].shape
     if not (_static(shape_in) and _static(shape_out)):
         return
@@ -134,6 +135,11 @@ def _to_shape_free(node: gs.Node, src: gs.Tensor) -> None:
             if [int(np.prod(shape_in[:axis])), int(np.prod(shape_in[axis:]))] == list(shape_out):
                 node.op, node.inputs, node.attrs = "Flatten", [src], {"axis": axis}
                 return
+    for axis, size in enumerate(shape_in):  # drops one axis of size 1 (a [1, n] gradient -> [n]): Gather index 0
+        if size == 1 and [*shape_in[:axis], *shape_in[axis + 1:]] == list(shape_out):
+            node.op, node.attrs = "Gather", {"axis": axis}
+            node.inputs = [src, gs.Constant(f"{node.name}_index", np.zeros((), np.int32))]
+            return
 
 
 def _slice_to_gather(node: gs.Node) -> None:

@@ -134,10 +134,10 @@ def _assert_buffers_close(got: dict, want: dict, noise: dict, updates: int) -> N
         assert float(diff.max()) <= 0.1 * lr * updates, (name, float(diff.max()))
 
 
-@pytest.mark.parametrize("parts,with_lengths", [(2, False), (3, False), (3, True)])
+@pytest.mark.parametrize("parts,with_lengths", [(4, False), (3, True)])
 def test_compiled_fptt_k_equals_eager(parts, with_lengths):
-    """FPTT-K: one graph per chunk length (T = 10, K = 3: chunks of 4, 4 and 2 steps), backprop through the chunk;
-    four batches, so the later ones run with guards skipped among two cached graphs."""
+    """FPTT-K: one graph per chunk length (T = 10; K = 4: chunks of 3, 3, 3 and 1 steps; K = 3: 4, 4 and 2), backprop
+    through the chunk; four batches, so the later ones run with guards skipped among two cached graphs."""
     import torch._dynamo.utils as dynamo_utils
 
     lengths = LENGTHS if with_lengths else None
@@ -368,10 +368,10 @@ def test_metrics_say_how_the_updates_ran(tmp_path, monkeypatch):
     config = ModelConfig(input_shape=(C,), num_classes=K, hidden=(8,))
     run = lambda name, **kw: loop.fit(config, TrainConfig(epochs=1, batch_size=B, val_fraction=0.0, **kw), data, data,  # noqa: E731
                                       tmp_path / name, progress=False)
-    assert run("k", parts=3, compile="on")["fptt_update"] == "compiled"
-    assert run("k-auto-short", parts=3, compile="auto")["fptt_update"] == "eager"  # 4 batches x 10 steps: too short to repay
-    monkeypatch.setattr("fptt_edge.training.compiled.AUTO_MIN_UPDATES", 10)  # the loop passes T, so "auto" sees chunks of 4
-    assert run("k-auto", parts=3, compile="auto")["fptt_update"] == "compiled"
-    assert run("eager", parts=3, compile="off")["fptt_update"] == "eager"
+    assert run("k", parts=5, compile="on")["fptt_update"] == "compiled"
+    assert run("k-auto-short", parts=5, compile="auto")["fptt_update"] == "eager"  # 4 batches x 10 steps: too short to repay
+    monkeypatch.setattr("fptt_edge.training.compiled.AUTO_MIN_UPDATES", 10)  # the loop passes T, so "auto" sees chunks of 2
+    assert run("k-auto", parts=5, compile="auto")["fptt_update"] == "compiled"
+    assert run("eager", parts=5, compile="off")["fptt_update"] == "eager"
     assert "fptt_update" not in run("bptt", method="bptt")
     assert json.loads((tmp_path / "k" / "metrics.json").read_text())["fptt_update"] == "compiled"

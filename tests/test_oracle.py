@@ -197,7 +197,7 @@ def test_an_older_run_without_the_oracle_setting_resumes_and_refuses_turning_it_
 
 @pytest.mark.skipif(why_not_compiled(torch.nn.Linear(1, 1), torch.device("cpu"), 1, False) is not None,
                     reason="no compiler for torch.compile here")
-@pytest.mark.parametrize("parts,with_lengths", [(0, False), (0, True), (3, True)])  # K = 3: chunks of 3, 3 and 1 steps
+@pytest.mark.parametrize("parts,with_lengths", [(0, False), (0, True), (4, True)])  # K = 4: chunks of 2, 2, 2 and 1 steps
 def test_compiled_oracle_equals_eager(parts, with_lengths):
     import torch._dynamo.utils as dynamo_utils
 

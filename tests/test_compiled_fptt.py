@@ -391,8 +391,19 @@ def test_the_clip_coefficient_is_computed_once_not_per_weight():
         _, codes = run_and_get_code(trainer.train_batch, x[:, :1], y)
     assert trainer.compiled is not None, trainer.compile_note
     n = trainer.flat.flat.numel()
-    loops = [body for code in codes for body in code.split(f"x0<static_cast<int64_t>({n}L)")[1:]]
-    update = [body.split('extern "C"')[0].split("inductor_cpu_integer_div_error_flag = nullptr")[0] for body in loops]
-    update = [body for body in update if "maximum" in body]  # Adamax's max(beta2 u, |g| + eps): the update's loop
+    loops = [_loop_body(after) for code in codes for after in code.split(f"x0<static_cast<int64_t>({n}L)")[1:]]
+    # Adamax's max(beta2 u, |g| + eps) marks the update's loop (vectorised: at::vec::maximum; scalar: max_propagate_nan)
+    update = [body for body in loops if "maximum" in body or "max_propagate_nan" in body]
     assert update, f"no loop over the {n} weights with Adamax's maximum in the generated code"
     assert all("sqrt" not in body for body in update), "the clip's coefficient is recomputed per weight vector"
+
+
+def _loop_body(after_header: str) -> str:
+    """The body of the C++ loop whose header ends ``after_header``'s text: from its first ``{`` to the matching ``}``."""
+    start = after_header.index("{")
+    depth = 0
+    for i, ch in enumerate(after_header[start:], start):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth == 0:
+            return after_header[start : i + 1]
+    return after_header[start:]

@@ -9,11 +9,11 @@ graph that tracing all L steps gives, in one step's tracing time.
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
 
@@ -48,14 +48,16 @@ def unroll(parts: onnx.ModelProto, layout: PartsLayout, chunk: int, inputs: dict
     inits.append(numpy_helper.from_array(np.arange(chunk * classes, dtype=np.int32).reshape(chunk, classes), "chunk.logits_index"))
     nodes += [helper.make_node("Concat", logits, ["chunk.logits"], axis=1, name="chunk.logits"),  # [B, L*C] -> [B, L, C]
               helper.make_node("Gather", ["chunk.logits", "chunk.logits_index"], [outputs[0]], axis=1, name="chunk.stack")]
-    kept = _live_sorted(nodes, outputs)
-    used = {v for n in kept for v in n.input}
     shapes = [(next(iter(inputs.values()))[0], chunk, classes), *(_shape(g, f"last.out{1 + k}") for k in range(layout.n_state)),
               *(_shape(g, f"update.out{k}") for k in range(6))]
-    graph = helper.make_graph(kept, g.name, [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in inputs.items()],
+    graph = helper.make_graph(_without_aliases(nodes, outputs), g.name,
+                              [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in inputs.items()],
                               [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in zip(outputs, shapes)],
-                              initializer=[i for i in inits if i.name in used])
+                              initializer=inits)
     model = helper.make_model(graph, opset_imports=list(parts.opset_import), ir_version=parts.ir_version, functions=list(parts.functions))
+    pruned = gs.import_onnx(model)  # the copies hold nodes no output needs (a last step's state gradient); and in any order
+    pruned.cleanup(remove_unused_graph_inputs=False).toposort()
+    model = gs.export_onnx(pruned)
     model.producer_name, model.producer_version = parts.producer_name, parts.producer_version
     return model
 
@@ -122,40 +124,14 @@ def _copy(g: onnx.GraphProto, part_in: list[str], feeds: list[str], rename: dict
     return out
 
 
-def _live_sorted(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
-    """``nodes`` without ``Identity`` nodes that name no graph output and without nodes no output needs, in topological
-    order (Kahn's, earliest listed first)."""
+def _without_aliases(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
+    """``nodes`` without the ``Identity`` nodes that name no graph output, their readers reading the source instead."""
     named = set(outputs)
     alias = {n.output[0]: n.input[0] for n in nodes if n.op_type == "Identity" and n.output[0] not in named}
     nodes = [n for n in nodes if n.output[0] not in alias]
     for n in nodes:
         n.input[:] = [_resolve(alias, v) for v in n.input]
-    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
-    live, stack = set(), [producer[o] for o in outputs if o in producer]
-    while stack:
-        k = stack.pop()
-        if k not in live:
-            live.add(k)
-            stack.extend(producer[v] for v in nodes[k].input if v in producer)
-    waiting = {k: sum(1 for v in set(nodes[k].input) if v in producer) for k in live}
-    users: dict[int, list[int]] = {}
-    for k in live:
-        for v in set(nodes[k].input):
-            if v in producer:
-                users.setdefault(producer[v], []).append(k)
-    ready = [k for k, c in waiting.items() if c == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        k = heapq.heappop(ready)
-        order.append(nodes[k])
-        for u in users.get(k, ()):
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, u)
-    if len(order) != len(live):
-        raise ValueError("the unrolled train graph has a cycle")
-    return order
+    return nodes
 
 
 def _resolve(alias: dict[str, str], v: str) -> str:

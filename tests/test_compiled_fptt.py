@@ -83,25 +83,38 @@ def _eager_steps(trainer: FPTTTrainer, x, y, lengths, order=None):
     return spikes
 
 
-def _compiled_steps(trainer: FPTTTrainer, x, y, lengths):
+def _compiled_steps(trainer: FPTTTrainer, x, y, lengths, contiguous: bool = True):
+    """The compiled update step by step. A step's input sliced from ``x`` ``[B, T, C]`` is not contiguous; made contiguous
+    it has the strides of the prepared call (train_batch's), which runs its graph without dynamo."""
     state = trainer.model.initial_state(B)
     spikes = []
     for t in range(T):
         w = torch.full((B,), (t + 1) / T) if lengths is None else torch.where(t < lengths, (t + 1) / lengths.float(), torch.zeros(()))
-        _, state = trainer.compiled(x[:, t : t + 1], y, w, state)
+        x_t = x[:, t : t + 1]
+        _, state = trainer.compiled(x_t.contiguous() if contiguous else x_t, y, w, state)
         spikes.append([st.s.clone() for st in state.layers])
     return spikes
 
 
+def _direct_calls(trainer: FPTTTrainer) -> int:
+    """Updates that ran the compiled graph without dynamo (compiled._DirectGraph)."""
+    assert trainer.compiled is not None
+    return sum(d.calls for d in trainer.compiled._direct.values())
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "through-dynamo"])
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_compiled_update_equals_eager(compiled, with_lengths):
+def test_compiled_update_equals_eager(compiled, with_lengths, direct):
+    """Both ways of running the graph: directly (a prepared call shape) and through dynamo (a strided input)."""
     lengths = LENGTHS if with_lengths else None
     x, y = _batch(2)
     fresh, eager, control = (FPTTTrainer(_net(), TrainConfig(batch_size=B)) for _ in range(3))  # the same initial weights
     _reset(compiled, fresh)
     s_eager = _eager_steps(eager, x, y, lengths)
     _eager_steps(control, x, y, lengths, order=torch.arange(B).flip(0))  # the same math, batch summed in reverse: the noise floor
-    s_comp = _compiled_steps(compiled, x, y, lengths)
+    calls = _direct_calls(compiled)
+    s_comp = _compiled_steps(compiled, x, y, lengths, contiguous=direct)
+    assert _direct_calls(compiled) - calls == (T if direct else 0)
     for t in range(T):
         for a, b in zip(s_eager[t], s_comp[t]):
             assert torch.equal(a, b), f"spikes differ at step {t}"
@@ -212,6 +225,47 @@ def test_compiled_update_on_cuda_runs_as_cuda_graphs_and_equals_eager(parts, wit
                           {k: v.cpu() for k, v in _buffers(control).items()}, updates=updates)
 
 
+def test_the_direct_graph_updates_bitwise_as_dynamo_runs_it():
+    """FPTT-K train_batch (10 steps in chunks of 4, 4, 2: two graphs, picked steps) through the prepared graphs run
+    directly, against the same graphs run through dynamo (another trainer whose direct graphs are dropped): the same
+    weights, traces, moments, step count and gradient figures, bit for bit. (Per step, the direct path is checked against
+    eager updates by test_compiled_update_equals_eager.)"""
+    cfg = TrainConfig(batch_size=B, parts=3)
+    direct, dynamo = FPTTTrainer(_net(), cfg, compile=True), FPTTTrainer(_net(), cfg, compile=True)
+    for i in range(4):
+        x, y = _batch(60 + i)
+        got, want = direct.train_batch(x, y, LENGTHS), dynamo.train_batch(x, y, LENGTHS)
+        assert dynamo.compiled is not None
+        dynamo.compiled._direct.clear()
+        assert torch.equal(got[0], want[0]) and int(got[1]) == int(want[1]), i
+    assert direct.compiled is not None and len(direct.compiled._direct) == 2  # one graph per chunk length
+    assert _direct_calls(direct) == 4 * 3
+    for a, b in ((direct.flat.flat, dynamo.flat.flat), (direct.traces.lam[0], dynamo.traces.lam[0]),
+                 (direct.traces.wbar[0], dynamo.traces.wbar[0]), (direct.grad_stats, dynamo.grad_stats)):
+        assert torch.equal(a, b)
+    sa, sb = direct.optimizer.state[direct.flat.flat], dynamo.optimizer.state[dynamo.flat.flat]
+    assert all(torch.equal(sa[k], sb[k]) for k in ("step", "exp_avg", "exp_inf")) and int(sa["step"]) == 4 * 3
+
+
+def test_a_direct_graph_that_differs_from_dynamos_run_is_not_used(monkeypatch):
+    """prepare() runs the graph directly on copies and compares with dynamo's run: a direct call that returns its outputs
+    in another order (what a changed dynamo could make of the frame's return) is refused, and the updates, through
+    dynamo, equal eager ones as before."""
+    import fptt_edge.training.compiled as compiled_mod
+
+    real = compiled_mod._DirectGraph.__call__
+    monkeypatch.setattr(compiled_mod._DirectGraph, "__call__", lambda self, args: real(self, args)[::-1])
+    trainer, eager = FPTTTrainer(_net(), TrainConfig(batch_size=B), compile=True), FPTTTrainer(_net(), TrainConfig(batch_size=B))
+    x, y = _batch(70)
+    got, want = trainer.train_batch(x, y), eager.train_batch(x, y)
+    assert trainer.compiled is not None and trainer.compiled._direct == {}
+    assert int(got[1]) == int(want[1]) and float(got[0]) == pytest.approx(float(want[0]), rel=1e-4, abs=1e-5)
+    monkeypatch.undo()
+    again = FPTTTrainer(_net(), TrainConfig(batch_size=B), compile=True)
+    again.train_batch(x, y)
+    assert again.compiled is not None and len(again.compiled._direct) == 1 and _direct_calls(again) == T  # vacuous otherwise
+
+
 def test_the_cuda_graph_bookkeeping_runs_and_changes_nothing_on_cpu():
     """What the CUDA path adds (static-address marks, a step begun per call, outputs cloned), run on CPU: the APIs exist in
     this torch, nothing recompiles, and FPTT-K with lengths (a chunk's logits kept across later calls) equals eager."""
@@ -224,6 +278,7 @@ def test_the_cuda_graph_bookkeeping_runs_and_changes_nothing_on_cpu():
     eager.train_batch(x, y, LENGTHS)
     assert compiled.compiled is not None, compiled.compile_note
     compiled.compiled.cuda_graphs = True
+    compiled.compiled._direct.clear()  # on CUDA the graphs run through dynamo (cudagraph trees), never directly
     frames = dynamo_utils.counters["stats"]["unique_graphs"]
     for i in range(2):
         x, y = _batch(41 + i)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import ContractError, StepContract, read_contract, verify_checksum
+from ..encoding import EncodingError
 from ..io import file_sha256
 from ..npzfile import float32_x
 from ..train_contract import TrainContract, chunk_loss_weights, read_train_contract
@@ -302,6 +303,34 @@ class Learner:
         if frames.dtype != np.float32 or not np.isfinite(frames).all():
             raise AdaptationError("a recording must be finite float32")
         return self._enqueue(frames, y)
+
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        """Raw recordings ``[..., T, *raw_shape]`` of a model trained with an input encoding (``--encoding``) -> their frames
+        ``[..., T, *frame]``, each recording encoded from its first sample with the code training used (as ``fptt-edge
+        adapt`` encodes; :meth:`step_raw` gives the same frames step by step). For :meth:`train` and :meth:`evaluate` on raw
+        data. A model without an encoding takes frames as given."""
+        self._require_open()
+        raw = self.session.raw_shape
+        try:
+            samples = np.asarray(samples)
+        except ValueError as exc:  # ragged lists
+            raise AdaptationError(f"raw recordings must be an array of one shape ({str(exc).splitlines()[0][:120]})") from None
+        samples = float32_x(samples, "raw samples", AdaptationError)
+        if samples.ndim < len(raw) + 1 or samples.shape[samples.ndim - len(raw):] != raw or samples.shape[-len(raw) - 1] == 0:
+            raise AdaptationError(f"raw recordings must be [..., T >= 1, {', '.join(map(str, raw))}], got {list(samples.shape)}")
+        try:
+            return self.session.encoding.encode(samples)
+        except EncodingError as exc:
+            raise AdaptationError(str(exc)) from None
+
+    def learn_raw(self, samples: np.ndarray, y: int) -> int:
+        """:meth:`learn` on one labelled recording of raw samples ``[T, *raw_shape]``, encoded as :meth:`encode` does."""
+        self._require_open()
+        frames = self.encode(samples)  # refuses what is not [..., T >= 1, *raw_shape]
+        if frames.ndim != len(self.frame_shape) + 1:
+            raise AdaptationError(f"learn_raw takes one recording [T, {', '.join(map(str, self.session.raw_shape))}]; "
+                                  "for several: train(learner.encode(x), y, lengths)")
+        return self.learn(frames, y)
 
     def flush(self) -> int:
         """Train on the segments waiting in the slots now (the free slots get loss weight 0)."""

@@ -266,6 +266,38 @@ def test_learner_keeps_the_encoded_frames_of_raw_samples(encoded_model):
         np.testing.assert_array_equal(learner._ring[0, :16], frames)
 
 
+def test_learn_raw_trains_as_learn_on_the_encoded_recording(encoded_model):
+    """learn_raw on raw recordings makes, bit for bit, the updates learn makes on the frames Encoding.encode gives of them
+    (the encoding read back from the checkpoint); encode() on a padded batch is that encoding too. Bad raw input is
+    refused in one line and queues nothing."""
+    from fptt_edge.runtime.errors import AdaptationError
+    from fptt_edge.runtime.learner import open_learner
+
+    data = np.load(encoded_model / "te.npz")
+    x, y, lengths = data["x"], data["y"], data["lengths"]
+    enc = Encoding.from_dict(json.loads(json.dumps(torch.load(encoded_model / "run" / "model.pt", weights_only=True)["input_spec"]["encoding"])))
+    model = encoded_model / "run" / "model.onnx"
+    with open_learner(model, store=False) as raw, open_learner(model, store=False) as framed:
+        factory = raw.backend.buffers()["weights"].copy()
+        updates = 0
+        for i in range(len(x)):
+            updates += raw.learn_raw(x[i, :lengths[i]], int(y[i]))
+            framed.learn(enc.encode(x[i:i + 1, :lengths[i]])[0], int(y[i]))
+        updates += raw.flush()
+        framed.flush()
+        assert updates > 0 and not np.array_equal(raw.backend.buffers()["weights"], factory), "vacuous: nothing learned"
+        for name, value in raw.backend.buffers().items():
+            np.testing.assert_array_equal(value, framed.backend.buffers()[name], err_msg=name)
+        np.testing.assert_array_equal(raw.encode(x), enc.encode(x))
+        for bad, match in ((np.full((5, 1), np.nan, np.float32), "NaN"), (x[0, :5, :1].repeat(2, axis=1), r"\[\.\.\., T >= 1, 1\]"),
+                           (x[:2, :5], "one recording"), (x[0, :0], "T >= 1"), ([[0.1], [0.2, 0.3]], "one shape"),
+                           (x[0, :5].astype(np.complex64), "real numbers")):
+            with pytest.raises(AdaptationError, match=match) as info:
+                raw.learn_raw(bad, 0)
+            assert "\n" not in str(info.value)
+        assert raw._pending == 0 and raw.events.segments == len(x)
+
+
 def test_card_measures_the_input_rate_of_raw_samples_through_the_encoding(encoded_model):
     """card --data takes the raw .npz that run and adapt take: encoded as the runtime does, the padding after each
     recording's end not counted."""

@@ -266,6 +266,39 @@ def test_a_direct_graph_that_differs_from_dynamos_run_is_not_used(monkeypatch):
     assert again.compiled is not None and len(again.compiled._direct) == 1 and _direct_calls(again) == T  # vacuous otherwise
 
 
+@pytest.mark.parametrize(("parts", "oracle", "with_lengths"), [(T, False, False), (T, True, True), (5, False, True)],
+                         ids=["per-step", "per-step-oracle-lengths", "fptt-k-lengths"])
+def test_a_short_batch_runs_the_graph_padded_and_updates_as_eager(parts, oracle, with_lengths):
+    """An epoch's short last batch (3 of the graph's 4 sequences; per step, or FPTT-K: 10 steps in chunks of 2) runs
+    the compiled graph padded with a sequence of loss weight 0: the same summed loss and correct count as eager on the
+    3, the buffers equal within rounding, the oracle's table and the generator's draws (a uniform initial state) as
+    eager's."""
+    lengths = LENGTHS[:3] if with_lengths else None
+    torch.manual_seed(0)
+    config = ModelConfig(input_shape=(C,), num_classes=K, hidden=(12, 10), initial_u="uniform")
+    cfg = TrainConfig(batch_size=B, parts=parts, oracle=oracle)
+    nets = [LTCNetwork(config) for _ in range(3)]
+    for net in nets[1:]:
+        net.load_state_dict(nets[0].state_dict())
+    compiled, eager, control = FPTTTrainer(nets[0], cfg, compile=True), FPTTTrainer(nets[1], cfg), FPTTTrainer(nets[2], cfg)
+    x, y = _batch(80)
+    compiled.train_batch(x, y), eager.train_batch(x, y), control.train_batch(x, y)  # a full batch first (compiles)
+    x, y = _batch(81)
+    x, y = x[:3], y[:3]
+    calls = _direct_calls(compiled)
+    g_c, g_e = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    got, want = compiled.train_batch(x, y, lengths, g_c), eager.train_batch(x, y, lengths, g_e)
+    flip = torch.arange(2, -1, -1)
+    control.train_batch(x[flip], y[flip], None if lengths is None else lengths[flip], torch.Generator().manual_seed(5))
+    assert _direct_calls(compiled) - calls == parts, "the short batch did not run the compiled graph"  # one update per part
+    assert int(got[1]) == int(want[1]) and float(got[0]) == pytest.approx(float(want[0]), rel=1e-4, abs=1e-5)
+    assert torch.equal(g_c.get_state(), g_e.get_state())
+    _assert_buffers_close(_buffers(compiled), _buffers(eager), _buffers(control), updates=2 * parts)
+    if oracle:
+        assert compiled.oracle is not None and eager.oracle is not None and compiled.oracle.table is not None
+        torch.testing.assert_close(compiled.oracle.table, eager.oracle.table, rtol=1e-4, atol=1e-5)
+
+
 def test_the_cuda_graph_bookkeeping_runs_and_changes_nothing_on_cpu():
     """What the CUDA path adds (static-address marks, a step begun per call, outputs cloned), run on CPU: the APIs exist in
     this torch, nothing recompiles, and FPTT-K with lengths (a chunk's logits kept across later calls) equals eager."""
@@ -342,8 +375,11 @@ def test_an_eager_update_after_compiled_ones_takes_the_current_traces(compiled):
 
 def test_eager_fall_back_where_the_compiled_update_does_not_apply(compiled, monkeypatch):
     x, y = _batch(4)
-    short = compiled.train_batch(x[:3], y[:3])  # another batch size: eager, no second graph
-    assert torch.isfinite(short[0])
+    import torch._dynamo.utils as dynamo_utils
+
+    frames, calls = dynamo_utils.counters["stats"]["unique_graphs"], _direct_calls(compiled)
+    big = compiled.train_batch(torch.cat([x, x[:1]]), torch.cat([y, y[:1]]))  # more than the graph's batch: eager, no second graph
+    assert torch.isfinite(big[0]) and _direct_calls(compiled) == calls and dynamo_utils.counters["stats"]["unique_graphs"] == frames
     assert make_trainer(_net(), TrainConfig(compile="auto"), updates_planned=100).compile is False
     assert make_trainer(_net(), TrainConfig(compile="auto"), updates_planned=10**6).compile is True
     # FPTT-K (T = 28, K = 4: chunks of 7 steps) repays compiling only on longer runs; chunks of 28 never under "auto"

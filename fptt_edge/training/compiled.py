@@ -13,8 +13,8 @@ tensor, not two; ``Wbar`` is rebuilt when read). Every buffer is updated in plac
 What keeps it one graph that never recompiles (see ``../shared/spec/compiled-fptt-update.md``):
 values that change every step (the Adamax step size ``-lr / (1 - beta1^t)``, computed in double
 on the host as ``torch.optim.Adamax`` does, and the per-sequence loss weights) are tensors
-filled in place; shapes are static, so one graph serves one batch size (other batch sizes,
-e.g. an epoch's short last batch, take the eager path) and one chunk length (FPTT-K's shorter
+filled in place; shapes are static, so one graph serves one batch size (the trainer pads a shorter
+batch, an epoch's last, with sequences of loss weight 0) and one chunk length (FPTT-K's shorter
 last chunk, where K does not divide T, compiles a second graph). On CPU inductor's C++ wrapper
 is used, and a call shape that :meth:`CompiledFPTTUpdate.prepare` compiled runs its graph directly,
 without dynamo's frame, cache lookup and guards (``_DirectGraph``; on a Zen 3, one thread: the

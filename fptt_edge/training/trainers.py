@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn import functional as F
 
-from ..model import LTCNetwork, detach_state
+from ..model import LTCNetwork, detach_state, unflatten_state
 from .flat import FlatParameters
 from .fptt import FPTTTraces
 from .gradstats import new_stats, record
@@ -157,22 +157,32 @@ class FPTTTrainer:
         self._prepared: set[tuple] = set()  # batch shapes whose chunk lengths the compiled update has compiled
 
     def _compiled_update(self, x, chunk: int):
-        """The compiled update for this batch, built on first use; ``None`` for the eager path."""
-        if not self.compile or x.shape[0] != self.cfg.batch_size:
+        """The compiled update for batches of ``cfg.batch_size`` sequences (a shorter one, such as an epoch's last, is padded
+        to it), built on first use; ``None`` for the eager path."""
+        if not self.compile or x.shape[0] > self.cfg.batch_size:
             return None
         if self.compiled is None and self.compile_note is None:
             from .compiled import try_compile, why_not_compiled
 
             self.compile_note = why_not_compiled(self.model, x.device, chunk, self.net is not self.model)
             if self.compile_note is None:
-                self.compiled = try_compile(self, x.shape[0])
+                self.compiled = try_compile(self, self.cfg.batch_size)
                 if self.compiled is None:
                     self.compile_note = "torch.compile failed"
         return self.compiled
 
     def _train_batch_compiled(self, update, x, y, lengths, generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The eager loop below, each chunk's update one call of the compiled graph (the same loss weights, picked
-        steps and oracle terms, computed for all chunks at once)."""
+        steps and oracle terms, computed for all chunks at once).
+
+        A batch of ``n`` sequences, fewer than the graph's ``B`` (an epoch's short last batch), is padded with ``B - n``
+        sequences of zeros whose loss weights are 0; the real ones' weights are scaled by ``B / n``, so that the graph's
+        ``sum_i w_i CE_i / B`` is the eager ``sum_i w_i CE_i / n`` (the oracle term likewise). The initial state draws
+        ``n`` rows from ``generator``, as eager does; the padding starts from the deterministic state."""
+        rows = x.shape[0]
+        state = self.model.initial_state(rows, x.device, generator)
+        if rows < update.batch:
+            x, y, lengths, state = self._padded(x, y, lengths, state, update.batch)
         batch, steps = x.shape[:2]
         chunk = steps_per_update(steps, self.cfg.parts)
         starts = torch.arange(0, steps, chunk, device=x.device).unsqueeze(1)  # [P, 1]: each chunk's first step t0
@@ -189,8 +199,11 @@ class FPTTTrainer:
             weights = alive.to(torch.float32) * (starts + pick + 1).to(torch.float32) / lengths.to(torch.float32)
         oracle = self.oracle
         oracle_w = None if oracle is None else OracleTargets.early_weights(weights, alive)
+        if rows < batch:  # the padding out of the loss, the real sequences weighted as in a batch of `rows`
+            for w in (weights,) if oracle_w is None else (weights, oracle_w):
+                w[:, rows:] = 0.0
+                w[:, :rows] *= batch / rows
         xs = x.transpose(0, 1).contiguous() if chunk == 1 else None  # [T, B, ...]: one step's input, a contiguous view
-        state = self.model.initial_state(batch, x.device, generator)
 
         def call(i: int) -> tuple:  # the arguments of chunk i's update
             x_i = xs[i].unsqueeze(1) if xs is not None else x[:, i * chunk : (i + 1) * chunk].contiguous()
@@ -207,10 +220,21 @@ class FPTTTrainer:
             x_i, w_i, extra, pick_i = call(i)
             picked, state = update(x_i, y, w_i, state, extra, pick=pick_i)
             if oracle is not None:
-                oracle.observe(picked, y, i, parts, None if alive is None else alive[i])
+                oracle.observe(picked[:rows], y[:rows], i, parts, None if alive is None else alive[i, :rows])
             final = picked if ends_here is None or final is None else torch.where(ends_here[i], picked, final)
         assert final is not None  # steps >= 1
+        final, y = final[:rows], y[:rows]
         return F.cross_entropy(final, y, reduction="sum"), (final.argmax(1) == y).sum()
+
+    def _padded(self, x, y, lengths, state, batch: int) -> tuple:
+        """``(x, y, lengths, state)`` of ``n`` sequences padded to ``batch`` (zeros, label 0, full length, initial state)."""
+        more = batch - x.shape[0]
+        x = torch.cat([x, x.new_zeros(more, *x.shape[1:])])
+        y = torch.cat([y, y.new_zeros(more)])
+        if lengths is not None:
+            lengths = torch.cat([lengths, lengths.new_full((more,), x.shape[1])])
+        pad = self.model.initial_state(more, x.device)
+        return x, y, lengths, unflatten_state(self.model, [torch.cat([a, b]) for a, b in zip(state.tensors(), pad.tensors())])
 
     def train_batch(self, x, y, lengths=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (summed CE at each sequence's last step, number correct there), as :class:`BPTTTrainer` does."""

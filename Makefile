@@ -33,7 +33,7 @@ demo: $(BIN)/.installed
 	@echo "Artefacts in $(DEMO_DIR): model.pt (checkpoint), metrics.json, curves.png, checkpoint.pt (resume state), model.onnx + model.report.json"
 	@echo "(exported step), model.train.onnx (FPTT train step) + model.guard.npz (guard set), model.adapted/gen-*.safetensors (adapted weights)"
 
-## Lint (ruff), types (mypy) and the test suite (4 minutes on 2 Zen 5 cores, 9 on 2 Zen 3 cores).
+## Lint (ruff), types (mypy) and the test suite (4 minutes on 2 Zen 5 cores, 10 on 2 Zen 3 cores).
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy

@@ -280,7 +280,9 @@ class CompiledFPTTUpdate:
     def prepare(self, x, y, w, state, extra: tuple = (), pick: torch.Tensor | None = None) -> None:
         """Compile the graph of this call shape by running it on copies of the buffers and ``state`` (nothing of the
         trainer changes), so that a compiler failure raises :class:`CompileUnavailable` before a batch's first update,
-        not halfway through it (FPTT-K's shorter last chunk compiles a graph of its own)."""
+        not halfway through it (FPTT-K's shorter last chunk compiles a graph of its own). On CPU the graph just compiled
+        is then run directly on a second set of equal copies; where that gives dynamo's outputs and buffers bit for bit,
+        later calls with this call's argument signature run it directly (:class:`_DirectGraph`)."""
         anchor, lam = self.trainer.traces.anchor_and_lam()
         states = [t.clone() for t in state.tensors()]
 

@@ -295,7 +295,10 @@ class Learner:
         """Train on one labelled recording ``[T, *frame]`` directly (no ring buffer); see :meth:`label`."""
         self._require_open()
         y = _index(y, self.classes, "label")
-        frames = np.asarray(frames)
+        try:
+            frames = np.asarray(frames)
+        except (ValueError, TypeError, RuntimeError) as exc:  # ragged lists, a tensor that requires grad, ...
+            raise AdaptationError(f"a recording must be an array of one shape ({str(exc).splitlines()[0][:120]})") from None
         if frames.ndim != len(self.frame_shape) + 1 or frames.shape[1:] != self.frame_shape or len(frames) == 0:
             raise AdaptationError(f"a recording must be [T >= 1, {', '.join(map(str, self.frame_shape))}], got {list(frames.shape)}")
         if len(frames) > self.ring_capacity:
@@ -313,7 +316,7 @@ class Learner:
         raw = self.session.raw_shape
         try:
             samples = np.asarray(samples)
-        except ValueError as exc:  # ragged lists
+        except (ValueError, TypeError, RuntimeError) as exc:  # ragged lists, a tensor that requires grad, ...
             raise AdaptationError(f"raw recordings must be an array of one shape ({str(exc).splitlines()[0][:120]})") from None
         samples = float32_x(samples, "raw samples", AdaptationError)
         if samples.ndim < len(raw) + 1 or samples.shape[samples.ndim - len(raw):] != raw or samples.shape[-len(raw) - 1] == 0:

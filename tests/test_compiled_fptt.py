@@ -225,14 +225,22 @@ def test_compiled_update_on_cuda_runs_as_cuda_graphs_and_equals_eager(parts, wit
                           {k: v.cpu() for k, v in _buffers(control).items()}, updates=updates)
 
 
-def test_the_direct_graph_updates_bitwise_as_dynamo_runs_it():
+@pytest.fixture(scope="module")
+def fptt_k_compiled():
+    """An FPTT-K trainer (10 steps in chunks of 4, 4, 2: two graphs) compiled once for the module's tests."""
+    return FPTTTrainer(_net(), TrainConfig(batch_size=B, parts=3), compile=True)
+
+
+def test_the_direct_graph_updates_bitwise_as_dynamo_runs_it(fptt_k_compiled):
     """FPTT-K train_batch (10 steps in chunks of 4, 4, 2: two graphs, picked steps) through the prepared graphs run
     directly, then from the same start through the same graphs run by dynamo (the direct graphs dropped): the same
     weights, traces, moments, step count, gradient figures and returned loss, bit for bit. (Per step, the direct path is
     checked against eager updates by test_compiled_update_equals_eager.)"""
     import torch._dynamo.utils as dynamo_utils
 
-    trainer = FPTTTrainer(_net(), TrainConfig(batch_size=B, parts=3), compile=True)
+    trainer = fptt_k_compiled
+    trainer.train_batch(*_batch(59), LENGTHS)  # compiled (prepared) by the first batch of this module
+    calls = _direct_calls(trainer)
     start = (trainer.flat.flat.detach().clone(), copy.deepcopy(trainer.traces.state_dict()),
              copy.deepcopy(trainer.optimizer.state_dict()), trainer.grad_stats.clone())
     batches = [_batch(60 + i) for i in range(3)]
@@ -245,20 +253,45 @@ def test_the_direct_graph_updates_bitwise_as_dynamo_runs_it():
 
     direct = run()
     assert trainer.compiled is not None and len(trainer.compiled._direct) == 2  # one graph per chunk length
-    assert _direct_calls(trainer) == 3 * 3 and int(direct[5]) == 3 * 3 and not torch.equal(direct[1], start[0])
+    assert _direct_calls(trainer) - calls == 3 * 3 and not torch.equal(direct[1], start[0])
     with torch.no_grad():
         trainer.flat.flat.copy_(start[0])
     trainer.traces.load_state_dict(copy.deepcopy(start[1]))
     trainer.optimizer.load_state_dict(copy.deepcopy(start[2]))
     trainer.grad_stats.copy_(start[3])
+    kept = dict(trainer.compiled._direct)
     trainer.compiled._direct.clear()
     frames = dynamo_utils.counters["stats"]["unique_graphs"]
     dynamo = run()
+    trainer.compiled._direct.update(kept)  # the fixture's trainer as it was
     assert dynamo_utils.counters["stats"]["unique_graphs"] == frames  # the same graphs, no recompile
     for (loss_a, right_a), (loss_b, right_b) in zip(direct[0], dynamo[0]):
         assert torch.equal(loss_a, loss_b) and int(right_a) == int(right_b)
     for a, b in zip(direct[1:], dynamo[1:]):
         assert torch.equal(a, b)
+
+
+def test_a_failure_after_direct_updates_is_raised_not_taken_for_a_compile_failure(fptt_k_compiled, monkeypatch):
+    """A call through dynamo that fails after updates ran directly (here the last chunk's, its direct graph dropped) has
+    changed the weights already: it is raised, not turned into CompileUnavailable, which would send the whole batch to
+    the eager path and apply its first chunks twice."""
+    trainer = fptt_k_compiled
+    trainer.train_batch(*_batch(90), LENGTHS)
+    update = trainer.compiled
+    assert update is not None
+    short = [key for key in update._direct if key[7][0][1] == 2]  # x [B, 2, C]: the last chunk's graph
+    assert len(short) == 1
+    del update._direct[short[0]]
+    update._calls_by_shape.clear()  # as if every update so far had run directly
+
+    def failing(*args):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(update, "_fn", failing)
+    steps = int(trainer.optimizer.state[trainer.flat.flat]["step"])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.train_batch(*_batch(91), LENGTHS)
+    # two chunks ran and the third counted its step before failing; redone eagerly the batch would have made it steps + 5
+    assert trainer.compiled is update and int(trainer.optimizer.state[trainer.flat.flat]["step"]) == steps + 3
 
 
 def test_a_direct_graph_that_differs_from_dynamos_run_is_not_used(monkeypatch):
@@ -292,9 +325,18 @@ def test_a_short_batch_runs_the_graph_padded_and_updates_as_eager(parts, oracle,
     for net in nets[1:]:
         net.load_state_dict(nets[0].state_dict())
     compiled, eager, control = FPTTTrainer(nets[0], cfg, compile=True), FPTTTrainer(nets[1], cfg), FPTTTrainer(nets[2], cfg)
-    x, y = _batch(80)
-    compiled.train_batch(x, y), eager.train_batch(x, y), control.train_batch(x, y)  # a full batch first (compiles)
-    x, y = _batch(81)
+    warm = 6 if oracle else 1  # full batches first (the first compiles); the oracle's table fills over several
+    for i in range(warm):
+        x, y = _batch(80 + i)
+        compiled.train_batch(x, y), eager.train_batch(x, y), control.train_batch(x, y)
+    without = None
+    if oracle:  # eager from the same point without the oracle term: the term must change this batch's updates
+        without = FPTTTrainer(LTCNetwork(config), TrainConfig(batch_size=B, parts=parts))
+        with torch.no_grad():
+            without.flat.flat.copy_(eager.flat.flat)
+        without.traces.load_state_dict(copy.deepcopy(eager.traces.state_dict()))
+        without.optimizer.load_state_dict(copy.deepcopy(eager.optimizer.state_dict()))
+    x, y = _batch(90)
     x, y = x[:3], y[:3]
     calls = _direct_calls(compiled)
     g_c, g_e = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
@@ -304,10 +346,13 @@ def test_a_short_batch_runs_the_graph_padded_and_updates_as_eager(parts, oracle,
     assert _direct_calls(compiled) - calls == parts, "the short batch did not run the compiled graph"  # one update per part
     assert int(got[1]) == int(want[1]) and float(got[0]) == pytest.approx(float(want[0]), rel=1e-4, abs=1e-5)
     assert torch.equal(g_c.get_state(), g_e.get_state())
-    _assert_buffers_close(_buffers(compiled), _buffers(eager), _buffers(control), updates=2 * parts)
-    if oracle:
+    _assert_buffers_close(_buffers(compiled), _buffers(eager), _buffers(control), updates=(warm + 1) * parts)
+    if without is not None:
         assert compiled.oracle is not None and eager.oracle is not None and compiled.oracle.table is not None
         torch.testing.assert_close(compiled.oracle.table, eager.oracle.table, rtol=1e-4, atol=1e-5)
+        without.train_batch(x, y, lengths, torch.Generator().manual_seed(5))
+        term = float((eager.flat.flat - without.flat.flat).abs().max())
+        assert term > 20 * float((compiled.flat.flat - eager.flat.flat).abs().max()), "the oracle term's effect is not above compiled-vs-eager's difference"
 
 
 def test_the_cuda_graph_bookkeeping_runs_and_changes_nothing_on_cpu():

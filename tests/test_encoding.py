@@ -291,11 +291,13 @@ def test_learn_raw_trains_as_learn_on_the_encoded_recording(encoded_model):
         np.testing.assert_array_equal(raw.encode(x), enc.encode(x))
         for bad, match in ((np.full((5, 1), np.nan, np.float32), "NaN"), (x[0, :5, :1].repeat(2, axis=1), r"\[\.\.\., T >= 1, 1\]"),
                            (x[:2, :5], "one recording"), (x[0, :0], "T >= 1"), ([[0.1], [0.2, 0.3]], "one shape"),
-                           (x[0, :5].astype(np.complex64), "real numbers")):
+                           (x[0, :5].astype(np.complex64), "real numbers"), (torch.zeros(5, 1, requires_grad=True), "one shape")):
             with pytest.raises(AdaptationError, match=match) as info:
                 raw.learn_raw(bad, 0)
             assert "\n" not in str(info.value)
         assert raw._pending == 0 and raw.events.segments == len(x)
+        with pytest.raises(AdaptationError, match="one shape"):
+            framed.learn(torch.zeros(5, *framed.frame_shape, requires_grad=True), 0)  # a tensor numpy cannot take
 
 
 def test_card_measures_the_input_rate_of_raw_samples_through_the_encoding(encoded_model):

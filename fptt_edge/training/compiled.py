@@ -230,6 +230,7 @@ class CompiledFPTTUpdate:
         self._fn = torch.compile(_own_code(self._update), fullgraph=True, dynamic=False,
                                  **({"backend": self._backend} if self._backend is not None else {"mode": mode}))
         self._calls_by_shape: dict[tuple, int] = {}  # guards are skipped only for a call shape already run twice
+        self._updated = False  # an update has run (directly or through dynamo): a failure from now on is not a compile failure
         self._direct: dict[tuple, _DirectGraph] = {}  # by _signature of the call's arguments
         self.n_state = len(model.state_names())
 
@@ -332,11 +333,12 @@ class CompiledFPTTUpdate:
         direct = self._direct.get(_signature(args)) if self._direct else None
         if direct is not None:
             result = direct(args)
+            self._updated = True
             if self.fptt:
                 traces.moved_on()
             return result[0], unflatten_state(self.model, list(result[1:-1] if self.clipped else result[1:]))
         shape = (tuple(x.shape), pick is None)
-        first = not self._calls_by_shape  # the very first call: a compiler failure there has changed nothing yet
+        first = not self._updated  # no update has run yet: a compiler failure now has changed nothing
         seen = self._calls_by_shape.get(shape, 0)
         self._calls_by_shape[shape] = seen + 1
         out = None
@@ -358,6 +360,7 @@ class CompiledFPTTUpdate:
                 raise _compile_failed(exc) from exc
         elif out is None:
             out = self._fn(*args)
+        self._updated = True
         if self.fptt:
             traces.moved_on()  # Wbar is rebuilt from (A, lam) when next read
         if self.clipped:

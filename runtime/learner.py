@@ -295,10 +295,7 @@ class Learner:
         """Train on one labelled recording ``[T, *frame]`` directly (no ring buffer); see :meth:`label`."""
         self._require_open()
         y = _index(y, self.classes, "label")
-        try:
-            frames = np.asarray(frames)
-        except (ValueError, TypeError, RuntimeError) as exc:  # ragged lists, a tensor that requires grad, ...
-            raise AdaptationError(f"a recording must be an array of one shape ({str(exc).splitlines()[0][:120]})") from None
+        frames = _array(frames, "a recording")
         if frames.ndim != len(self.frame_shape) + 1 or frames.shape[1:] != self.frame_shape or len(frames) == 0:
             raise AdaptationError(f"a recording must be [T >= 1, {', '.join(map(str, self.frame_shape))}], got {list(frames.shape)}")
         if len(frames) > self.ring_capacity:
@@ -314,11 +311,7 @@ class Learner:
         data. A model without an encoding takes frames as given."""
         self._require_open()
         raw = self.session.raw_shape
-        try:
-            samples = np.asarray(samples)
-        except (ValueError, TypeError, RuntimeError) as exc:  # ragged lists, a tensor that requires grad, ...
-            raise AdaptationError(f"raw recordings must be an array of one shape ({str(exc).splitlines()[0][:120]})") from None
-        samples = float32_x(samples, "raw samples", AdaptationError)
+        samples = float32_x(_array(samples, "raw recordings"), "raw samples", AdaptationError)
         if samples.ndim < len(raw) + 1 or samples.shape[samples.ndim - len(raw):] != raw or samples.shape[-len(raw) - 1] == 0:
             raise AdaptationError(f"raw recordings must be [..., T >= 1, {', '.join(map(str, raw))}], got {list(samples.shape)}")
         try:
@@ -433,10 +426,7 @@ class Learner:
     def _guard_arrays(self, x, y, lengths=None):
         """``(x, y, lengths)`` checked against the model: ``lengths`` ``None`` (every recording ``T`` steps) or ``[N]``
         integers in ``1..T`` (recordings zero-padded to ``T``)."""
-        try:
-            x, y = np.asarray(x), np.asarray(y)
-        except ValueError as exc:  # ragged lists
-            raise AdaptationError(f"guard/evaluation data must be arrays of one shape ({str(exc).splitlines()[0][:120]})") from None
+        x, y = _array(x, "guard/evaluation data"), _array(y, "guard/evaluation data")
         x = float32_x(x, "guard x", AdaptationError)  # checked as float32: a float64 beyond its range is Inf here
         if x.ndim != len(self.frame_shape) + 2 or x.shape[2:] != self.frame_shape or len(x) == 0 or x.shape[1] == 0:
             raise AdaptationError(f"guard x must be [N, T, {', '.join(map(str, self.frame_shape))}], got {list(x.shape)}")
@@ -636,6 +626,15 @@ class Learner:
 def open_learner(model, train_model=None, **kwargs) -> Learner:
     """A :class:`Learner` over ``model.onnx`` and ``model.train.onnx`` (beside it unless given); see :class:`Learner`."""
     return Learner(model, train_model, **kwargs)
+
+
+def _array(value, what: str) -> np.ndarray:
+    """``value`` as a numpy array, refused in one line where numpy cannot take it (ragged lists, a tensor that requires
+    grad, ...)."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise AdaptationError(f"{what} must be an array of one shape ({str(exc).splitlines()[0][:120]})") from None
 
 
 def _int(value, what: str) -> int:

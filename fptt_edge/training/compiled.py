@@ -334,35 +334,7 @@ class CompiledFPTTUpdate:
                 pick, *extra,
                 *state.tensors())
         direct = self._direct.get(_signature(args)) if self._direct else None
-        if direct is not None:
-            result = direct(args)
-            self._updated = True
-            if self.fptt:
-                traces.moved_on()
-            return result[0], unflatten_state(self.model, list(result[1:-1] if self.clipped else result[1:]))
-        shape = (tuple(x.shape), pick is None)
-        first = not self._updated  # no update has run yet: a compiler failure now has changed nothing
-        seen = self._calls_by_shape.get(shape, 0)
-        self._calls_by_shape[shape] = seen + 1
-        out = None
-        # A new call shape (FPTT-K's shorter last chunk) meets the full guards, and compiles its graph, before any call of
-        # it runs with them skipped (then only the guards that tell the cached graphs apart run).
-        if seen >= 2 and self.weights.device.type == "cpu":
-            try:
-                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                    out = self._fn(*args)
-            except RuntimeError as exc:  # a guard failed after all (e.g. grad mode changed): evaluate guards again
-                if "skip_guard_eval_unsafe" not in str(exc):
-                    raise
-        if out is None and first:
-            try:
-                out = self._fn(*args)
-            except Exception as exc:  # noqa: BLE001 - compiler failures vary (no compiler, unsupported op, ...)
-                self._calls_by_shape.clear()
-                step.sub_(1.0)  # nothing was updated
-                raise _compile_failed(exc) from exc
-        elif out is None:
-            out = self._fn(*args)
+        out = direct(args) if direct is not None else self._through_dynamo(args, (tuple(x.shape), pick is None), step)
         self._updated = True
         if self.fptt:
             traces.moved_on()  # Wbar is rebuilt from (A, lam) when next read
@@ -371,6 +343,30 @@ class CompiledFPTTUpdate:
         if self.cuda_graphs:  # a CUDA graph's outputs live in its pool and the next replay overwrites them
             out = tuple(t.clone() for t in out)
         return out[0], unflatten_state(self.model, list(out[1:]))
+
+    def _through_dynamo(self, args: tuple, shape: tuple, step: torch.Tensor) -> tuple:
+        """The graph's outputs for ``args`` through dynamo. A call before any update has run that fails raises
+        :class:`CompileUnavailable` (nothing changed; ``step`` is counted back)."""
+        first = not self._updated  # no update has run yet: a compiler failure now has changed nothing
+        seen = self._calls_by_shape.get(shape, 0)
+        self._calls_by_shape[shape] = seen + 1
+        # A new call shape (FPTT-K's shorter last chunk) meets the full guards, and compiles its graph, before any call of
+        # it runs with them skipped (then only the guards that tell the cached graphs apart run).
+        if seen >= 2 and self.weights.device.type == "cpu":
+            try:
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                    return self._fn(*args)
+            except RuntimeError as exc:  # a guard failed after all (e.g. grad mode changed): evaluate guards again
+                if "skip_guard_eval_unsafe" not in str(exc):
+                    raise
+        if not first:
+            return self._fn(*args)
+        try:
+            return self._fn(*args)
+        except Exception as exc:  # noqa: BLE001 - compiler failures vary (no compiler, unsupported op, ...)
+            self._calls_by_shape.clear()
+            step.sub_(1.0)  # nothing was updated
+            raise _compile_failed(exc) from exc
 
     def _ready(self, buffers: tuple) -> tuple:
         """The buffers the graph updates in place, ready for the call. On CUDA they are marked static addresses (without a
